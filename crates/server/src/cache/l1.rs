@@ -1,0 +1,291 @@
+//! L1: the in-process cache of encoded documents, bounded by bytes.
+//!
+//! What it guarantees, and how:
+//! - **Hits are cheap**: an entry holds the encoded response body ([`Bytes`]); a hit is one
+//!   hash lookup in [`quick_cache`] and a reference-count increment, nothing parsed.
+//! - **Breakdown (hot key expiring under load)**: misses are single-flighted per key, so however
+//!   many requests miss at once, one store read runs and the others wait for its result.
+//! - **Penetration (floods of missing ids)**: a missing id is cached as [`Cached::Missing`] for
+//!   the collection's short negative TTL.
+//! - **Avalanche (synchronised expiry)**: every TTL gets ±10 % random jitter.
+//! - **No stale overwrite**: every cache mutation for a key happens under that key's *stripe*
+//!   lock, and each stripe carries an epoch bumped by every write. A fill (a store read) records
+//!   the epoch before reading and is dropped if any write touched the stripe meanwhile; a write
+//!   records the epoch before its transaction and, if another write touched the stripe before
+//!   it finished, removes the key instead of inserting (the next read fetches the truth). So an
+//!   older version can never replace a newer one, even when the newer entry was evicted in
+//!   between. Within one stripe, versions are also compared as a second guard.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+
+use crate::error::ServiceError;
+
+/// Number of stripes (epoch + in-flight map) that keys hash into. A power of two.
+const STRIPES: usize = 1024;
+
+/// A cached answer for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// A live document: its version and its encoded public form.
+    Doc { version: u64, body: Bytes },
+    /// No live document; `version` is the tombstone version (0 if never written).
+    Missing { version: u64 },
+}
+
+impl Cached {
+    pub fn version(&self) -> u64 {
+        match self {
+            Cached::Doc { version, .. } | Cached::Missing { version } => *version,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Cached,
+    expires_at: Instant,
+}
+
+#[derive(Clone)]
+struct EntryWeighter;
+
+impl quick_cache::Weighter<Box<str>, Entry> for EntryWeighter {
+    fn weight(&self, key: &Box<str>, entry: &Entry) -> u64 {
+        // Fixed part approximates the entry, key box and Bytes header overheads.
+        let body = match &entry.value {
+            Cached::Doc { body, .. } => body.len(),
+            Cached::Missing { .. } => 0,
+        };
+        (96 + key.len() + body) as u64
+    }
+}
+
+type Flight = Arc<OnceCell<Result<Cached, ServiceError>>>;
+
+#[derive(Default)]
+struct Stripe {
+    /// Bumped by every write that touches a key of this stripe.
+    epoch: u64,
+    /// Store reads in progress, one per key.
+    inflight: HashMap<Box<str>, Flight>,
+}
+
+/// Where a read was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    L1,
+    Db,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "L1",
+            Tier::Db => "DB",
+        }
+    }
+}
+
+/// The stripe epoch observed before a store read or a write transaction started.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    stripe: usize,
+    epoch: u64,
+}
+
+/// The L1 cache. Cloning the handle is cheap (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct L1 {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    entries: quick_cache::sync::Cache<Box<str>, Entry, EntryWeighter>,
+    stripes: Box<[Mutex<Stripe>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl L1 {
+    /// A cache holding at most about `max_bytes` of keys and bodies.
+    pub fn new(max_bytes: u64) -> Self {
+        // quick_cache sizes its tables from an item estimate; assume ~1 KiB per entry.
+        let estimated_items = (max_bytes / 1024).clamp(1024, 16 * 1024 * 1024) as usize;
+        let entries =
+            quick_cache::sync::Cache::with_weighter(estimated_items, max_bytes, EntryWeighter);
+        let stripes = (0..STRIPES)
+            .map(|_| Mutex::new(Stripe::default()))
+            .collect();
+        L1 {
+            inner: Arc::new(Inner {
+                entries,
+                stripes,
+                hasher: Default::default(),
+            }),
+        }
+    }
+
+    /// The unexpired entry for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Cached> {
+        let entry = self.inner.entries.get(key)?;
+        (entry.expires_at > Instant::now()).then_some(entry.value)
+    }
+
+    /// Returns the cached answer for `key`, or runs `load` once for all concurrent callers and
+    /// caches its result (unless a write raced it). `ttl_of` chooses the lifetime of a result.
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        ttl_of: impl Fn(&Cached) -> Duration,
+        load: F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
+        if let Some(hit) = self.get(key) {
+            return Ok((hit, Tier::L1));
+        }
+        let stripe = self.stripe_of(key);
+        let flight = {
+            let mut guard = self.inner.stripes[stripe].lock();
+            guard.inflight.entry(key.into()).or_default().clone()
+        };
+        // The closure runs only in the caller that drives the load; if that caller is
+        // cancelled, a waiting caller runs its own closure instead (OnceCell semantics).
+        let result = flight
+            .get_or_init(|| async {
+                let _done = FlightGuard {
+                    l1: self,
+                    stripe,
+                    key,
+                    flight: &flight,
+                };
+                let ticket = self.ticket(key);
+                let loaded = load().await;
+                if let Ok(value) = &loaded {
+                    self.fill(key, ticket, value.clone(), ttl_of(value));
+                }
+                loaded
+            })
+            .await
+            .clone();
+        result.map(|value| (value, Tier::Db))
+    }
+
+    /// Call before a write transaction or a store read of `key` starts.
+    pub fn ticket(&self, key: &str) -> Ticket {
+        let stripe = self.stripe_of(key);
+        let epoch = self.inner.stripes[stripe].lock().epoch;
+        Ticket { stripe, epoch }
+    }
+
+    /// Call after a write to `key` committed, with the new state. Inserts it if no other write
+    /// touched the stripe since `ticket` was taken, else removes the key (the next read goes to
+    /// the store). Reads already in flight for the key are detached so that later readers do
+    /// not receive their (older) result.
+    pub fn complete_write(&self, key: &str, ticket: Ticket, value: Cached, ttl: Duration) {
+        let mut stripe = self.inner.stripes[ticket.stripe].lock();
+        stripe.inflight.remove(key);
+        let uncontended = stripe.epoch == ticket.epoch;
+        stripe.epoch = stripe.epoch.wrapping_add(1);
+        let newer = self
+            .inner
+            .entries
+            .peek(key)
+            .is_none_or(|old| old.value.version() < value.version());
+        if uncontended && newer {
+            self.insert(key, value, ttl);
+        } else {
+            self.inner.entries.remove(key);
+        }
+    }
+
+    /// Forgets `key` (after a write whose outcome is unknown, for instance).
+    pub fn invalidate(&self, key: &str) {
+        let mut stripe = self.inner.stripes[self.stripe_of(key)].lock();
+        stripe.inflight.remove(key);
+        stripe.epoch = stripe.epoch.wrapping_add(1);
+        self.inner.entries.remove(key);
+    }
+
+    /// Bytes currently accounted in the cache.
+    pub fn weight(&self) -> u64 {
+        self.inner.entries.weight()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+
+    /// Caches the result of a store read that started at `ticket`, unless a write touched the
+    /// stripe since (the read may be older than what that write committed).
+    pub fn fill(&self, key: &str, ticket: Ticket, value: Cached, ttl: Duration) {
+        let guard = self.inner.stripes[ticket.stripe].lock();
+        if guard.epoch != ticket.epoch {
+            return; // a write raced this read: its result may be older than the cache's truth
+        }
+        let newer = self
+            .inner
+            .entries
+            .peek(key)
+            .is_none_or(|old| old.value.version() <= value.version());
+        if newer {
+            self.insert(key, value, ttl);
+        }
+        drop(guard);
+    }
+
+    fn insert(&self, key: &str, value: Cached, ttl: Duration) {
+        let entry = Entry {
+            value,
+            expires_at: Instant::now() + jitter(ttl),
+        };
+        self.inner.entries.insert(key.into(), entry);
+    }
+
+    fn stripe_of(&self, key: &str) -> usize {
+        let mut hasher = self.inner.hasher.build_hasher();
+        key.hash(&mut hasher);
+        (hasher.finish() as usize) & (STRIPES - 1)
+    }
+}
+
+/// Removes a finished (or abandoned) flight from its stripe, unless a write already replaced it.
+struct FlightGuard<'a> {
+    l1: &'a L1,
+    stripe: usize,
+    key: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut stripe = self.l1.inner.stripes[self.stripe].lock();
+        if stripe
+            .inflight
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, self.flight))
+        {
+            stripe.inflight.remove(self.key);
+        }
+    }
+}
+
+/// `ttl` scaled by a random factor in [0.9, 1.1), so entries written together expire apart.
+pub fn jitter(ttl: Duration) -> Duration {
+    ttl.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+#[cfg(test)]
+mod tests;

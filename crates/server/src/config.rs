@@ -1,0 +1,326 @@
+//! Configuration: serde structs with defaults, loading (TOML file, then `DMW_…` environment
+//! variables, then CLI flags) and validation that names the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::is_valid_name;
+
+/// The whole configuration. Every section has defaults, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub cache: CacheConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    /// Games (tenants) by name. When none is configured, a game `default` on an embedded
+    /// SQLite file under `./data/` is used (see [`Config::with_default_game`]).
+    pub games: BTreeMap<String, GameConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; loopback by default so nothing is exposed by accident.
+    pub listen: SocketAddr,
+    /// Open connections beyond this are closed at once after accept.
+    pub max_connections: usize,
+    /// Requests being processed at once, over all connections; beyond it: 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Largest request body accepted; beyond it: 413 `payload_too_large`.
+    pub max_body_bytes: usize,
+    /// A connection must send a complete request head within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take before connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 10_000,
+            max_in_flight: 4_096,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            http2_max_streams: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Upper bound of the in-process cache (L1), counted in bytes of keys and encoded bodies.
+    pub l1_max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            l1_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// How SQLite syncs a commit to disk. `full` survives power loss; `normal` (WAL) survives a
+/// crash of the process (`kill -9`) but may lose the last commits on power loss.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Time budget of one store call (a read, or a whole write transaction); beyond it:
+    /// 504 `timeout`, and for a write the outcome is unknown until read back.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connections per store (one pool per distinct store URL).
+    pub max_connections: u32,
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            timeout: Duration::from_secs(5),
+            max_connections: 16,
+            sqlite_synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `datamiddleware=debug` (`RUST_LOG` wins if set).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GameConfig {
+    /// Database URL: `sqlite://path`, `postgres://…` or `mysql://…`. Games may share one.
+    pub store: String,
+    pub collections: BTreeMap<String, CollectionConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Lifetime of a document in L1 (±10 % random jitter is applied).
+    #[serde(with = "humantime_serde")]
+    pub l1_ttl: Duration,
+    /// Lifetime of a document in L2 (Redis), used once the L2 tier exists.
+    #[serde(with = "humantime_serde")]
+    pub l2_ttl: Duration,
+    /// How long a missing id is remembered as missing (protects the store from floods).
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Largest encoded `value` accepted; beyond it: 413 `payload_too_large`.
+    pub max_document_bytes: usize,
+}
+
+impl Default for CollectionConfig {
+    fn default() -> Self {
+        CollectionConfig::with_ttls(Duration::from_secs(300), Duration::from_secs(1800))
+    }
+}
+
+impl CollectionConfig {
+    fn with_ttls(l1_ttl: Duration, l2_ttl: Duration) -> Self {
+        CollectionConfig {
+            l1_ttl,
+            l2_ttl,
+            negative_ttl: Duration::from_secs(5),
+            max_document_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl GameConfig {
+    /// The game `default`: players, characters, items and orders with the seed's lifetimes.
+    pub fn default_game(store: String) -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        let collections = [
+            ("players", CollectionConfig::with_ttls(min(10), min(60))),
+            ("characters", CollectionConfig::with_ttls(min(5), min(30))),
+            ("items", CollectionConfig::with_ttls(min(3), min(15))),
+            ("orders", CollectionConfig::with_ttls(min(1), min(5))),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_string(), c))
+        .collect();
+        GameConfig { store, collections }
+    }
+}
+
+/// The store of the built-in `default` game.
+pub const DEFAULT_STORE_URL: &str = "sqlite://data/default.db";
+
+/// Overrides given on the command line; they win over file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid config: {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `DMW_` environment variables
+    /// (`__` separates levels: `DMW_HTTP__LISTEN=0.0.0.0:8080`), then CLI overrides; validates.
+    pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("DMW_").split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        if let Some(listen) = cli.listen {
+            config.http.listen = listen;
+        }
+        let config = config.with_default_game();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Adds the game `default` when no game is configured.
+    pub fn with_default_game(mut self) -> Self {
+        if self.games.is_empty() {
+            self.games.insert(
+                "default".to_string(),
+                GameConfig::default_game(DEFAULT_STORE_URL.to_string()),
+            );
+        }
+        self
+    }
+
+    /// Checks every value a serde type cannot express, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                problem: problem.to_string(),
+            })
+        };
+        let positive = [
+            ("http.max_connections", self.http.max_connections),
+            ("http.max_in_flight", self.http.max_in_flight),
+            ("http.max_body_bytes", self.http.max_body_bytes),
+            (
+                "http.http2_max_streams",
+                self.http.http2_max_streams as usize,
+            ),
+            ("store.max_connections", self.store.max_connections as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.store.timeout.is_zero() {
+            return invalid("store.timeout", "must be greater than 0");
+        }
+        if self.http.header_read_timeout.is_zero() {
+            return invalid("http.header_read_timeout", "must be greater than 0");
+        }
+        if self.cache.l1_max_bytes < 1024 * 1024 {
+            return invalid("cache.l1_max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if self.games.is_empty() {
+            return invalid("games", "at least one game is required");
+        }
+        for (name, game) in &self.games {
+            let key = format!("games.{name}");
+            if !is_valid_name(name) {
+                return invalid(&key, "game names must match [a-z][a-z0-9_]{0,63}");
+            }
+            let scheme = game.store.split("://").next().unwrap_or_default();
+            if !game.store.contains("://")
+                || !matches!(
+                    scheme,
+                    "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
+                )
+            {
+                return invalid(
+                    &format!("{key}.store"),
+                    "must be a URL starting with sqlite://, postgres:// or mysql://",
+                );
+            }
+            if game.collections.is_empty() {
+                return invalid(
+                    &format!("{key}.collections"),
+                    "at least one collection is required",
+                );
+            }
+            for (cname, collection) in &game.collections {
+                let ckey = format!("{key}.collections.{cname}");
+                if !is_valid_name(cname) {
+                    return invalid(&ckey, "collection names must match [a-z][a-z0-9_]{0,63}");
+                }
+                if collection.l1_ttl.is_zero() {
+                    return invalid(&format!("{ckey}.l1_ttl"), "must be greater than 0");
+                }
+                if collection.max_document_bytes == 0 {
+                    return invalid(
+                        &format!("{ckey}.max_document_bytes"),
+                        "must be greater than 0",
+                    );
+                }
+                if collection.max_document_bytes > self.http.max_body_bytes {
+                    return invalid(
+                        &format!("{ckey}.max_document_bytes"),
+                        "must not exceed http.max_body_bytes",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `datamiddleware config print`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,55 @@
+//! The one mapping from [`ServiceError`] to an HTTP response: an RFC 9457 problem document
+//! with the stable `code` member, plus small builders for JSON success responses.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, ETAG, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::error::{ErrorCode, ServiceError};
+
+pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// The problem document for `error`; internal details never appear (see `ServiceError::internal`).
+pub fn response(error: &ServiceError) -> Response<Full<Bytes>> {
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = serde_json::json!({
+        "type": format!("urn:datamiddleware:error:{}", error.code),
+        "title": error.code.title(),
+        "status": status.as_u16(),
+        "code": error.code.as_str(),
+        "detail": error.message,
+    });
+    if let Some(index) = error.op_index {
+        body["op_index"] = index.into();
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+    if error.code == ErrorCode::Overloaded {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A JSON response with `status` and `body`.
+pub fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response
+}
+
+/// The `ETag` value for a version: `"<version>"`.
+pub fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// Adds an `ETag` header to a response.
+pub fn with_etag(mut response: Response<Full<Bytes>>, version: u64) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(ETAG, etag(version));
+    response
+}

@@ -1,0 +1,419 @@
+//! Routes of the HTTP API v1: path matching, header and body decoding, and response encoding.
+//! No business rules here: every route calls the service API.
+//!
+//! `/api/v1/{game}/…` is the versioned API; `/api/…` (anything not starting with `v1/`) is an
+//! alias for the game `default`, so the seed's `GET /api/players/42` works.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH, IF_NONE_MATCH,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::HttpState;
+use super::problem::{json, with_etag};
+use crate::cache::l1::Tier;
+use crate::error::{ErrorCode, ServiceError};
+use crate::service::OpOutcome;
+use crate::service::ops::{Incr, Precondition, WriteOp};
+use crate::service::request::{BatchGetBody, PutBody, TxnRequest, parse_json};
+
+type HttpResult = Result<Response<Full<Bytes>>, ServiceError>;
+
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const DEFAULT_GAME: &str = "default";
+/// Most path segments any route has (`api/v1/{game}/{collection}/{id}/_incr`).
+const MAX_SEGMENTS: usize = 6;
+
+/// Dispatches one request.
+pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResult {
+    let path = req.uri().path().to_owned();
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in path.trim_start_matches('/').split('/') {
+        if count == MAX_SEGMENTS {
+            return Err(no_route());
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    let segments = &segments[..count];
+    match segments {
+        ["healthz"] => {
+            only(&req, &[Method::GET])?;
+            health(state).await
+        }
+        ["api", "v1", game, rest @ ..] => {
+            let game = decode(game)?;
+            api(state, req, &game, rest).await
+        }
+        ["api", rest @ ..] => api(state, req, DEFAULT_GAME, rest).await,
+        _ => Err(no_route()),
+    }
+}
+
+async fn api(state: &HttpState, req: Request<Incoming>, game: &str, rest: &[&str]) -> HttpResult {
+    match rest {
+        ["_txn"] => {
+            only(&req, &[Method::POST])?;
+            txn(state, req, game).await
+        }
+        [collection] => {
+            only(&req, &[Method::GET])?;
+            list(state, &req, game, &decode(collection)?).await
+        }
+        [collection, "_batch_get"] => {
+            only(&req, &[Method::POST])?;
+            batch_get(state, req, game, &decode(collection)?).await
+        }
+        [collection, id] => {
+            let (collection, id) = (decode(collection)?, decode(id)?);
+            document(state, req, game, &collection, &id).await
+        }
+        [collection, id, "_incr"] => {
+            only(&req, &[Method::POST])?;
+            incr(state, req, game, &decode(collection)?, &decode(id)?).await
+        }
+        _ => Err(no_route()),
+    }
+}
+
+async fn document(
+    state: &HttpState,
+    req: Request<Incoming>,
+    game: &str,
+    collection: &str,
+    id: &str,
+) -> HttpResult {
+    let service = &state.service;
+    match *req.method() {
+        Method::GET | Method::HEAD => {
+            let read = service.get(game, collection, id).await?;
+            let mut response = with_etag(json(StatusCode::OK, read.body), read.version);
+            response
+                .headers_mut()
+                .insert(X_CACHE, tier_header(read.tier));
+            Ok(response)
+        }
+        Method::PUT => {
+            let mut pre = Precondition::version(if_match(&req)?);
+            pre.if_exists = if_match_any(&req);
+            pre.if_absent = if_none_match_any(&req)?;
+            require_json(&req, &["application/json"])?;
+            let body: PutBody = parse_json(&read_body(state, req).await?)?;
+            let outcome = service
+                .write_one(game, collection, id, body.into_op()?, pre)
+                .await?;
+            Ok(written(outcome))
+        }
+        Method::PATCH => {
+            let mut pre = Precondition::version(if_match(&req)?);
+            pre.if_exists = if_match_any(&req);
+            require_json(&req, &["application/merge-patch+json"])?;
+            if req.headers().get(CONTENT_TYPE).is_none() {
+                return Err(unsupported(
+                    "PATCH needs Content-Type: application/merge-patch+json",
+                ));
+            }
+            let patch: serde_json::Value = parse_json(&read_body(state, req).await?)?;
+            let outcome = service
+                .write_one(game, collection, id, WriteOp::Patch { patch }, pre)
+                .await?;
+            Ok(written(outcome))
+        }
+        Method::DELETE => {
+            let mut pre = Precondition::version(if_match(&req)?);
+            pre.if_exists = if_match_any(&req);
+            let outcome = service
+                .write_one(game, collection, id, WriteOp::Delete, pre)
+                .await?;
+            let mut response = with_etag(Response::new(Full::new(Bytes::new())), outcome.version);
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+        _ => Err(method_not_allowed(&[
+            Method::GET,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])),
+    }
+}
+
+async fn incr(
+    state: &HttpState,
+    req: Request<Incoming>,
+    game: &str,
+    collection: &str,
+    id: &str,
+) -> HttpResult {
+    let mut pre = Precondition::version(if_match(&req)?);
+    pre.if_exists = if_match_any(&req);
+    require_json(&req, &["application/json"])?;
+    let incr: Incr = parse_json(&read_body(state, req).await?)?;
+    let outcome = state
+        .service
+        .write_one(game, collection, id, WriteOp::Incr(incr), pre)
+        .await?;
+    Ok(written(outcome))
+}
+
+async fn batch_get(
+    state: &HttpState,
+    req: Request<Incoming>,
+    game: &str,
+    collection: &str,
+) -> HttpResult {
+    require_json(&req, &["application/json"])?;
+    let body: BatchGetBody = parse_json(&read_body(state, req).await?)?;
+    let (docs, tier) = state.service.batch_get(game, collection, &body.ids).await?;
+    let mut out = BytesMut::with_capacity(
+        16 + docs
+            .iter()
+            .map(|d| d.as_ref().map_or(5, |b| b.len() + 1))
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"docs\":[");
+    push_docs(&mut out, docs.iter().map(Option::as_ref));
+    out.extend_from_slice(b"]}");
+    let mut response = json(StatusCode::OK, out.freeze());
+    response.headers_mut().insert(X_CACHE, tier_header(tier));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    owner: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    state: &HttpState,
+    req: &Request<Incoming>,
+    game: &str,
+    collection: &str,
+) -> HttpResult {
+    let query: ListQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ServiceError::bad_request(format!("query string: {e}")))?;
+    let page = state
+        .service
+        .list(
+            game,
+            collection,
+            query.owner.as_deref(),
+            query.cursor.as_deref(),
+            query.limit,
+        )
+        .await?;
+    let mut out =
+        BytesMut::with_capacity(64 + page.docs.iter().map(|d| d.len() + 1).sum::<usize>());
+    out.extend_from_slice(b"{\"docs\":[");
+    push_docs(&mut out, page.docs.iter().map(Some));
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match &page.next_cursor {
+        // Cursors are validated ids: no JSON escaping needed.
+        Some(cursor) => {
+            out.extend_from_slice(b"\"");
+            out.extend_from_slice(cursor.as_bytes());
+            out.extend_from_slice(b"\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}");
+    let mut response = json(StatusCode::OK, out.freeze());
+    response
+        .headers_mut()
+        .insert(X_CACHE, tier_header(Tier::Db));
+    Ok(response)
+}
+
+async fn txn(state: &HttpState, req: Request<Incoming>, game: &str) -> HttpResult {
+    require_json(&req, &["application/json"])?;
+    let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
+    let outcomes = state.service.write(game, &request.into_ops()?).await?;
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"{\"results\":[");
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(format!("{{\"version\":{},\"doc\":", outcome.version).as_bytes());
+        out.extend_from_slice(outcome.doc.as_deref().unwrap_or(b"null"));
+        out.extend_from_slice(b"}");
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json(StatusCode::OK, out.freeze()))
+}
+
+async fn health(state: &HttpState) -> HttpResult {
+    let checks = state.service.health().await;
+    let healthy = checks.iter().all(|(_, r)| r.is_ok());
+    let stores: Vec<_> = checks
+        .iter()
+        .map(|(name, result)| match result {
+            Ok(()) => serde_json::json!({"store": name, "ok": true}),
+            Err(e) => serde_json::json!({"store": name, "ok": false, "error": e}),
+        })
+        .collect();
+    let body =
+        serde_json::json!({"status": if healthy { "ok" } else { "degraded" }, "stores": stores});
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json(status, Bytes::from(body.to_string())))
+}
+
+fn push_docs<'a>(out: &mut BytesMut, docs: impl Iterator<Item = Option<&'a Bytes>>) {
+    for (index, doc) in docs.enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(doc.map_or(b"null".as_slice(), |b| b.as_ref()));
+    }
+}
+
+fn written(outcome: OpOutcome) -> Response<Full<Bytes>> {
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    with_etag(
+        json(status, outcome.doc.unwrap_or_default()),
+        outcome.version,
+    )
+}
+
+fn tier_header(tier: Tier) -> HeaderValue {
+    HeaderValue::from_static(tier.as_str())
+}
+
+/// Reads the whole body, refusing more than `http.max_body_bytes` (413) early when declared.
+async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, ServiceError> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        ServiceError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ServiceError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Accepts a missing Content-Type or one of `allowed` (parameters such as charset ignored).
+fn require_json(req: &Request<Incoming>, allowed: &[&str]) -> Result<(), ServiceError> {
+    let Some(value) = req.headers().get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if allowed.iter().any(|a| media.eq_ignore_ascii_case(a)) {
+        Ok(())
+    } else {
+        Err(unsupported(&format!(
+            "Content-Type must be {}",
+            allowed.join(" or ")
+        )))
+    }
+}
+
+fn unsupported(message: &str) -> ServiceError {
+    ServiceError::new(ErrorCode::UnsupportedMediaType, message)
+}
+
+/// `If-Match: "<version>"` → the version; `*` is handled by [`if_match_any`].
+fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ServiceError> {
+    let Some(value) = req.headers().get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ServiceError::bad_request("If-Match must be a quoted version such as \"3\", or *")
+        })
+}
+
+fn if_match_any(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(IF_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*")
+}
+
+/// `If-None-Match: *` (create only) is the one form accepted on writes.
+fn if_none_match_any(req: &Request<Incoming>) -> Result<bool, ServiceError> {
+    match req.headers().get(IF_NONE_MATCH) {
+        None => Ok(false),
+        Some(v) if v.as_bytes() == b"*" => Ok(true),
+        Some(_) => Err(ServiceError::bad_request(
+            "on writes, If-None-Match must be *",
+        )),
+    }
+}
+
+fn only(req: &Request<Incoming>, allowed: &[Method]) -> Result<(), ServiceError> {
+    if allowed.contains(req.method()) {
+        Ok(())
+    } else {
+        Err(method_not_allowed(allowed))
+    }
+}
+
+fn method_not_allowed(allowed: &[Method]) -> ServiceError {
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    ServiceError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("allowed methods: {}", names.join(", ")),
+    )
+}
+
+fn no_route() -> ServiceError {
+    ServiceError::not_found("no such route")
+}
+
+/// Percent-decodes a path segment; anything that is not UTF-8 or holds a NUL is refused here
+/// (names and ids are validated again by the service).
+fn decode<'a>(segment: &'a str) -> Result<Cow<'a, str>, ServiceError> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| ServiceError::new(ErrorCode::InvalidId, "path segments must be UTF-8"))?;
+    if decoded.contains('\0') {
+        return Err(ServiceError::new(
+            ErrorCode::InvalidId,
+            "path segments must not contain NUL",
+        ));
+    }
+    Ok(decoded)
+}

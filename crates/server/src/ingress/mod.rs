@@ -1,0 +1,3 @@
+//! Front ends: decode requests, call the service API, encode responses. No business rules.
+
+pub mod http;

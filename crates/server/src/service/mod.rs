@@ -1,0 +1,537 @@
+//! The one API both ingresses call: get, batch get, list and write transactions (put, patch,
+//! delete, incr, check), over the L1 cache and the games' stores.
+//!
+//! Read path: L1 hit → encoded bytes as-is; miss → one single-flighted store read whose result
+//! (document or "missing", with its version) fills L1. Write path: lock the keys and commit in
+//! the store → update L1 with the committed version → acknowledge. A write whose outcome is
+//! unknown (timeout, store failure) drops the keys from L1 so no stale entry survives it.
+
+pub mod ops;
+pub mod request;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cache::l1::{Cached, L1, Tier};
+use crate::config::{CollectionConfig, Config};
+use crate::error::{ErrorCode, ServiceError};
+use crate::model::{StoredDoc, check_id, encode_document, now_rfc3339};
+use crate::store::{DocKey, Store, StoreError, TxnError};
+use ops::{Applied, Precondition, WriteOp};
+pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
+
+/// Most ids in one batch get.
+pub const MAX_BATCH_IDS: usize = 1000;
+/// Most documents in one list page.
+pub const MAX_LIST_LIMIT: usize = 1000;
+/// Page size when none is given.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Most operations in one transaction.
+pub const MAX_TXN_OPS: usize = 100;
+
+/// A document read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub body: Bytes,
+    pub version: u64,
+    pub tier: Tier,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub docs: Vec<Bytes>,
+    pub next_cursor: Option<String>,
+}
+
+/// What one write operation returned.
+#[derive(Debug, Clone)]
+pub struct OpOutcome {
+    /// The new document, for put / patch / incr.
+    pub doc: Option<Bytes>,
+    /// The key's version after the operation.
+    pub version: u64,
+    pub created: bool,
+}
+
+/// Counters read by tests and, later, by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Store read queries issued (single, batch and list).
+    pub store_reads: AtomicU64,
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+}
+
+struct Game {
+    store: Store,
+    collections: HashMap<String, CollectionConfig>,
+}
+
+/// The service. Cloning is cheap (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    games: HashMap<String, Game>,
+    /// One entry per distinct store, for health checks.
+    stores: Vec<(String, Store)>,
+    l1: L1,
+    store_timeout: Duration,
+    stats: Stats,
+}
+
+impl Service {
+    /// Connects every configured store (one pool per distinct URL) and migrates it.
+    pub async fn from_config(config: &Config) -> Result<Service, StoreError> {
+        let mut by_url: HashMap<&str, Store> = HashMap::new();
+        let mut games = HashMap::new();
+        for (name, game) in &config.games {
+            let store = match by_url.get(game.store.as_str()) {
+                Some(store) => store.clone(),
+                None => {
+                    let store = Store::connect(&game.store, &config.store).await?;
+                    by_url.insert(&game.store, store.clone());
+                    store
+                }
+            };
+            let collections = game.collections.clone().into_iter().collect();
+            games.insert(name.clone(), Game { store, collections });
+        }
+        let stores = by_url
+            .into_iter()
+            .map(|(url, store)| (redact_url(url), store))
+            .collect();
+        Ok(Service {
+            inner: Arc::new(Inner {
+                games,
+                stores,
+                l1: L1::new(config.cache.l1_max_bytes),
+                store_timeout: config.store.timeout,
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn l1(&self) -> &L1 {
+        &self.inner.l1
+    }
+
+    fn game(&self, game: &str) -> Result<&Game, ServiceError> {
+        self.inner.games.get(game).ok_or_else(|| {
+            ServiceError::new(ErrorCode::UnknownGame, format!("no game named {game:?}"))
+        })
+    }
+
+    fn collection<'a>(
+        &'a self,
+        game: &'a Game,
+        name: &str,
+    ) -> Result<&'a CollectionConfig, ServiceError> {
+        game.collections.get(name).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::UnknownCollection,
+                format!("no collection named {name:?}"),
+            )
+        })
+    }
+
+    /// Runs a store call within the time budget, mapping failures to client-safe errors.
+    async fn budget<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ServiceError> {
+        match tokio::time::timeout(self.inner.store_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(store_error(e)),
+            Err(_) => Err(ServiceError::new(
+                ErrorCode::Timeout,
+                "the store did not answer in time",
+            )),
+        }
+    }
+
+    /// Reads one document.
+    pub async fn get(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<ReadResult, ServiceError> {
+        let game = self.game(game_name)?;
+        let config = self.collection(game, collection)?;
+        check_id(id, "id")?;
+        let key = cache_key(game_name, collection, id);
+        let doc_key = DocKey {
+            collection: collection.to_string(),
+            id: id.to_string(),
+        };
+        let (cached, tier) = self
+            .inner
+            .l1
+            .get_or_load(
+                &key,
+                |c| ttl_for(config, c),
+                || async {
+                    self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+                    let row = self.budget(game.store.get(game_name, &doc_key)).await?;
+                    Ok(to_cached(id, row.as_ref()))
+                },
+            )
+            .await?;
+        match cached {
+            Cached::Doc { version, body } => Ok(ReadResult {
+                body,
+                version,
+                tier,
+            }),
+            Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
+        }
+    }
+
+    /// Reads many documents of one collection; `None` where an id has no document. Hits come
+    /// from L1; all misses are read with one store query and fill L1.
+    pub async fn batch_get(
+        &self,
+        game_name: &str,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<(Vec<Option<Bytes>>, Tier), ServiceError> {
+        let game = self.game(game_name)?;
+        let config = self.collection(game, collection)?;
+        if ids.len() > MAX_BATCH_IDS {
+            return Err(ServiceError::bad_request(format!(
+                "at most {MAX_BATCH_IDS} ids per batch"
+            )));
+        }
+        for id in ids {
+            check_id(id, "every id")?;
+        }
+        let l1 = &self.inner.l1;
+        let mut found: Vec<Option<Cached>> = ids
+            .iter()
+            .map(|id| l1.get(&cache_key(game_name, collection, id)))
+            .collect();
+        let mut misses: Vec<&str> = ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        misses.sort_unstable();
+        misses.dedup();
+        let tier = if misses.is_empty() {
+            Tier::L1
+        } else {
+            Tier::Db
+        };
+        if !misses.is_empty() {
+            let tickets: Vec<_> = misses
+                .iter()
+                .map(|id| l1.ticket(&cache_key(game_name, collection, id)))
+                .collect();
+            self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+            let rows = self
+                .budget(game.store.get_many(game_name, collection, &misses))
+                .await?;
+            let mut loaded = HashMap::with_capacity(misses.len());
+            for (id, ticket) in misses.iter().zip(tickets) {
+                let cached = to_cached(id, rows.get(*id));
+                l1.fill(
+                    &cache_key(game_name, collection, id),
+                    ticket,
+                    cached.clone(),
+                    ttl_for(config, &cached),
+                );
+                loaded.insert(*id, cached);
+            }
+            for (id, slot) in ids.iter().zip(found.iter_mut()) {
+                if slot.is_none() {
+                    *slot = loaded.get(id.as_str()).cloned();
+                }
+            }
+        }
+        let docs = found
+            .into_iter()
+            .map(|c| match c {
+                Some(Cached::Doc { body, .. }) => Some(body),
+                _ => None,
+            })
+            .collect();
+        Ok((docs, tier))
+    }
+
+    /// Lists live documents ordered by id, optionally those of one owner. `cursor` is the
+    /// `next_cursor` of the previous page.
+    pub async fn list(
+        &self,
+        game_name: &str,
+        collection: &str,
+        owner: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage, ServiceError> {
+        let game = self.game(game_name)?;
+        self.collection(game, collection)?;
+        if let Some(owner) = owner {
+            check_id(owner, "owner")?;
+        }
+        if let Some(cursor) = cursor {
+            check_id(cursor, "cursor")?;
+        }
+        let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if limit == 0 || limit > MAX_LIST_LIMIT {
+            return Err(ServiceError::bad_request(format!(
+                "limit must be 1-{MAX_LIST_LIMIT}"
+            )));
+        }
+        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        let mut rows = self
+            .budget(
+                game.store
+                    .list(game_name, collection, owner, cursor, limit + 1),
+            )
+            .await?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        let docs = rows
+            .iter()
+            .filter_map(|(id, row)| match to_cached(id, Some(row)) {
+                Cached::Doc { body, .. } => Some(body),
+                Cached::Missing { .. } => None,
+            })
+            .collect();
+        Ok(ListPage { docs, next_cursor })
+    }
+
+    /// Applies write operations atomically: all commit, or none does and the first failing
+    /// operation's error (with its index) is returned.
+    pub async fn write(
+        &self,
+        game_name: &str,
+        ops: &[KeyedOp],
+    ) -> Result<Vec<OpOutcome>, ServiceError> {
+        let game = self.game(game_name)?;
+        if ops.is_empty() || ops.len() > MAX_TXN_OPS {
+            return Err(ServiceError::bad_request(format!(
+                "a transaction has 1-{MAX_TXN_OPS} operations"
+            )));
+        }
+        let mut limits = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            let config = self
+                .collection(game, &op.key.collection)
+                .map_err(|e| e.at_op(index))?;
+            check_id(&op.key.id, "id").map_err(|e| e.at_op(index))?;
+            limits.push(config.max_document_bytes);
+        }
+        let mut keys: Vec<DocKey> = ops.iter().map(|op| op.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let slot_of: Vec<usize> = ops
+            .iter()
+            .map(|op| keys.binary_search(&op.key).unwrap_or_default())
+            .collect();
+        let cache_keys: Vec<String> = keys
+            .iter()
+            .map(|k| cache_key(game_name, &k.collection, &k.id))
+            .collect();
+        let l1 = &self.inner.l1;
+        let tickets: Vec<_> = cache_keys.iter().map(|k| l1.ticket(k)).collect();
+
+        let mut plan = |current: &[StoredDoc]| {
+            let now = now_rfc3339();
+            let mut state: Vec<StoredDoc> = current.to_vec();
+            let mut changed = vec![false; keys.len()];
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for (index, op) in ops.iter().enumerate() {
+                let slot = slot_of[index];
+                let Applied { row, created } =
+                    ops::apply(&op.op, &op.pre, &state[slot], limits[index], &now)
+                        .map_err(|e| e.at_op(index))?;
+                let doc = match row {
+                    Some(row) => {
+                        let doc = row.value.as_deref().map(|value| {
+                            encode_document(
+                                &op.key.id,
+                                row.owner.as_deref(),
+                                row.version,
+                                &row.updated_at,
+                                value,
+                            )
+                        });
+                        state[slot] = row;
+                        changed[slot] = true;
+                        doc
+                    }
+                    None => None,
+                };
+                outcomes.push(OpOutcome {
+                    doc,
+                    version: state[slot].version,
+                    created,
+                });
+            }
+            let new_rows = state
+                .into_iter()
+                .zip(changed)
+                .map(|(row, changed)| changed.then_some(row))
+                .collect();
+            Ok::<_, ServiceError>((new_rows, outcomes))
+        };
+        let result = tokio::time::timeout(
+            self.inner.store_timeout,
+            game.store.transact(game_name, &keys, &mut plan),
+        )
+        .await;
+        match result {
+            Ok(Ok((new_rows, outcomes))) => {
+                self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                for ((key, row), (cache_key, ticket)) in keys
+                    .iter()
+                    .zip(new_rows)
+                    .zip(cache_keys.iter().zip(tickets))
+                {
+                    if let Some(row) = row {
+                        let config = &game.collections[&key.collection];
+                        let cached = to_cached(&key.id, Some(&row));
+                        l1.complete_write(
+                            cache_key,
+                            ticket,
+                            cached.clone(),
+                            ttl_for(config, &cached),
+                        );
+                    }
+                }
+                Ok(outcomes)
+            }
+            Ok(Err(TxnError::Plan(e))) => Err(e),
+            Ok(Err(TxnError::Store(e))) => {
+                cache_keys.iter().for_each(|k| l1.invalidate(k));
+                Err(store_error(e))
+            }
+            Err(_) => {
+                cache_keys.iter().for_each(|k| l1.invalidate(k));
+                Err(ServiceError::new(
+                    ErrorCode::Timeout,
+                    "the store did not answer in time; the write may or may not have been applied",
+                ))
+            }
+        }
+    }
+
+    /// Checks every store; returns the name and error of each that failed.
+    pub async fn health(&self) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::with_capacity(self.inner.stores.len());
+        for (name, store) in &self.inner.stores {
+            let result = match tokio::time::timeout(self.inner.store_timeout, store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_string()),
+            };
+            out.push((name.clone(), result));
+        }
+        out
+    }
+}
+
+/// Convenience for a single-document write.
+impl Service {
+    pub async fn write_one(
+        &self,
+        game: &str,
+        collection: &str,
+        id: &str,
+        op: WriteOp,
+        pre: Precondition,
+    ) -> Result<OpOutcome, ServiceError> {
+        let op = KeyedOp {
+            key: DocKey {
+                collection: collection.to_string(),
+                id: id.to_string(),
+            },
+            op,
+            pre,
+        };
+        let mut outcomes = self
+            .write(game, std::slice::from_ref(&op))
+            .await
+            .map_err(|mut e| {
+                e.op_index = None;
+                e
+            })?;
+        outcomes
+            .pop()
+            .ok_or_else(|| ServiceError::internal("write returned no outcome"))
+    }
+}
+
+fn cache_key(game: &str, collection: &str, id: &str) -> String {
+    let mut key = String::with_capacity(game.len() + collection.len() + id.len() + 2);
+    key.push_str(game);
+    key.push('/');
+    key.push_str(collection);
+    key.push('/');
+    key.push_str(id);
+    key
+}
+
+fn to_cached(id: &str, row: Option<&StoredDoc>) -> Cached {
+    match row {
+        Some(StoredDoc {
+            version,
+            owner,
+            updated_at,
+            value: Some(value),
+        }) => Cached::Doc {
+            version: *version,
+            body: encode_document(id, owner.as_deref(), *version, updated_at, value),
+        },
+        Some(row) => Cached::Missing {
+            version: row.version,
+        },
+        None => Cached::Missing { version: 0 },
+    }
+}
+
+fn ttl_for(config: &CollectionConfig, cached: &Cached) -> Duration {
+    match cached {
+        Cached::Doc { .. } => config.l1_ttl,
+        Cached::Missing { .. } => config.negative_ttl,
+    }
+}
+
+fn store_error(e: StoreError) -> ServiceError {
+    if e.is_overload() {
+        ServiceError::new(
+            ErrorCode::Overloaded,
+            "the store has no free connection; retry later",
+        )
+    } else {
+        ServiceError::internal(e)
+    }
+}
+
+/// Strips credentials from a store URL before it is shown in health output.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,236 @@
+//! What differs between SQLite, PostgreSQL and MySQL/MariaDB: URLs, session pragmas,
+//! placeholders, row locking, upserts and which errors are transient conflicts.
+
+use super::StoreError;
+
+const COLUMNS: &str = "version, owner, updated_at, value";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Result<Dialect, StoreError> {
+        let scheme = url.split("://").next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Dialect::Sqlite),
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            "mysql" | "mariadb" => Ok(Dialect::MySql),
+            _ => Err(StoreError::Url(
+                url.to_string(),
+                "scheme must be sqlite, postgres or mysql".to_string(),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+        }
+    }
+
+    /// Makes a URL sqlx accepts: SQLite files are created (with their directory) when missing.
+    pub fn normalize_url(self, url: &str) -> Result<String, StoreError> {
+        match self {
+            Dialect::Sqlite => {
+                let rest = &url["sqlite://".len()..];
+                let path = rest.split('?').next().unwrap_or_default();
+                if path.is_empty() {
+                    return Err(StoreError::Url(
+                        url.to_string(),
+                        "missing file path".to_string(),
+                    ));
+                }
+                if path != ":memory:"
+                    && let Some(dir) = std::path::Path::new(path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Url(
+                            url.to_string(),
+                            format!("cannot create {}: {e}", dir.display()),
+                        )
+                    })?;
+                }
+                Ok(if rest.contains("mode=") {
+                    url.to_string()
+                } else if rest.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                })
+            }
+            Dialect::MySql => Ok(url.replacen("mariadb://", "mysql://", 1)),
+            Dialect::Postgres => Ok(url.to_string()),
+        }
+    }
+
+    /// Statements run on every new connection.
+    pub fn session_setup(self, sqlite_full_sync: bool) -> Vec<&'static str> {
+        match self {
+            Dialect::Sqlite => vec![
+                "PRAGMA journal_mode = WAL",
+                if sqlite_full_sync {
+                    "PRAGMA synchronous = FULL"
+                } else {
+                    "PRAGMA synchronous = NORMAL"
+                },
+                "PRAGMA busy_timeout = 5000",
+            ],
+            // Row values are byte-compared ids and UTF-8 JSON text.
+            Dialect::MySql => vec!["SET NAMES utf8mb4 COLLATE utf8mb4_bin"],
+            Dialect::Postgres => vec![],
+        }
+    }
+
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            _ => "?".to_string(),
+        }
+    }
+
+    pub fn select_one(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "SELECT version, owner, updated_at, value FROM dmw_documents WHERE game = $1 AND collection = $2 AND id = $3"
+            }
+            _ => {
+                "SELECT version, owner, updated_at, value FROM dmw_documents WHERE game = ? AND collection = ? AND id = ?"
+            }
+        }
+    }
+
+    pub fn select_for_update(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "SELECT version, owner, updated_at, value FROM dmw_documents WHERE game = $1 AND collection = $2 AND id = $3 FOR UPDATE"
+            }
+            Dialect::MySql => {
+                "SELECT version, owner, updated_at, value FROM dmw_documents WHERE game = ? AND collection = ? AND id = ? FOR UPDATE"
+            }
+            // SQLite has no row locks: the write lock taken by the placeholder insert covers it.
+            Dialect::Sqlite => self.select_one(),
+        }
+    }
+
+    pub fn select_many(self, count: usize) -> String {
+        let list: Vec<String> = (0..count).map(|i| self.placeholder(i + 3)).collect();
+        format!(
+            "SELECT id, {COLUMNS} FROM dmw_documents WHERE game = {} AND collection = {} AND id IN ({})",
+            self.placeholder(1),
+            self.placeholder(2),
+            list.join(", ")
+        )
+    }
+
+    pub fn select_list(self, by_owner: bool, after: bool) -> String {
+        let mut n = 2;
+        let mut next = || {
+            n += 1;
+            self.placeholder(n)
+        };
+        let mut sql = format!(
+            "SELECT id, {COLUMNS} FROM dmw_documents WHERE game = {} AND collection = {} AND value IS NOT NULL",
+            self.placeholder(1),
+            self.placeholder(2)
+        );
+        if by_owner {
+            sql.push_str(&format!(" AND owner = {}", next()));
+        }
+        if after {
+            sql.push_str(&format!(" AND id > {}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", next()));
+        sql
+    }
+
+    /// Makes sure a row exists to lock (version 0, no value), without touching an existing one.
+    pub fn insert_placeholder(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "INSERT INTO dmw_documents (game, collection, id, owner, version, updated_at, value) VALUES ($1, $2, $3, NULL, 0, '', NULL) ON CONFLICT DO NOTHING"
+            }
+            Dialect::Sqlite => {
+                "INSERT INTO dmw_documents (game, collection, id, owner, version, updated_at, value) VALUES (?, ?, ?, NULL, 0, '', NULL) ON CONFLICT DO NOTHING"
+            }
+            Dialect::MySql => {
+                "INSERT INTO dmw_documents (game, collection, id, owner, version, updated_at, value) VALUES (?, ?, ?, NULL, 0, '', NULL) ON DUPLICATE KEY UPDATE version = version"
+            }
+        }
+    }
+
+    pub fn delete_placeholder(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "DELETE FROM dmw_documents WHERE game = $1 AND collection = $2 AND id = $3 AND version = 0"
+            }
+            _ => {
+                "DELETE FROM dmw_documents WHERE game = ? AND collection = ? AND id = ? AND version = 0"
+            }
+        }
+    }
+
+    pub fn update_row(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "UPDATE dmw_documents SET owner = $1, version = $2, updated_at = $3, value = $4 WHERE game = $5 AND collection = $6 AND id = $7"
+            }
+            _ => {
+                "UPDATE dmw_documents SET owner = ?, version = ?, updated_at = ?, value = ? WHERE game = ? AND collection = ? AND id = ?"
+            }
+        }
+    }
+
+    /// Deadlocks, serialization failures and SQLite busy/locked: safe to retry the transaction.
+    pub fn is_transient(self, error: &sqlx::Error) -> bool {
+        let sqlx::Error::Database(db) = error else {
+            return false;
+        };
+        let code = db.code();
+        let code = code.as_deref().unwrap_or_default();
+        match self {
+            Dialect::Postgres => matches!(code, "40001" | "40P01"),
+            // SQLSTATE 40001 covers InnoDB deadlock (1213); HY000 lock wait timeout is 1205.
+            Dialect::MySql => matches!(code, "40001" | "1213" | "1205"),
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            Dialect::Sqlite => code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres_only() {
+        assert_eq!(
+            Dialect::Postgres.select_list(true, true),
+            "SELECT id, version, owner, updated_at, value FROM dmw_documents WHERE game = $1 AND collection = $2 AND value IS NOT NULL AND owner = $3 AND id > $4 ORDER BY id LIMIT $5"
+        );
+        assert!(Dialect::MySql.select_many(3).ends_with("id IN (?, ?, ?)"));
+        assert!(Dialect::Postgres.select_many(2).ends_with("id IN ($3, $4)"));
+        assert!(
+            Dialect::Sqlite
+                .select_list(false, false)
+                .ends_with("ORDER BY id LIMIT ?")
+        );
+    }
+
+    #[test]
+    fn sqlite_url_gets_create_mode() {
+        let dir = std::env::temp_dir().join(format!("dmw-dialect-{}", std::process::id()));
+        let url = format!("sqlite://{}/x.db", dir.display());
+        let normalized = Dialect::Sqlite.normalize_url(&url).unwrap();
+        assert!(normalized.ends_with("x.db?mode=rwc"));
+        assert!(dir.is_dir());
+        let _ = std::fs::remove_dir_all(dir);
+        assert!(Dialect::from_url("redis://x").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! The store: the SQL database that is the only source of truth. One implementation serves
+//! SQLite, PostgreSQL and MySQL/MariaDB through sqlx's `Any` driver; the per-backend
+//! differences (placeholders, row locks, upsert syntax, pragmas, migrations) live in
+//! [`dialect`].
+//!
+//! Writes run as transactions through [`Store::transact`]: every touched key is locked in a
+//! fixed order (so concurrent transactions cannot deadlock each other), the current rows are
+//! handed to a *plan* (pure service logic deciding the new rows or an error), the new rows are
+//! written and the transaction commits. Transient conflicts (deadlock, serialization failure,
+//! SQLite busy) are retried a bounded number of times.
+
+mod dialect;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use tokio::sync::Mutex;
+
+use crate::config::{SqliteSync, StoreConfig};
+use crate::model::StoredDoc;
+pub use dialect::Dialect;
+
+/// How many times a transaction is retried after a transient conflict.
+const MAX_TXN_ATTEMPTS: usize = 8;
+
+/// A store failure. [`StoreError::Unavailable`] maps to 503 (pool exhausted / cannot connect);
+/// the rest are internal errors whose detail is logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid store url {0}: {1}")]
+    Url(String, String),
+}
+
+/// A document key inside one game.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocKey {
+    pub collection: String,
+    pub id: String,
+}
+
+/// A write transaction failed either in the plan (a client-visible error) or in the store.
+#[derive(Debug)]
+pub enum TxnError<E> {
+    Plan(E),
+    Store(StoreError),
+}
+
+/// A handle to one database. Cloning is cheap (the pool is shared).
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer at a time; serialising writers here avoids busy-waiting in
+    /// the database and SQLITE_BUSY upgrade failures. Unused for server databases.
+    write_lock: std::sync::Arc<Mutex<()>>,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file and its directory if needed) and migrates the schema.
+    pub async fn connect(url: &str, config: &StoreConfig) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let url = dialect.normalize_url(url)?;
+        let pragmas = dialect.session_setup(config.sqlite_synchronous == SqliteSync::Full);
+        let max_connections = match dialect {
+            // One writer at a time anyway; readers share a few connections.
+            Dialect::Sqlite => config.max_connections.min(8),
+            _ => config.max_connections,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(config.timeout)
+            .after_connect(move |conn, _meta| {
+                let pragmas = pragmas.clone();
+                Box::pin(async move {
+                    for statement in pragmas {
+                        sqlx::query(statement).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store = Store {
+            pool,
+            dialect,
+            write_lock: Default::default(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Reads one row, tombstones included (`None` if the key was never written).
+    pub async fn get(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
+        let row = sqlx::query(self.dialect.select_one())
+            .bind(game)
+            .bind(key.collection.as_str())
+            .bind(key.id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decode_doc(&r, 0)).transpose()
+    }
+
+    /// Reads many rows of one collection in one query, keyed by id.
+    pub async fn get_many(
+        &self,
+        game: &str,
+        collection: &str,
+        ids: &[&str],
+    ) -> Result<HashMap<String, StoredDoc>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = self.dialect.select_many(ids.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
+            .collect()
+    }
+
+    /// Live documents of a collection ordered by id, optionally of one owner, after `after`.
+    pub async fn list(
+        &self,
+        game: &str,
+        collection: &str,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        let sql = self.dialect.select_list(owner.is_some(), after.is_some());
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        let rows = query.bind(limit as i64).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
+            .collect()
+    }
+
+    /// Runs a write transaction over `keys` (sorted and unique: the lock order). `plan` gets
+    /// the current rows (absent keys as [`StoredDoc::absent`]) and returns the new row for
+    /// each key (`None`: unchanged) plus a result for the caller, or an error that aborts the
+    /// transaction. `plan` may run more than once when a transient conflict forces a retry.
+    /// Returns the new rows (as planned) and the plan's result once committed.
+    pub async fn transact<T, E>(
+        &self,
+        game: &str,
+        keys: &[DocKey],
+        plan: &mut (dyn FnMut(&[StoredDoc]) -> Result<(Vec<Option<StoredDoc>>, T), E> + Send),
+    ) -> Result<(Vec<Option<StoredDoc>>, T), TxnError<E>> {
+        debug_assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "keys must be sorted and unique"
+        );
+        let _writer = match self.dialect {
+            Dialect::Sqlite => Some(self.write_lock.lock().await),
+            _ => None,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_transact(game, keys, plan).await {
+                Err(TxnError::Store(StoreError::Database(e)))
+                    if attempt < MAX_TXN_ATTEMPTS && self.dialect.is_transient(&e) =>
+                {
+                    tracing::debug!(attempt, error = %e, "retrying transaction after a transient conflict");
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(
+                        1..=5 * attempt as u64,
+                    )))
+                    .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_transact<T, E>(
+        &self,
+        game: &str,
+        keys: &[DocKey],
+        plan: &mut (dyn FnMut(&[StoredDoc]) -> Result<(Vec<Option<StoredDoc>>, T), E> + Send),
+    ) -> Result<(Vec<Option<StoredDoc>>, T), TxnError<E>> {
+        let store_err = |e: sqlx::Error| TxnError::Store(StoreError::Database(e));
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        let mut current = Vec::with_capacity(keys.len());
+        for key in keys {
+            sqlx::query(self.dialect.insert_placeholder())
+                .bind(game)
+                .bind(key.collection.as_str())
+                .bind(key.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            let row = sqlx::query(self.dialect.select_for_update())
+                .bind(game)
+                .bind(key.collection.as_str())
+                .bind(key.id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            current.push(decode_doc(&row, 0).map_err(TxnError::Store)?);
+        }
+        // On a plan error the transaction is dropped, which rolls it back.
+        let (new_rows, result) = plan(&current).map_err(TxnError::Plan)?;
+        for (key, (new, old)) in keys.iter().zip(new_rows.iter().zip(&current)) {
+            let final_state = new.as_ref().unwrap_or(old);
+            if final_state.version == 0 {
+                // Only locked, never written: drop the placeholder row again.
+                sqlx::query(self.dialect.delete_placeholder())
+                    .bind(game)
+                    .bind(key.collection.as_str())
+                    .bind(key.id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+                continue;
+            }
+            let Some(new) = new else { continue };
+            sqlx::query(self.dialect.update_row())
+                .bind(new.owner.as_deref())
+                .bind(new.version as i64)
+                .bind(new.updated_at.as_str())
+                .bind(new.value.as_deref())
+                .bind(game)
+                .bind(key.collection.as_str())
+                .bind(key.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+        }
+        tx.commit().await.map_err(store_err)?;
+        Ok((new_rows, result))
+    }
+}
+
+/// Decodes `version, owner, updated_at, value` starting at column `first`.
+fn decode_doc(row: &AnyRow, first: usize) -> Result<StoredDoc, StoreError> {
+    let version: i64 = row.try_get(first)?;
+    Ok(StoredDoc {
+        version: u64::try_from(version).unwrap_or(0),
+        owner: row.try_get(first + 1)?,
+        updated_at: row.try_get(first + 2)?,
+        value: row.try_get(first + 3)?,
+    })
+}
+
+impl StoreError {
+    /// True when the pool could not give a connection in time (load, not a fault).
+    pub fn is_overload(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
+}
