@@ -210,7 +210,8 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("DMW_").split("__"));
+        // DMW_CONFIG names the file (a CLI concern), not a setting.
+        figment = figment.merge(Env::prefixed("DMW_").split("__").ignore(&["config"]));
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;

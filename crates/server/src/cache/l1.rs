@@ -17,7 +17,7 @@
 //!   between. Within one stripe, versions are also compared as a second guard.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,9 +255,7 @@ impl L1 {
     }
 
     fn stripe_of(&self, key: &str) -> usize {
-        let mut hasher = self.inner.hasher.build_hasher();
-        key.hash(&mut hasher);
-        (hasher.finish() as usize) & (STRIPES - 1)
+        (self.inner.hasher.hash_one(key) as usize) & (STRIPES - 1)
     }
 }
 

@@ -1,1 +1,129 @@
+use std::io::Write;
 
+use super::*;
+
+fn load_toml(text: &str) -> Result<Config, ConfigError> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    Config::load(Some(file.path()), &CliOverrides::default())
+}
+
+fn problem(text: &str) -> String {
+    load_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_declare_the_default_game() {
+    let config = Config::default().with_default_game();
+    config.validate().unwrap();
+    let game = &config.games["default"];
+    assert_eq!(game.store, DEFAULT_STORE_URL);
+    let ttl = |c: &str| game.collections[c].l1_ttl.as_secs();
+    assert_eq!(
+        (
+            ttl("players"),
+            ttl("characters"),
+            ttl("items"),
+            ttl("orders")
+        ),
+        (600, 300, 180, 60)
+    );
+    assert_eq!(game.collections["players"].l2_ttl.as_secs(), 3600);
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn a_file_with_games_replaces_the_default_game() {
+    let config = load_toml(
+        r#"
+        [http]
+        listen = "127.0.0.1:9000"
+        [games.rpg]
+        store = "postgres://db/rpg"
+        [games.rpg.collections.heroes]
+        l1_ttl = "30s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.http.listen.port(), 9000);
+    assert!(!config.games.contains_key("default"));
+    let heroes = &config.games["rpg"].collections["heroes"];
+    assert_eq!(heroes.l1_ttl.as_secs(), 30);
+    assert_eq!(
+        heroes.negative_ttl.as_secs(),
+        5,
+        "unset members keep their defaults"
+    );
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    assert!(problem("[http]\nmax_in_flight = 0\n").contains("http.max_in_flight"));
+    assert!(problem("[http]\nlisten = \"nowhere\"\n").contains("listen"));
+    assert!(problem("[http]\nlistne = \"127.0.0.1:1\"\n").contains("listne"));
+    assert!(
+        problem("[games.Bad]\nstore = \"sqlite://x.db\"\n[games.Bad.collections.a]\n")
+            .contains("games.Bad")
+    );
+    assert!(
+        problem("[games.g]\nstore = \"redis://x\"\n[games.g.collections.a]\n")
+            .contains("games.g.store")
+    );
+    assert!(
+        problem("[games.g]\nstore = \"sqlite://x.db\"\ncollections = {}\n")
+            .contains("games.g.collections")
+    );
+    assert!(
+        problem("[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\nl1_ttl = \"0s\"\n")
+            .contains("games.g.collections.a.l1_ttl")
+    );
+    assert!(
+        problem(
+            "[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\nl1_ttl = \"soon\"\n"
+        )
+        .contains("l1_ttl")
+    );
+    assert!(matches!(
+        Config::load(
+            Some(Path::new("/nonexistent/dmw.toml")),
+            &CliOverrides::default()
+        ),
+        Err(ConfigError::MissingFile(_))
+    ));
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn environment_and_cli_override_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "dmw.toml",
+            "[http]\nmax_in_flight = 10\nmax_body_bytes = 300000\n",
+        )?;
+        jail.set_env("DMW_HTTP__MAX_IN_FLIGHT", "20");
+        jail.set_env("DMW_STORE__TIMEOUT", "250ms");
+        jail.set_env("DMW_CONFIG", "ignored-by-the-settings-loader");
+        let cli = CliOverrides {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+        };
+        let config = Config::load(Some(Path::new("dmw.toml")), &cli).map_err(|e| e.to_string())?;
+        assert_eq!(config.http.max_in_flight, 20);
+        assert_eq!(config.http.max_body_bytes, 300000);
+        assert_eq!(config.store.timeout.as_millis(), 250);
+        assert_eq!(config.http.listen.port(), 7000);
+        jail.set_env("DMW_HTTP__NOPE", "1");
+        let err = Config::load(None, &CliOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn printed_config_loads_back_identically() {
+    let config = Config::default().with_default_game();
+    let printed = config.to_toml();
+    let reloaded = load_toml(&printed).unwrap();
+    assert_eq!(reloaded.to_toml(), printed);
+}

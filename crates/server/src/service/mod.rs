@@ -419,7 +419,17 @@ impl Service {
                 }
                 Ok(outcomes)
             }
-            Ok(Err(TxnError::Plan(e))) => Err(e),
+            Ok(Err(TxnError::Plan(e))) => {
+                if matches!(
+                    e.code,
+                    ErrorCode::VersionConflict | ErrorCode::AlreadyExists
+                ) {
+                    // The store disagreed with what the caller (maybe from our cache) expected:
+                    // drop our copies so the next read fetches the store's truth.
+                    cache_keys.iter().for_each(|k| l1.invalidate(k));
+                }
+                Err(e)
+            }
             Ok(Err(TxnError::Store(e))) => {
                 cache_keys.iter().for_each(|k| l1.invalidate(k));
                 Err(store_error(e))

@@ -46,6 +46,12 @@ pub struct DocKey {
     pub id: String,
 }
 
+/// The new row for each locked key (`None`: unchanged) and the caller's result.
+pub type Planned<T> = (Vec<Option<StoredDoc>>, T);
+
+/// Decides a transaction's writes from the current rows of its keys (see [`Store::transact`]).
+pub type Plan<'a, T, E> = dyn FnMut(&[StoredDoc]) -> Result<Planned<T>, E> + Send + 'a;
+
 /// A write transaction failed either in the plan (a client-visible error) or in the store.
 #[derive(Debug)]
 pub enum TxnError<E> {
@@ -109,8 +115,20 @@ impl Store {
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
             Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
         };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        // Instances starting together on a fresh database race to create the migrations
+        // table; the loser fails once and succeeds on a retry.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(attempt, error = %e, "schema migration failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Checks that the database answers.
@@ -183,8 +201,8 @@ impl Store {
         &self,
         game: &str,
         keys: &[DocKey],
-        plan: &mut (dyn FnMut(&[StoredDoc]) -> Result<(Vec<Option<StoredDoc>>, T), E> + Send),
-    ) -> Result<(Vec<Option<StoredDoc>>, T), TxnError<E>> {
+        plan: &mut Plan<'_, T, E>,
+    ) -> Result<Planned<T>, TxnError<E>> {
         debug_assert!(
             keys.windows(2).all(|w| w[0] < w[1]),
             "keys must be sorted and unique"
@@ -215,8 +233,8 @@ impl Store {
         &self,
         game: &str,
         keys: &[DocKey],
-        plan: &mut (dyn FnMut(&[StoredDoc]) -> Result<(Vec<Option<StoredDoc>>, T), E> + Send),
-    ) -> Result<(Vec<Option<StoredDoc>>, T), TxnError<E>> {
+        plan: &mut Plan<'_, T, E>,
+    ) -> Result<Planned<T>, TxnError<E>> {
         let store_err = |e: sqlx::Error| TxnError::Store(StoreError::Database(e));
         let mut tx = self.pool.begin().await.map_err(store_err)?;
         let mut current = Vec::with_capacity(keys.len());

@@ -1,1 +1,191 @@
+use std::time::Duration;
 
+use super::*;
+
+fn doc(version: u64) -> Cached {
+    Cached::Doc {
+        version,
+        body: Bytes::from(format!("v{version}")),
+    }
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_fill_that_raced_a_write_is_dropped() {
+    let l1 = L1::new(1 << 20);
+    // A read starts (ticket), a write commits v2 and updates the cache, then the read's v1
+    // result arrives: it must not replace v2.
+    let read = l1.ticket("k");
+    let write = l1.ticket("k");
+    l1.complete_write("k", write, doc(2), TTL);
+    l1.fill("k", read, doc(1), TTL);
+    assert_eq!(l1.get("k"), Some(doc(2)));
+}
+
+#[tokio::test]
+async fn a_raced_fill_is_dropped_even_if_the_newer_entry_was_evicted() {
+    let l1 = L1::new(1 << 20);
+    let read = l1.ticket("k");
+    let write = l1.ticket("k");
+    l1.complete_write("k", write, doc(2), TTL);
+    l1.inner.entries.remove("k"); // as if evicted under memory pressure
+    l1.fill("k", read, doc(1), TTL);
+    assert_eq!(l1.get("k"), None, "no stale v1 after the eviction of v2");
+}
+
+#[tokio::test]
+async fn overlapping_writes_leave_the_key_empty_rather_than_older() {
+    let l1 = L1::new(1 << 20);
+    let first = l1.ticket("k");
+    let second = l1.ticket("k");
+    // The later version lands first; the earlier write finishes afterwards.
+    l1.complete_write("k", second, doc(3), TTL);
+    l1.complete_write("k", first, doc(2), TTL);
+    assert_eq!(l1.get("k"), None);
+    // And even if it were evicted in between, v2 is not inserted.
+    let a = l1.ticket("k");
+    let b = l1.ticket("k");
+    l1.complete_write("k", b, doc(5), TTL);
+    l1.inner.entries.remove("k");
+    l1.complete_write("k", a, doc(4), TTL);
+    assert_eq!(l1.get("k"), None);
+}
+
+#[tokio::test]
+async fn an_uncontended_write_replaces_the_entry() {
+    let l1 = L1::new(1 << 20);
+    let ticket = l1.ticket("k");
+    l1.fill("k", ticket, doc(1), TTL);
+    let write = l1.ticket("k");
+    l1.complete_write("k", write, Cached::Missing { version: 2 }, TTL);
+    assert_eq!(l1.get("k"), Some(Cached::Missing { version: 2 }));
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_load() {
+    let l1 = L1::new(1 << 20);
+    let loads = std::sync::atomic::AtomicUsize::new(0);
+    let load = || async {
+        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(doc(7))
+    };
+    let calls = (0..100).map(|_| l1.get_or_load("k", |_| TTL, load));
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.as_ref().unwrap().0 == doc(7)));
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (hit, tier) = l1.get_or_load("k", |_| TTL, load).await.unwrap();
+    assert_eq!((hit, tier), (doc(7), Tier::L1));
+}
+
+#[tokio::test]
+async fn a_cancelled_leader_hands_the_load_to_a_waiter() {
+    let l1 = L1::new(1 << 20);
+    let slow = || async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(doc(1))
+    };
+    let fast = || async { Ok(doc(2)) };
+    let leader = l1.get_or_load("k", |_| TTL, slow);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), leader)
+            .await
+            .is_err()
+    );
+    let (value, _) = l1.get_or_load("k", |_| TTL, fast).await.unwrap();
+    assert_eq!(value, doc(2));
+}
+
+#[tokio::test]
+async fn a_write_detaches_reads_in_flight() {
+    let l1 = L1::new(1 << 20);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let old_read = {
+        let gate = gate.clone();
+        let l1 = l1.clone();
+        tokio::spawn(async move {
+            l1.get_or_load(
+                "k",
+                |_| TTL,
+                || {
+                    let gate = gate.clone();
+                    async move {
+                        gate.notified().await;
+                        Ok(doc(1))
+                    }
+                },
+            )
+            .await
+        })
+    };
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A write commits v2 while the old read is blocked, but finds the key not cached.
+    let write = l1.ticket("k");
+    l1.complete_write("k", write, doc(2), TTL);
+    l1.inner.entries.remove("k");
+    // A read after the write must not join the old flight.
+    let (value, _) = l1
+        .get_or_load("k", |_| TTL, || async { Ok(doc(2)) })
+        .await
+        .unwrap();
+    assert_eq!(value, doc(2));
+    gate.notify_one();
+    assert_eq!(old_read.await.unwrap().unwrap().0, doc(1));
+    assert_eq!(l1.get("k"), Some(doc(2)), "the old read did not overwrite");
+}
+
+#[tokio::test]
+async fn errors_are_not_cached() {
+    let l1 = L1::new(1 << 20);
+    let failing = || async { Err(ServiceError::new(crate::error::ErrorCode::Timeout, "slow")) };
+    assert!(l1.get_or_load("k", |_| TTL, failing).await.is_err());
+    let (value, tier) = l1
+        .get_or_load("k", |_| TTL, || async { Ok(doc(1)) })
+        .await
+        .unwrap();
+    assert_eq!((value, tier), (doc(1), Tier::Db));
+}
+
+#[tokio::test]
+async fn entries_expire_and_ttls_are_jittered() {
+    let l1 = L1::new(1 << 20);
+    let ticket = l1.ticket("k");
+    l1.fill("k", ticket, doc(1), Duration::from_millis(30));
+    assert!(l1.get("k").is_some());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(l1.get("k"), None, "expired");
+    let ttls: std::collections::HashSet<_> =
+        (0..100).map(|_| jitter(Duration::from_secs(100))).collect();
+    assert!(ttls.len() > 90, "jitter spreads expiries");
+    assert!(
+        ttls.iter()
+            .all(|t| *t >= Duration::from_secs(90) && *t < Duration::from_secs(110))
+    );
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_by_bytes() {
+    let l1 = L1::new(1 << 20);
+    let body = Bytes::from(vec![b'x'; 10_000]);
+    for i in 0..1000 {
+        let key = format!("k{i}");
+        let ticket = l1.ticket(&key);
+        l1.fill(
+            &key,
+            ticket,
+            Cached::Doc {
+                version: 1,
+                body: body.clone(),
+            },
+            TTL,
+        );
+    }
+    assert!(
+        l1.weight() <= 1 << 20,
+        "weight {} over the bound",
+        l1.weight()
+    );
+    assert!(l1.len() < 200);
+}

@@ -1,0 +1,353 @@
+//! Every bad input gets its documented code, nothing is written, and the server keeps serving.
+//! Ingress behaviour does not depend on the backend, so these run on SQLite.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use support::{Backend, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn server() -> TestServer {
+    TestServer::start(Backend::Sqlite)
+        .await
+        .expect("SQLite is always available")
+}
+
+async fn server_with(tweak: impl FnOnce(&mut datamiddleware::config::Config)) -> TestServer {
+    TestServer::start_with(Backend::Sqlite, tweak)
+        .await
+        .expect("SQLite is always available")
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes or goes quiet.
+async fn raw(server: &TestServer, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.running.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn bad_names_and_ids() {
+    let s = server().await;
+    let c = &s.client;
+    for (path, code) in [
+        (s.path("players/_reserved"), "invalid_id"),
+        (
+            s.path(&format!("players/{}", "x".repeat(129))),
+            "invalid_id",
+        ),
+        (s.path("players/a%00b"), "invalid_id"),
+        (s.path("players/a%2Fb"), "invalid_id"),
+        (s.path("players/%FF"), "invalid_id"),
+        (s.path("players/sp%20ace"), "invalid_id"),
+        (s.path("monsters/1"), "unknown_collection"),
+        ("/api/v1/NoSuchGame/players/1".to_string(), "unknown_game"),
+        ("/api/v1/nosuchgame/players/1".to_string(), "unknown_game"),
+        (s.path("players/1/extra/segments/here"), "not_found"),
+        ("/nothing/here".to_string(), "not_found"),
+    ] {
+        let r = c.get(&path).await;
+        assert_eq!(r.code(), code, "GET {path}");
+        assert!(r.status.is_client_error());
+    }
+    // Percent-encoded characters that are legal in ids decode to the same document.
+    c.put(&s.path("players/a:b@c"), r#"{"value":{}}"#).await;
+    assert_eq!(
+        c.get(&s.path("players/a%3Ab%40c")).await.status,
+        StatusCode::OK
+    );
+    // A legal id at the limit works.
+    let longest = s.path(&format!("players/{}", "x".repeat(128)));
+    assert_eq!(
+        c.put(&longest, r#"{"value":{}}"#).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_write_nothing() {
+    let s = server().await;
+    let c = &s.client;
+    let path = s.path("players/p");
+    for (body, code) in [
+        ("{not json", "invalid_json"),
+        ("", "invalid_json"),
+        (r#"{"value": [1,2]}"#, "bad_request"),
+        (r#"{"value": "text"}"#, "bad_request"),
+        (r#"{"value": {}, "extra": 1}"#, "bad_request"),
+        (r#"{"owner": "x"}"#, "bad_request"),
+        (r#"{"value": {}, "owner": 7}"#, "bad_request"),
+        (r#"{"value": {}, "owner": "not valid"}"#, "invalid_id"),
+        (r#"{"value": {"a": "\ud800"}}"#, "invalid_json"),
+    ] {
+        let r = c.put(&path, body).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (400, code.to_string()),
+            "body {body}"
+        );
+    }
+    let deep = format!(
+        r#"{{"value":{{"a":{}1{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(c.put(&path, &deep).await.code(), "invalid_json");
+    let r = c
+        .send(
+            Method::PUT,
+            &path,
+            &[("content-type", "text/plain")],
+            Some(r#"{"value":{}}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (415, "unsupported_media_type".to_string())
+    );
+    for (name, value) in [
+        ("if-match", "3"),
+        ("if-match", "W/\"3\""),
+        ("if-match", "\"x\""),
+        ("if-none-match", "\"1\""),
+    ] {
+        let r = c
+            .send(
+                Method::PUT,
+                &path,
+                &[(name, value)],
+                Some(r#"{"value":{}}"#),
+            )
+            .await;
+        assert_eq!(r.code(), "bad_request", "{name}: {value}");
+    }
+    assert_eq!(
+        c.get(&path).await.code(),
+        "not_found",
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let s = server().await; // max body 64 KiB, max document 4 KiB (tests/support)
+    let c = &s.client;
+    let path = s.path("players/big");
+    let doc = |bytes: usize| format!(r#"{{"value":{{"s":"{}"}}}}"#, "x".repeat(bytes));
+    let r = c.put(&path, &doc(5000)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (413, "payload_too_large".to_string())
+    );
+    assert_eq!(
+        c.put(&path, &doc(70 * 1024)).await.code(),
+        "payload_too_large"
+    );
+    assert_eq!(c.put(&path, &doc(4000)).await.status, StatusCode::CREATED);
+    // Growing a document past the limit through patch or incr is refused too.
+    let r = c
+        .send(
+            Method::PATCH,
+            &path,
+            &[("content-type", "application/merge-patch+json")],
+            Some(&format!(r#"{{"t":"{}"}}"#, "y".repeat(200))),
+        )
+        .await;
+    assert_eq!(r.code(), "payload_too_large");
+    // A chunked body with no declared length is cut at the limit as well.
+    let body = doc(80 * 1024);
+    let mut request = format!("PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", body.len()).into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw(&s, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(c.get(&path).await.json()["version"], 1);
+}
+
+#[tokio::test]
+async fn methods_and_routes() {
+    let s = server().await;
+    let c = &s.client;
+    let r = c
+        .send(Method::POST, &s.path("players/p"), &[], Some("{}"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (405, "method_not_allowed".to_string())
+    );
+    assert_eq!(c.get(&s.path("_txn")).await.code(), "method_not_allowed");
+    assert_eq!(
+        c.get(&s.path("players/p/_incr")).await.code(),
+        "method_not_allowed"
+    );
+    assert_eq!(
+        c.post(&s.path("_txn"), r#"{"ops":[]}"#).await.code(),
+        "bad_request"
+    );
+    let ops: Vec<_> = (0..101)
+        .map(|i| serde_json::json!({"op":"delete","collection":"players","id":i.to_string()}))
+        .collect();
+    let r = c
+        .post(
+            &s.path("_txn"),
+            &serde_json::json!({ "ops": ops }).to_string(),
+        )
+        .await;
+    assert_eq!(r.code(), "bad_request");
+    let r = c.get("/healthz").await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn malformed_http_is_refused() {
+    let s = server().await;
+    let both = "PUT /api/v1/x/players/p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert!(raw(&s, both.as_bytes()).await.starts_with("HTTP/1.1 400"));
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw(&s, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let answer = raw(&s, huge.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "{answer}"
+    );
+    assert!(
+        raw(&s, b"NOT HTTP AT ALL\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    // The server still serves.
+    assert_eq!(s.client.get("/healthz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
+    let s = server_with(|c| c.http.header_read_timeout = Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(s.running.addr).await.unwrap();
+    let mut trickle = TcpStream::connect(s.running.addr).await.unwrap();
+    trickle.write_all(b"GET /healthz HT").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent connection is closed");
+    let read = tokio::time::timeout(Duration::from_secs(5), trickle.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an incomplete head is closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // A keep-alive connection that goes quiet after a request is closed too.
+    let mut idle = TcpStream::connect(s.running.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 512];
+    assert!(idle.read(&mut first).await.unwrap() > 0);
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection is closed");
+}
+
+#[tokio::test]
+async fn in_flight_limit_sheds_with_503() {
+    let s = server_with(|c| c.http.max_in_flight = 1).await;
+    // Holds the only in-flight slot: a PUT whose body never arrives.
+    let mut holder = TcpStream::connect(s.running.addr).await.unwrap();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        s.path("players/h")
+    );
+    holder.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = s.client.get(&s.path("players/x")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "overloaded".to_string())
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.client.get(&s.path("players/x")).await.code(),
+        "not_found",
+        "serving again"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_fast() {
+    let s = server_with(|c| c.http.max_connections = 2).await;
+    let mut a = TcpStream::connect(s.running.addr).await.unwrap();
+    let _b = TcpStream::connect(s.running.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(s.running.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the extra connection is closed: {n:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // An admitted connection keeps working.
+    a.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = a.read(&mut [0u8; 256]).await.unwrap();
+    assert!(n > 0);
+}
+
+#[tokio::test]
+async fn store_time_budget_gives_504_and_writes_nothing() {
+    use sqlx::Connection;
+    let s = server_with(|c| c.store.timeout = Duration::from_millis(300)).await;
+    let file = s.store_url.trim_start_matches("sqlite://").to_string();
+    // Another process holds SQLite's write lock, so the write cannot finish in its budget.
+    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let r = s
+        .client
+        .put(&s.path("players/slow"), r#"{"value":{}}"#)
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (504, "timeout".to_string()));
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(
+        s.client.get(&s.path("players/slow")).await.code(),
+        "not_found"
+    );
+    assert_eq!(
+        s.client
+            .put(&s.path("players/slow"), r#"{"value":{}}"#)
+            .await
+            .json()["version"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn problem_documents_never_leak_internals() {
+    let s = server().await;
+    let r = s.client.put(&s.path("players/p"), "{bad").await;
+    let problem = r.json();
+    for member in ["type", "title", "status", "code", "detail"] {
+        assert!(problem.get(member).is_some(), "missing {member}");
+    }
+    assert_eq!(problem["status"], 400);
+    assert!(problem["type"].as_str().unwrap().ends_with(":invalid_json"));
+}

@@ -1,0 +1,291 @@
+//! Shared test infrastructure: which real backends are reachable, servers on port 0 with a
+//! fresh game per test, and a small HTTP client.
+//!
+//! Backends: SQLite always (a temporary file); PostgreSQL when `DATAMIDDLEWARE_TEST_POSTGRES_URL` is set;
+//! MySQL/MariaDB when `DATAMIDDLEWARE_TEST_MYSQL_URL` is set (`scripts/test.sh` sets both after starting
+//! the servers). A missing backend is a skip with a printed line, except under `CI=true`,
+//! where it fails the test.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use datamiddleware::app::{self, Running};
+use datamiddleware::config::{CollectionConfig, Config, GameConfig};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    fn env_var(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("DATAMIDDLEWARE_TEST_POSTGRES_URL"),
+            Backend::MySql => Some("DATAMIDDLEWARE_TEST_MYSQL_URL"),
+        }
+    }
+
+    /// A store URL for this backend, or `None` (skip) when it is not configured outside CI.
+    pub fn url(self, dir: &tempfile::TempDir) -> Option<String> {
+        let Some(var) = self.env_var() else {
+            return Some(format!("sqlite://{}/store.db", dir.path().display()));
+        };
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("{var} is not set, and CI=true forbids skipping the {self:?} suite")
+            }
+            _ => {
+                eprintln!("SKIPPED: {self:?} suite ({var} is not set; scripts/test.sh sets it)");
+                None
+            }
+        }
+    }
+}
+
+/// A unique game name, so tests sharing one database never see each other's rows.
+pub fn unique_game() -> String {
+    format!("t{:016x}", fastrand::u64(..))
+}
+
+/// A collection config with a long TTL (tests control invalidation themselves).
+pub fn collection() -> CollectionConfig {
+    CollectionConfig {
+        l1_ttl: Duration::from_secs(600),
+        l2_ttl: Duration::from_secs(600),
+        negative_ttl: Duration::from_secs(60),
+        max_document_bytes: 4096,
+    }
+}
+
+/// A config for one game with collections `players`, `items` and `orders` on `store_url`.
+pub fn config(game: &str, store_url: &str) -> Config {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.max_body_bytes = 64 * 1024;
+    let collections: BTreeMap<String, CollectionConfig> = ["players", "items", "orders"]
+        .into_iter()
+        .map(|c| (c.to_string(), collection()))
+        .collect();
+    config.games.insert(
+        game.to_string(),
+        GameConfig {
+            store: store_url.to_string(),
+            collections,
+        },
+    );
+    config.validate().unwrap();
+    config
+}
+
+/// A running server on port 0 with its own game, plus a client.
+pub struct TestServer {
+    pub running: Running,
+    pub game: String,
+    pub store_url: String,
+    pub client: Http,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server on `backend`, or returns `None` when the backend is skipped.
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestServer> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = backend.url(&dir)?;
+        let game = unique_game();
+        let mut config = config(&game, &url);
+        tweak(&mut config);
+        Some(Self::start_config(config, game, url, Some(dir)).await)
+    }
+
+    /// A second server for the same game and store (another instance of the middleware).
+    pub async fn sibling(&self) -> TestServer {
+        let config = config(&self.game, &self.store_url);
+        Self::start_config(config, self.game.clone(), self.store_url.clone(), None).await
+    }
+
+    async fn start_config(
+        config: Config,
+        game: String,
+        store_url: String,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestServer {
+        let running = app::start(config).await.expect("server starts");
+        let client = Http::new(format!("http://{}", running.addr));
+        TestServer {
+            running,
+            game,
+            store_url,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// `/api/v1/{game}/{rest}`
+    pub fn path(&self, rest: &str) -> String {
+        format!("/api/v1/{}/{rest}", self.game)
+    }
+
+    pub fn store_reads(&self) -> u64 {
+        self.running
+            .service
+            .stats()
+            .store_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A response, with the body parsed as JSON when it is JSON.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `code` of a problem document.
+    pub fn code(&self) -> String {
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap()),
+            Some("application/problem+json"),
+            "expected a problem document, got {} {:?}",
+            self.status,
+            self.body
+        );
+        self.json()["code"].as_str().unwrap().to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// A small HTTP client bound to one server.
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(base: String) -> Http {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Http { base, client }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        self.try_send(method, path, headers, body)
+            .await
+            .expect("request sent")
+    }
+
+    /// Like [`Http::send`], but `None` when the connection fails (the server died).
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Option<Reply> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
+            .unwrap();
+        let response = self.client.request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn try_put(&self, path: &str, body: &str) -> Option<Reply> {
+        self.try_send(Method::PUT, path, &[], Some(body)).await
+    }
+
+    pub async fn try_post(&self, path: &str, body: &str) -> Option<Reply> {
+        self.try_send(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &str) -> Reply {
+        self.send(Method::PUT, path, &[], Some(body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, path, &[], None).await
+    }
+}
+
+/// Defines each listed `async fn case(backend: Backend)` as a test per backend:
+/// `sqlite::case`, `postgres::case`, `mysql::case`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::support::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::support::Backend::Postgres).await })*
+        }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::support::Backend::MySql).await })*
+        }
+    };
+}
