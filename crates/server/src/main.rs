@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 use datamiddleware::config::{CliOverrides, Config};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of the system allocator: glibc malloc trimmed and re-grew its heap under
+/// request load (thousands of page faults per second, ~0 with jemalloc; see
+/// docs/performance.md), and jemalloc is what heap profiling will build on.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "datamiddleware",

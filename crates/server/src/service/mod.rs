@@ -10,6 +10,9 @@ pub mod ops;
 pub mod request;
 
 use std::collections::HashMap;
+
+/// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -69,7 +72,7 @@ pub struct Stats {
 
 struct Game {
     store: Store,
-    collections: HashMap<String, CollectionConfig>,
+    collections: FastMap<String, CollectionConfig>,
 }
 
 /// The service. Cloning is cheap (shared state behind an `Arc`).
@@ -79,7 +82,7 @@ pub struct Service {
 }
 
 struct Inner {
-    games: HashMap<String, Game>,
+    games: FastMap<String, Game>,
     /// One entry per distinct store, for health checks.
     stores: Vec<(String, Store)>,
     l1: L1,
@@ -91,7 +94,7 @@ impl Service {
     /// Connects every configured store (one pool per distinct URL) and migrates it.
     pub async fn from_config(config: &Config) -> Result<Service, StoreError> {
         let mut by_url: HashMap<&str, Store> = HashMap::new();
-        let mut games = HashMap::new();
+        let mut games = FastMap::default();
         for (name, game) in &config.games {
             let store = match by_url.get(game.store.as_str()) {
                 Some(store) => store.clone(),
@@ -171,24 +174,15 @@ impl Service {
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         check_id(id, "id")?;
-        let key = cache_key(game_name, collection, id);
-        let doc_key = DocKey {
-            collection: collection.to_string(),
-            id: id.to_string(),
+        let key = KeyBuf::new(game_name, collection, id);
+        // The miss path (single flight, store query) is boxed so that the future of a hit
+        // stays small: hyper moves the request future on every request (measured).
+        let (cached, tier) = match self.inner.l1.get(key.as_str()) {
+            Some(hit) => (hit, Tier::L1),
+            None => {
+                Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
+            }
         };
-        let (cached, tier) = self
-            .inner
-            .l1
-            .get_or_load(
-                &key,
-                |c| ttl_for(config, c),
-                || async {
-                    self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-                    let row = self.budget(game.store.get(game_name, &doc_key)).await?;
-                    Ok(to_cached(id, row.as_ref()))
-                },
-            )
-            .await?;
         match cached {
             Cached::Doc { version, body } => Ok(ReadResult {
                 body,
@@ -197,6 +191,34 @@ impl Service {
             }),
             Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
         }
+    }
+
+    /// Single-flighted store read of one document on an L1 miss.
+    async fn load(
+        &self,
+        game_name: &str,
+        game: &Game,
+        config: &CollectionConfig,
+        collection: &str,
+        id: &str,
+        key: &str,
+    ) -> Result<(Cached, Tier), ServiceError> {
+        self.inner
+            .l1
+            .get_or_load(
+                key,
+                |c| ttl_for(config, c),
+                || async {
+                    self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+                    let doc_key = DocKey {
+                        collection: collection.to_string(),
+                        id: id.to_string(),
+                    };
+                    let row = self.budget(game.store.get(game_name, &doc_key)).await?;
+                    Ok(to_cached(id, row.as_ref()))
+                },
+            )
+            .await
     }
 
     /// Reads many documents of one collection; `None` where an id has no document. Hits come
@@ -490,6 +512,42 @@ impl Service {
     }
 }
 
+/// The L1 key of a document, `game/collection/id`, composed on the stack: a cache hit then
+/// allocates nothing for its key. Names and ids are validated first, so it always fits.
+struct KeyBuf {
+    buf: [u8; KeyBuf::CAPACITY],
+    len: usize,
+}
+
+impl KeyBuf {
+    const CAPACITY: usize = 2 * crate::model::MAX_NAME_LEN + crate::model::MAX_ID_LEN + 2;
+
+    fn new(game: &str, collection: &str, id: &str) -> KeyBuf {
+        let mut key = KeyBuf {
+            buf: [0; Self::CAPACITY],
+            len: 0,
+        };
+        for (index, part) in [game, collection, id].into_iter().enumerate() {
+            if index > 0 {
+                key.push(b"/");
+            }
+            key.push(part.as_bytes());
+        }
+        key
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(Self::CAPACITY);
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ever filled from whole `&str`s of ASCII names and ids.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 fn cache_key(game: &str, collection: &str, id: &str) -> String {
     let mut key = String::with_capacity(game.len() + collection.len() + id.len() + 2);
     key.push_str(game);
@@ -543,5 +601,22 @@ fn redact_url(url: &str) -> String {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_keys_match_heap_keys() {
+        let long_id = "x".repeat(crate::model::MAX_ID_LEN);
+        let long_name = "n".repeat(crate::model::MAX_NAME_LEN);
+        for (g, c, i) in [
+            ("default", "players", "42"),
+            (long_name.as_str(), long_name.as_str(), long_id.as_str()),
+        ] {
+            assert_eq!(KeyBuf::new(g, c, i).as_str(), cache_key(g, c, i));
+        }
     }
 }

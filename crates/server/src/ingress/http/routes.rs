@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{
     CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH, IF_NONE_MATCH,
 };
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -30,12 +31,35 @@ const DEFAULT_GAME: &str = "default";
 /// Most path segments any route has (`api/v1/{game}/{collection}/{id}/_incr`).
 const MAX_SEGMENTS: usize = 6;
 
-/// Dispatches one request.
+/// A request whose head is borrowed (so the path can be matched without copying it) and whose
+/// body is read at most once.
+struct Req<'a> {
+    parts: &'a Parts,
+    body: Incoming,
+}
+
+impl Req<'_> {
+    fn method(&self) -> &Method {
+        &self.parts.method
+    }
+
+    fn headers(&self) -> &http::HeaderMap {
+        &self.parts.headers
+    }
+}
+
+/// Dispatches one request. Only the document GET (the cache-hit path) runs inline; every other
+/// route is boxed, so the request future hyper moves around per request stays small
+/// (it was 3.5 KB with everything inline; measured in docs/performance.md).
 pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResult {
-    let path = req.uri().path().to_owned();
+    let (parts, body) = req.into_parts();
+    let req = Req {
+        parts: &parts,
+        body,
+    };
     let mut segments = [""; MAX_SEGMENTS];
     let mut count = 0;
-    for segment in path.trim_start_matches('/').split('/') {
+    for segment in parts.uri.path().trim_start_matches('/').split('/') {
         if count == MAX_SEGMENTS {
             return Err(no_route());
         }
@@ -46,7 +70,7 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
     match segments {
         ["healthz"] => {
             only(&req, &[Method::GET])?;
-            health(state).await
+            Box::pin(health(state)).await
         }
         ["api", "v1", game, rest @ ..] => {
             let game = decode(game)?;
@@ -57,19 +81,19 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
     }
 }
 
-async fn api(state: &HttpState, req: Request<Incoming>, game: &str, rest: &[&str]) -> HttpResult {
+async fn api(state: &HttpState, req: Req<'_>, game: &str, rest: &[&str]) -> HttpResult {
     match rest {
         ["_txn"] => {
             only(&req, &[Method::POST])?;
-            txn(state, req, game).await
+            Box::pin(txn(state, req, game)).await
         }
         [collection] => {
             only(&req, &[Method::GET])?;
-            list(state, &req, game, &decode(collection)?).await
+            Box::pin(list(state, &req, game, &decode(collection)?)).await
         }
         [collection, "_batch_get"] => {
             only(&req, &[Method::POST])?;
-            batch_get(state, req, game, &decode(collection)?).await
+            Box::pin(batch_get(state, req, game, &decode(collection)?)).await
         }
         [collection, id] => {
             let (collection, id) = (decode(collection)?, decode(id)?);
@@ -77,7 +101,7 @@ async fn api(state: &HttpState, req: Request<Incoming>, game: &str, rest: &[&str
         }
         [collection, id, "_incr"] => {
             only(&req, &[Method::POST])?;
-            incr(state, req, game, &decode(collection)?, &decode(id)?).await
+            Box::pin(incr(state, req, game, &decode(collection)?, &decode(id)?)).await
         }
         _ => Err(no_route()),
     }
@@ -85,21 +109,31 @@ async fn api(state: &HttpState, req: Request<Incoming>, game: &str, rest: &[&str
 
 async fn document(
     state: &HttpState,
-    req: Request<Incoming>,
+    req: Req<'_>,
+    game: &str,
+    collection: &str,
+    id: &str,
+) -> HttpResult {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        let read = state.service.get(game, collection, id).await?;
+        let mut response = with_etag(json(StatusCode::OK, read.body), read.version);
+        response
+            .headers_mut()
+            .insert(X_CACHE, tier_header(read.tier));
+        return Ok(response);
+    }
+    Box::pin(write_document(state, req, game, collection, id)).await
+}
+
+async fn write_document(
+    state: &HttpState,
+    req: Req<'_>,
     game: &str,
     collection: &str,
     id: &str,
 ) -> HttpResult {
     let service = &state.service;
     match *req.method() {
-        Method::GET | Method::HEAD => {
-            let read = service.get(game, collection, id).await?;
-            let mut response = with_etag(json(StatusCode::OK, read.body), read.version);
-            response
-                .headers_mut()
-                .insert(X_CACHE, tier_header(read.tier));
-            Ok(response)
-        }
         Method::PUT => {
             let mut pre = Precondition::version(if_match(&req)?);
             pre.if_exists = if_match_any(&req);
@@ -147,7 +181,7 @@ async fn document(
 
 async fn incr(
     state: &HttpState,
-    req: Request<Incoming>,
+    req: Req<'_>,
     game: &str,
     collection: &str,
     id: &str,
@@ -163,12 +197,7 @@ async fn incr(
     Ok(written(outcome))
 }
 
-async fn batch_get(
-    state: &HttpState,
-    req: Request<Incoming>,
-    game: &str,
-    collection: &str,
-) -> HttpResult {
+async fn batch_get(state: &HttpState, req: Req<'_>, game: &str, collection: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let body: BatchGetBody = parse_json(&read_body(state, req).await?)?;
     let (docs, tier) = state.service.batch_get(game, collection, &body.ids).await?;
@@ -194,13 +223,8 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(
-    state: &HttpState,
-    req: &Request<Incoming>,
-    game: &str,
-    collection: &str,
-) -> HttpResult {
-    let query: ListQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) -> HttpResult {
+    let query: ListQuery = serde_urlencoded::from_str(req.parts.uri.query().unwrap_or(""))
         .map_err(|e| ServiceError::bad_request(format!("query string: {e}")))?;
     let page = state
         .service
@@ -234,7 +258,7 @@ async fn list(
     Ok(response)
 }
 
-async fn txn(state: &HttpState, req: Request<Incoming>, game: &str) -> HttpResult {
+async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
     let outcomes = state.service.write(game, &request.into_ops()?).await?;
@@ -298,7 +322,7 @@ fn tier_header(tier: Tier) -> HeaderValue {
 }
 
 /// Reads the whole body, refusing more than `http.max_body_bytes` (413) early when declared.
-async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, ServiceError> {
+async fn read_body(state: &HttpState, req: Req<'_>) -> Result<Bytes, ServiceError> {
     let limit = state.config.max_body_bytes;
     let too_large = || {
         ServiceError::new(
@@ -313,7 +337,7 @@ async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, S
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(req.body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ServiceError::bad_request(format!(
@@ -323,7 +347,7 @@ async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, S
 }
 
 /// Accepts a missing Content-Type or one of `allowed` (parameters such as charset ignored).
-fn require_json(req: &Request<Incoming>, allowed: &[&str]) -> Result<(), ServiceError> {
+fn require_json(req: &Req<'_>, allowed: &[&str]) -> Result<(), ServiceError> {
     let Some(value) = req.headers().get(CONTENT_TYPE) else {
         return Ok(());
     };
@@ -349,7 +373,7 @@ fn unsupported(message: &str) -> ServiceError {
 }
 
 /// `If-Match: "<version>"` → the version; `*` is handled by [`if_match_any`].
-fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ServiceError> {
+fn if_match(req: &Req<'_>) -> Result<Option<u64>, ServiceError> {
     let Some(value) = req.headers().get(IF_MATCH) else {
         return Ok(None);
     };
@@ -366,14 +390,14 @@ fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ServiceError> {
         })
 }
 
-fn if_match_any(req: &Request<Incoming>) -> bool {
+fn if_match_any(req: &Req<'_>) -> bool {
     req.headers()
         .get(IF_MATCH)
         .is_some_and(|v| v.as_bytes() == b"*")
 }
 
 /// `If-None-Match: *` (create only) is the one form accepted on writes.
-fn if_none_match_any(req: &Request<Incoming>) -> Result<bool, ServiceError> {
+fn if_none_match_any(req: &Req<'_>) -> Result<bool, ServiceError> {
     match req.headers().get(IF_NONE_MATCH) {
         None => Ok(false),
         Some(v) if v.as_bytes() == b"*" => Ok(true),
@@ -383,7 +407,7 @@ fn if_none_match_any(req: &Request<Incoming>) -> Result<bool, ServiceError> {
     }
 }
 
-fn only(req: &Request<Incoming>, allowed: &[Method]) -> Result<(), ServiceError> {
+fn only(req: &Req<'_>, allowed: &[Method]) -> Result<(), ServiceError> {
     if allowed.contains(req.method()) {
         Ok(())
     } else {
