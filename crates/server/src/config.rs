@@ -126,6 +126,9 @@ impl Default for LogConfig {
 pub struct GameConfig {
     /// Database URL: `sqlite://path`, `postgres://…` or `mysql://…`. Games may share one.
     pub store: String,
+    /// Required, except for the game `default`, which gets the default collections when it
+    /// declares none (so `DMW_GAMES__DEFAULT__STORE=postgres://…` alone switches its store).
+    #[serde(default)]
     pub collections: BTreeMap<String, CollectionConfig>,
 }
 
@@ -223,13 +226,19 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds the game `default` when no game is configured.
+    /// Adds the game `default` when no game is configured, and gives a configured `default`
+    /// game without collections the default ones.
     pub fn with_default_game(mut self) -> Self {
         if self.games.is_empty() {
             self.games.insert(
                 "default".to_string(),
                 GameConfig::default_game(DEFAULT_STORE_URL.to_string()),
             );
+        }
+        if let Some(game) = self.games.get_mut("default")
+            && game.collections.is_empty()
+        {
+            game.collections = GameConfig::default_game(String::new()).collections;
         }
         self
     }

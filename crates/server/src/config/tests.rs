@@ -1,11 +1,19 @@
-use std::io::Write;
-
 use super::*;
 
+/// Loads `text` as the config file. Runs inside a figment `Jail`, which serialises the tests
+/// that touch process environment variables (one of them sets `DMW_…`).
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 fn load_toml(text: &str) -> Result<Config, ConfigError> {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-    Config::load(Some(file.path()), &CliOverrides::default())
+    let mut result = None;
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("dmw.toml", text)?;
+        result = Some(Config::load(
+            Some(Path::new("dmw.toml")),
+            &CliOverrides::default(),
+        ));
+        Ok(())
+    });
+    result.expect("the jail ran")
 }
 
 fn problem(text: &str) -> String {
@@ -111,6 +119,14 @@ fn environment_and_cli_override_the_file() {
         assert_eq!(config.http.max_body_bytes, 300000);
         assert_eq!(config.store.timeout.as_millis(), 250);
         assert_eq!(config.http.listen.port(), 7000);
+        jail.set_env("DMW_GAMES__DEFAULT__STORE", "postgres://db/x");
+        let config = Config::load(None, &CliOverrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(config.games["default"].store, "postgres://db/x");
+        assert_eq!(
+            config.games["default"].collections.len(),
+            4,
+            "default collections kept"
+        );
         jail.set_env("DMW_HTTP__NOPE", "1");
         let err = Config::load(None, &CliOverrides::default())
             .unwrap_err()

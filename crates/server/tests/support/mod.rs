@@ -47,11 +47,27 @@ impl Backend {
                 panic!("{var} is not set, and CI=true forbids skipping the {self:?} suite")
             }
             _ => {
-                eprintln!("SKIPPED: {self:?} suite ({var} is not set; scripts/test.sh sets it)");
+                announce_skip(self, var);
                 None
             }
         }
     }
+}
+
+/// Says once per test binary and backend that its suite is skipped. Writes to the stderr
+/// handle directly: libtest captures `eprintln!` of passing tests, and the point is to be seen.
+fn announce_skip(backend: Backend, var: &str) {
+    use std::io::Write;
+    static SKIPPED: [std::sync::Once; 3] = [const { std::sync::Once::new() }; 3];
+    SKIPPED[backend as usize].call_once(|| {
+        let binary = std::env::args().next().unwrap_or_default();
+        let binary = binary.rsplit('/').next().unwrap_or_default();
+        let binary = binary.rsplit_once('-').map_or(binary, |(name, _hash)| name);
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the {backend:?} suite of {binary} ({var} is not set; scripts/test.sh sets it)"
+        );
+    });
 }
 
 /// A unique game name, so tests sharing one database never see each other's rows.
