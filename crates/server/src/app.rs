@@ -1,16 +1,16 @@
-//! Wiring: build the service from config, bind the listener and run the HTTP front end until
-//! told to stop. Shared by the binary and by tests (which bind port 0).
+//! Wiring: build the service from config, bind the listeners and run the HTTP and TCP front
+//! ends until told to stop. Shared by the binary and by tests (which bind port 0).
 
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::ingress;
 use crate::service::Service;
 use crate::store::StoreError;
+use crate::{auth, ingress};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,49 +26,64 @@ pub enum StartError {
 
 /// A running server.
 pub struct Running {
-    /// The address actually bound (useful with port 0).
+    /// The HTTP address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The TCP protocol address actually bound, when the TCP front end is enabled.
+    pub tcp_addr: Option<SocketAddr>,
     pub service: Service,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Connects the stores, binds `config.http.listen` and starts serving in the background.
+/// Connects the stores, binds the listeners and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let service = Service::from_config(&config).await?;
+    let bind_error = |addr| move |source| StartError::Bind { addr, source };
     let addr = config.http.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let shutdown = async move {
-        let _ = rx.await;
+    let listener = TcpListener::bind(addr).await.map_err(bind_error(addr))?;
+    let addr = listener.local_addr().map_err(bind_error(addr))?;
+    let (shutdown, stop) = watch::channel(false);
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let task = tokio::spawn(ingress::http::serve(
+    let mut tasks = vec![tokio::spawn(ingress::http::serve(
         listener,
         service.clone(),
         config.http.clone(),
-        shutdown,
-    ));
+        stopped(stop.clone()),
+    ))];
+    let mut tcp_addr = None;
+    if config.tcp.enabled {
+        let wanted = config.tcp.listen;
+        let listener =
+            ingress::tcp::bind(wanted, config.tcp.reuse_port).map_err(bind_error(wanted))?;
+        tcp_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
+        tasks.push(tokio::spawn(ingress::tcp::serve(
+            listener,
+            service.clone(),
+            config.tcp.clone(),
+            auth::from_config(&config.auth),
+            config.http.shutdown_grace,
+            stopped(stop),
+        )));
+    }
     Ok(Running {
         addr,
+        tcp_addr,
         service,
-        shutdown: Some(tx),
-        task,
+        shutdown,
+        tasks,
     })
 }
 
 impl Running {
     /// Stops accepting, drains in-flight requests (up to the grace period) and returns.
-    pub async fn stop(mut self) -> std::io::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
         }
-        (&mut self.task)
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        Ok(())
     }
 }

@@ -17,6 +17,8 @@ use crate::model::is_valid_name;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub tcp: TcpConfig,
+    pub auth: AuthConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
@@ -58,6 +60,67 @@ impl Default for HttpConfig {
             http2_max_streams: 256,
         }
     }
+}
+
+/// The native TCP protocol for game servers (see docs/protocol.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address to listen on; `enabled = false` turns the TCP front end off.
+    pub listen: SocketAddr,
+    pub enabled: bool,
+    /// Let several processes bind the same port (`SO_REUSEPORT`): the kernel spreads
+    /// connections across them.
+    pub reuse_port: bool,
+    /// Open connections beyond this get an `overloaded` error frame and are closed.
+    pub max_connections: usize,
+    /// Requests outstanding per connection; when reached, the server stops reading that
+    /// socket until responses have gone out (back-pressure, announced in HELLO_OK).
+    pub max_in_flight: u16,
+    /// Largest frame body accepted after the handshake (before it: 4 KiB).
+    pub max_frame_bytes: u32,
+    /// HELLO must arrive within this time after connecting.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The server pings a connection it has heard nothing from for this long.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A connection silent for this long is closed (default 3 × the interval).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Responses waiting to be written per connection; beyond it the server stops reading.
+    pub max_output_bytes: usize,
+    /// A connection whose pending output makes no progress for this long is closed (a peer
+    /// that never reads).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            enabled: true,
+            reuse_port: false,
+            max_connections: 10_000,
+            max_in_flight: 128,
+            max_frame_bytes: 1024 * 1024 + 4096,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+            max_output_bytes: 4 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Authentication. Only the switch exists so far: with `enabled = false` (the default) every
+/// client is accepted; with `enabled = true` every client is refused until an authenticator
+/// (API keys, JWT) is configured — which comes with the authentication issue.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +252,7 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://data/default.db";
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
     pub listen: Option<SocketAddr>,
+    pub tcp_listen: Option<SocketAddr>,
 }
 
 /// A configuration error, naming the key at fault.
@@ -220,6 +284,9 @@ impl Config {
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         if let Some(listen) = cli.listen {
             config.http.listen = listen;
+        }
+        if let Some(listen) = cli.tcp_listen {
+            config.tcp.listen = listen;
         }
         let config = config.with_default_game();
         config.validate()?;
@@ -260,6 +327,9 @@ impl Config {
                 self.http.http2_max_streams as usize,
             ),
             ("store.max_connections", self.store.max_connections as usize),
+            ("tcp.max_connections", self.tcp.max_connections),
+            ("tcp.max_in_flight", self.tcp.max_in_flight as usize),
+            ("tcp.max_output_bytes", self.tcp.max_output_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -271,6 +341,28 @@ impl Config {
         }
         if self.http.header_read_timeout.is_zero() {
             return invalid("http.header_read_timeout", "must be greater than 0");
+        }
+        let tcp_durations = [
+            ("tcp.handshake_timeout", self.tcp.handshake_timeout),
+            ("tcp.heartbeat_interval", self.tcp.heartbeat_interval),
+            ("tcp.write_timeout", self.tcp.write_timeout),
+        ];
+        for (key, value) in tcp_durations {
+            if value.is_zero() {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.tcp.heartbeat_timeout <= self.tcp.heartbeat_interval {
+            return invalid(
+                "tcp.heartbeat_timeout",
+                "must be longer than tcp.heartbeat_interval",
+            );
+        }
+        if (self.tcp.max_frame_bytes as usize) < self.http.max_body_bytes.min(64 * 1024) {
+            return invalid(
+                "tcp.max_frame_bytes",
+                "must be at least 65536 (or http.max_body_bytes if smaller)",
+            );
         }
         if self.cache.l1_max_bytes < 1024 * 1024 {
             return invalid("cache.l1_max_bytes", "must be at least 1048576 (1 MiB)");

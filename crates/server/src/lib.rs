@@ -17,6 +17,7 @@
 //! - [`app`]: wiring for the binary and for tests.
 
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -28,6 +28,9 @@ struct Cli {
     /// Address to listen on for HTTP (overrides http.listen).
     #[arg(long, global = true)]
     listen: Option<std::net::SocketAddr>,
+    /// Address to listen on for the TCP protocol (overrides tcp.listen).
+    #[arg(long, global = true)]
+    tcp_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,7 +54,10 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = CliOverrides { listen: cli.listen };
+    let overrides = CliOverrides {
+        listen: cli.listen,
+        tcp_listen: cli.tcp_listen,
+    };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {

@@ -62,7 +62,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write(backend: Backend) {
     std::fs::write(
         &config_path,
         format!(
-            "[games.{game}]\nstore = \"{url}\"\n[games.{game}.collections.players]\n[games.{game}.collections.items]\n"
+            "[tcp]\nlisten = \"127.0.0.1:0\"\n[games.{game}]\nstore = \"{url}\"\n[games.{game}.collections.players]\n[games.{game}.collections.items]\n"
         ),
     )
     .unwrap();

@@ -113,6 +113,7 @@ fn environment_and_cli_override_the_file() {
         jail.set_env("DMW_CONFIG", "ignored-by-the-settings-loader");
         let cli = CliOverrides {
             listen: Some("127.0.0.1:7000".parse().unwrap()),
+            tcp_listen: None,
         };
         let config = Config::load(Some(Path::new("dmw.toml")), &cli).map_err(|e| e.to_string())?;
         assert_eq!(config.http.max_in_flight, 20);

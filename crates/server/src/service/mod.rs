@@ -61,6 +61,27 @@ pub struct OpOutcome {
     pub created: bool,
 }
 
+/// `{"results":[{"version":n,"doc":{…} or null},…]}`: the transaction response of every
+/// protocol, assembled from the already-encoded documents.
+pub fn txn_results_json(outcomes: &[OpOutcome]) -> Bytes {
+    let size = outcomes
+        .iter()
+        .map(|o| 32 + o.doc.as_ref().map_or(4, Bytes::len))
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(16 + size);
+    out.extend_from_slice(b"{\"results\":[");
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"version\":{},\"doc\":", outcome.version).as_bytes());
+        out.extend_from_slice(outcome.doc.as_deref().unwrap_or(b"null"));
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
+}
+
 /// Counters read by tests and, later, by the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -68,6 +89,10 @@ pub struct Stats {
     pub store_reads: AtomicU64,
     /// Write transactions committed.
     pub commits: AtomicU64,
+    /// TCP connections open now.
+    pub tcp_connections: AtomicU64,
+    /// TCP connections refused because `tcp.max_connections` was reached.
+    pub tcp_refused: AtomicU64,
 }
 
 struct Game {
@@ -191,6 +216,33 @@ impl Service {
             }),
             Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
         }
+    }
+
+    /// Answers a read from L1 alone: `None` when the document is not cached (a miss), else the
+    /// document or the error a full [`Service::get`] would give (unknown game, bad id, or a
+    /// cached "missing"). Lets an ingress answer hits without creating a task.
+    pub fn get_cached(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Option<Result<ReadResult, ServiceError>> {
+        let checked = self
+            .game(game_name)
+            .and_then(|game| self.collection(game, collection))
+            .and_then(|_| check_id(id, "id"));
+        if let Err(e) = checked {
+            return Some(Err(e));
+        }
+        let key = KeyBuf::new(game_name, collection, id);
+        Some(match self.inner.l1.get(key.as_str())? {
+            Cached::Doc { version, body } => Ok(ReadResult {
+                body,
+                version,
+                tier: Tier::L1,
+            }),
+            Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
+        })
     }
 
     /// Single-flighted store read of one document on an L1 miss.

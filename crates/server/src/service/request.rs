@@ -50,7 +50,8 @@ impl PutBody {
     }
 }
 
-fn put_op(value: Value, owner: Option<Option<String>>) -> Result<WriteOp, ServiceError> {
+/// A put of `value` (which must be an object) with an optional owner change.
+pub fn put_op(value: Value, owner: Option<Option<String>>) -> Result<WriteOp, ServiceError> {
     let Value::Object(value) = value else {
         return Err(ServiceError::bad_request("value must be a JSON object"));
     };

@@ -89,6 +89,7 @@ pub fn collection() -> CollectionConfig {
 pub fn config(game: &str, store_url: &str) -> Config {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.tcp.listen = "127.0.0.1:0".parse().unwrap();
     config.http.max_body_bytes = 64 * 1024;
     let collections: BTreeMap<String, CollectionConfig> = ["players", "items", "orders"]
         .into_iter()

@@ -20,9 +20,9 @@ use super::HttpState;
 use super::problem::{json, with_etag};
 use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
-use crate::service::OpOutcome;
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{BatchGetBody, PutBody, TxnRequest, parse_json};
+use crate::service::{OpOutcome, txn_results_json};
 
 type HttpResult = Result<Response<Full<Bytes>>, ServiceError>;
 
@@ -262,18 +262,7 @@ async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
     let outcomes = state.service.write(game, &request.into_ops()?).await?;
-    let mut out = BytesMut::new();
-    out.extend_from_slice(b"{\"results\":[");
-    for (index, outcome) in outcomes.iter().enumerate() {
-        if index > 0 {
-            out.extend_from_slice(b",");
-        }
-        out.extend_from_slice(format!("{{\"version\":{},\"doc\":", outcome.version).as_bytes());
-        out.extend_from_slice(outcome.doc.as_deref().unwrap_or(b"null"));
-        out.extend_from_slice(b"}");
-    }
-    out.extend_from_slice(b"]}");
-    Ok(json(StatusCode::OK, out.freeze()))
+    Ok(json(StatusCode::OK, txn_results_json(&outcomes)))
 }
 
 async fn health(state: &HttpState) -> HttpResult {

@@ -1,0 +1,191 @@
+//! Maps TCP request messages onto the service API and results back onto response messages.
+//! The same service calls and the same error codes as the HTTP routes: only the encoding
+//! differs.
+
+use bytes::BytesMut;
+use datamiddleware_protocol::message::encode_doc_frame;
+use datamiddleware_protocol::{
+    DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
+};
+
+use crate::cache::l1::Tier;
+use crate::error::{ErrorCode, ServiceError};
+use crate::service::ops::{Incr, Precondition, WriteOp};
+use crate::service::request::{TxnRequest, parse_json, put_op};
+use crate::service::{OpOutcome, Service, txn_results_json};
+
+/// The fast path: answers a GET from L1 without a task or an intermediate message. Returns
+/// `false` when the document is not cached (the caller then runs [`handle`] in a task).
+pub fn try_get_hit(service: &Service, request_id: u32, doc: &DocRef, out: &mut BytesMut) -> bool {
+    match service.get_cached(&doc.game, &doc.collection, &doc.id) {
+        Some(Ok(read)) => {
+            encode_doc_frame(out, request_id, WireTier::L1, read.version, &read.body);
+            true
+        }
+        Some(Err(e)) => {
+            error_message(&e).encode(request_id, out);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Runs one request and returns its response message.
+pub async fn handle(service: &Service, request: Message) -> Message {
+    match run(service, request).await {
+        Ok(message) => message,
+        Err(e) => error_message(&e),
+    }
+}
+
+/// The error frame for a service error.
+pub fn error_message(e: &ServiceError) -> Message {
+    Message::Error {
+        code: e.code.as_str().to_string(),
+        message: e.message.clone(),
+        op_index: e.op_index.map(|i| i as u32),
+    }
+}
+
+async fn run(service: &Service, request: Message) -> Result<Message, ServiceError> {
+    Ok(match request {
+        Message::Get(doc) => {
+            let read = service.get(&doc.game, &doc.collection, &doc.id).await?;
+            Message::Doc {
+                tier: wire_tier(read.tier),
+                created: false,
+                version: read.version,
+                doc: read.body,
+            }
+        }
+        Message::BatchGet {
+            game,
+            collection,
+            ids,
+        } => {
+            let (docs, tier) = service.batch_get(&game, &collection, &ids).await?;
+            Message::Docs {
+                tier: wire_tier(tier),
+                docs,
+                next_cursor: None,
+            }
+        }
+        Message::List {
+            game,
+            collection,
+            owner,
+            cursor,
+            limit,
+        } => {
+            let limit = (limit > 0).then_some(limit as usize);
+            let page = service
+                .list(
+                    &game,
+                    &collection,
+                    owner.as_deref(),
+                    cursor.as_deref(),
+                    limit,
+                )
+                .await?;
+            Message::Docs {
+                tier: WireTier::Db,
+                docs: page.docs.into_iter().map(Some).collect(),
+                next_cursor: page.next_cursor,
+            }
+        }
+        Message::Put {
+            doc,
+            pre,
+            owner,
+            value,
+        } => {
+            let owner = match owner {
+                OwnerChange::Keep => None,
+                OwnerChange::Set(owner) => Some(Some(owner)),
+                OwnerChange::Clear => Some(None),
+            };
+            let op = put_op(parse_json(&value)?, owner)?;
+            written(
+                service
+                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .await?,
+            )
+        }
+        Message::Patch { doc, pre, patch } => {
+            let op = WriteOp::Patch {
+                patch: parse_json(&patch)?,
+            };
+            written(
+                service
+                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .await?,
+            )
+        }
+        Message::Incr { doc, pre, incr } => {
+            let op = WriteOp::Incr(parse_json::<Incr>(&incr)?);
+            written(
+                service
+                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .await?,
+            )
+        }
+        Message::Delete { doc, pre } => {
+            let outcome = service
+                .write_one(
+                    &doc.game,
+                    &doc.collection,
+                    &doc.id,
+                    WriteOp::Delete,
+                    precondition(pre),
+                )
+                .await?;
+            Message::Done {
+                version: outcome.version,
+            }
+        }
+        Message::Txn { game, ops } => {
+            let request: TxnRequest = parse_json(&ops)?;
+            let outcomes = service.write(&game, &request.into_ops()?).await?;
+            Message::TxnResult {
+                results: txn_results_json(&outcomes),
+            }
+        }
+        other => {
+            return Err(ServiceError::new(
+                ErrorCode::UnknownOpcode,
+                format!("{:?} is not a request", other.opcode()),
+            ));
+        }
+    })
+}
+
+fn written(outcome: OpOutcome) -> Message {
+    Message::Doc {
+        tier: WireTier::None,
+        created: outcome.created,
+        version: outcome.version,
+        doc: outcome.doc.unwrap_or_default(),
+    }
+}
+
+fn precondition(pre: WirePre) -> Precondition {
+    match pre {
+        WirePre::None => Precondition::default(),
+        WirePre::Version(version) => Precondition::version(Some(version)),
+        WirePre::Exists => Precondition {
+            if_exists: true,
+            ..Default::default()
+        },
+        WirePre::Absent => Precondition {
+            if_absent: true,
+            ..Default::default()
+        },
+    }
+}
+
+fn wire_tier(tier: Tier) -> WireTier {
+    match tier {
+        Tier::L1 => WireTier::L1,
+        Tier::Db => WireTier::Db,
+    }
+}

@@ -1,0 +1,121 @@
+//! TCP ingress: the native binary protocol for game servers (`docs/protocol.md`).
+//! This module owns the listener (binding with optional `SO_REUSEPORT`, the connection limit,
+//! shutdown with GOAWAY and draining); [`connection`] owns one connection; [`dispatch`] maps
+//! messages onto the service API.
+
+mod connection;
+mod dispatch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use datamiddleware_protocol::{ErrorCode, Message};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, watch};
+
+use crate::auth::Authenticator;
+use crate::config::TcpConfig;
+use crate::service::Service;
+
+/// What every connection shares.
+pub(crate) struct TcpContext {
+    pub service: Service,
+    pub config: TcpConfig,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+/// Binds `addr` for the TCP protocol; with `reuse_port`, several processes may bind it.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Serves the TCP protocol on `listener` until `shutdown` completes; then sends GOAWAY on
+/// every connection and waits up to `grace` for their in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    service: Service,
+    config: TcpConfig,
+    auth: Arc<dyn Authenticator>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let max_connections = config.max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let ctx = Arc::new(TcpContext {
+        service,
+        config,
+        auth,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            ctx.service
+                .stats()
+                .tcp_refused
+                .fetch_add(1, Ordering::Relaxed);
+            refuse(stream);
+            continue;
+        };
+        let ctx = ctx.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stats = ctx.service.stats();
+            stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            connection::serve(stream, &ctx, stop).await;
+            stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(?grace, "shutting down: draining TCP connections");
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; abandoning remaining TCP connections");
+    }
+    Ok(())
+}
+
+/// Tells a connection over the limit why it is closed (best effort, never blocks).
+fn refuse(stream: tokio::net::TcpStream) {
+    let mut frame = BytesMut::new();
+    Message::Error {
+        code: ErrorCode::Overloaded.as_str().to_string(),
+        message: "too many connections; retry later or elsewhere".to_string(),
+        op_index: None,
+    }
+    .encode(0, &mut frame);
+    let _ = stream.try_write(&frame);
+}
