@@ -10,11 +10,10 @@
 //! - **Avalanche (synchronised expiry)**: every TTL gets ±10 % random jitter.
 //! - **No stale overwrite**: every cache mutation for a key happens under that key's *stripe*
 //!   lock, and each stripe carries an epoch bumped by every write. A fill (a store read) records
-//!   the epoch before reading and is dropped if any write touched the stripe meanwhile; a write
-//!   records the epoch before its transaction and, if another write touched the stripe before
-//!   it finished, removes the key instead of inserting (the next read fetches the truth). So an
-//!   older version can never replace a newer one, even when the newer entry was evicted in
-//!   between. Within one stripe, versions are also compared as a second guard.
+//!   the epoch before reading and is dropped if any write touched the stripe meanwhile. A write
+//!   replaces an older entry; if the entry is absent it inserts only when no other write touched
+//!   the stripe during its transaction (see [`L1::complete_write`]). So an older version can
+//!   never replace a newer one, even when the newer entry was evicted in between.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -186,24 +185,25 @@ impl L1 {
         Ticket { stripe, epoch }
     }
 
-    /// Call after a write to `key` committed, with the new state. Inserts it if no other write
-    /// touched the stripe since `ticket` was taken, else removes the key (the next read goes to
-    /// the store). Reads already in flight for the key are detached so that later readers do
-    /// not receive their (older) result.
+    /// Call after a write to `key` committed, with the new state. Reads already in flight for
+    /// the key are detached so that later readers do not receive their (older) result.
+    ///
+    /// The entry becomes the new state when it holds an older version, or when it is absent and
+    /// no other write touched the stripe since `ticket` was taken. A present entry that is not
+    /// older is kept. An absent entry stays absent when the stripe was contended: a newer
+    /// version may have been written and evicted meanwhile, which nothing else could tell.
+    /// Invariant: once a write has completed here, the entry is absent or at least its version.
     pub fn complete_write(&self, key: &str, ticket: Ticket, value: Cached, ttl: Duration) {
         let mut stripe = self.inner.stripes[ticket.stripe].lock();
         stripe.inflight.remove(key);
         let uncontended = stripe.epoch == ticket.epoch;
         stripe.epoch = stripe.epoch.wrapping_add(1);
-        let newer = self
-            .inner
-            .entries
-            .peek(key)
-            .is_none_or(|old| old.value.version() < value.version());
-        if uncontended && newer {
+        let insert = match self.inner.entries.peek(key) {
+            Some(old) => old.value.version() < value.version(),
+            None => uncontended,
+        };
+        if insert {
             self.insert(key, value, ttl);
-        } else {
-            self.inner.entries.remove(key);
         }
     }
 

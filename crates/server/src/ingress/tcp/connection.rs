@@ -67,6 +67,7 @@ struct Conn<'a> {
     phase: Phase,
     last_recv: Instant,
     last_write_progress: Instant,
+    last_ping_sent: Instant,
     highest_request_id: u32,
     pings_this_tick: u32,
 }
@@ -106,6 +107,7 @@ pub(super) async fn serve(
         phase: Phase::Handshake,
         last_recv: now,
         last_write_progress: now,
+        last_ping_sent: now,
         highest_request_id: 0,
         pings_this_tick: 0,
     };
@@ -335,8 +337,12 @@ impl Conn<'_> {
         let silent = now - self.last_recv;
         if silent >= config.heartbeat_timeout {
             self.close_with(0, ErrorCode::Timeout, "heartbeat timeout: nothing received");
-        } else if silent >= config.heartbeat_interval && self.phase == Phase::Ready {
+        } else if silent >= config.heartbeat_interval
+            && now - self.last_ping_sent >= config.heartbeat_interval
+            && self.phase == Phase::Ready
+        {
             Message::Ping(0).encode(0, &mut self.out);
+            self.last_ping_sent = now;
         }
         Ok(())
     }

@@ -1,0 +1,234 @@
+//! One live connection: the handshake, a writer task that coalesces queued frames into few
+//! writes, a reader task that routes responses to their waiting requests by request id, and
+//! heartbeats. When the connection dies every waiting request fails with `ConnectionLost`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use datamiddleware_protocol::{Hello, HelloOk, Message, VERSION, decode};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::{ClientOptions, Error};
+
+type Reply = oneshot::Sender<Result<Message, Error>>;
+
+/// A connection shared by all requests of a client.
+pub(crate) struct Connection {
+    frames: mpsc::UnboundedSender<BytesMut>,
+    pending: Mutex<HashMap<u32, Reply>>,
+    /// False once the connection failed or the server sent GOAWAY: new requests then open a
+    /// new connection, while requests already sent here still get their answers.
+    usable: AtomicBool,
+    pub hello: HelloOk,
+}
+
+impl Connection {
+    /// Connects, performs the handshake and starts the reader, writer and heartbeat tasks.
+    pub(crate) async fn open(
+        addr: &str,
+        options: &ClientOptions,
+    ) -> Result<Arc<Connection>, Error> {
+        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                Error::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
+            .map_err(Error::Connect)?;
+        stream.set_nodelay(true).map_err(Error::Connect)?;
+        let (mut reader, mut writer) = stream.into_split();
+        let mut hello = BytesMut::new();
+        Message::Hello(Hello {
+            version: VERSION,
+            client_name: options.client_name.clone(),
+            credential: options.credential.clone(),
+        })
+        .encode(0, &mut hello);
+        writer.write_all(&hello).await.map_err(Error::Connect)?;
+        let mut buf = BytesMut::with_capacity(256);
+        let reply =
+            tokio::time::timeout(options.connect_timeout, read_frame(&mut reader, &mut buf))
+                .await
+                .map_err(|_| Error::Timeout)??;
+        let hello = match reply {
+            Message::HelloOk(ok) => ok,
+            Message::Error {
+                code,
+                message,
+                op_index,
+            } => {
+                return Err(Error::Server {
+                    code,
+                    message,
+                    op_index,
+                });
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected HELLO_OK, got {:?}",
+                    other.opcode()
+                )));
+            }
+        };
+        let (frames, queue) = mpsc::unbounded_channel();
+        let connection = Arc::new(Connection {
+            frames,
+            pending: Mutex::new(HashMap::new()),
+            usable: AtomicBool::new(true),
+            hello,
+        });
+        tokio::spawn(write_loop(writer, queue));
+        let interval =
+            Duration::from_millis(u64::from(connection.hello.heartbeat_interval_ms.max(100)));
+        tokio::spawn(read_loop(connection.clone(), reader, buf, interval));
+        Ok(connection)
+    }
+
+    pub(crate) fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+    }
+
+    /// Sends `message` as request `id` and waits up to `timeout` for its response.
+    pub(crate) async fn call(
+        &self,
+        id: u32,
+        message: &Message,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().insert(id, reply);
+        let mut frame = BytesMut::new();
+        message.encode(id, &mut frame);
+        if self.frames.send(frame).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(Error::ConnectionLost);
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::ConnectionLost),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    fn fail_all(&self) {
+        self.usable.store(false, Ordering::Release);
+        let pending: Vec<Reply> = self
+            .pending
+            .lock()
+            .drain()
+            .map(|(_, reply)| reply)
+            .collect();
+        for reply in pending {
+            let _ = reply.send(Err(Error::ConnectionLost));
+        }
+    }
+}
+
+/// Reads one whole frame (used during the handshake).
+async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Message, Error> {
+    loop {
+        if let Some((_, message)) =
+            decode(buf, u32::MAX).map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            return Ok(message);
+        }
+        if reader.read_buf(buf).await.map_err(Error::Connect)? == 0 {
+            return Err(Error::ConnectionLost);
+        }
+    }
+}
+
+/// Writes queued frames, taking everything queued at once into one write.
+async fn write_loop(mut writer: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<BytesMut>) {
+    let mut batch = Vec::with_capacity(64);
+    while queue.recv_many(&mut batch, 64).await > 0 {
+        let mut out = BytesMut::new();
+        for frame in batch.drain(..) {
+            if out.is_empty() {
+                out = frame;
+            } else {
+                out.extend_from_slice(&frame);
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Routes responses to waiting requests, answers server PINGs, sends our own PINGs, and
+/// declares the connection dead after three silent heartbeat intervals.
+async fn read_loop(
+    connection: Arc<Connection>,
+    mut reader: OwnedReadHalf,
+    mut buf: BytesMut,
+    interval: Duration,
+) {
+    let mut last_recv = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+    loop {
+        loop {
+            match decode(&mut buf, u32::MAX) {
+                Ok(Some((header, message))) => on_frame(&connection, header.request_id, message),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "protocol error from the server; dropping the connection");
+                    connection.fail_all();
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => last_recv = Instant::now(),
+            },
+            _ = heartbeat.tick() => {
+                if last_recv.elapsed() > interval * 3 {
+                    tracing::warn!("no heartbeat from the server; dropping the connection");
+                    break;
+                }
+                let mut ping = BytesMut::new();
+                Message::Ping(0).encode(0, &mut ping);
+                let _ = connection.frames.send(ping);
+            }
+        }
+    }
+    connection.fail_all();
+}
+
+fn on_frame(connection: &Connection, request_id: u32, message: Message) {
+    match message {
+        Message::Ping(payload) => {
+            let mut pong = BytesMut::new();
+            Message::Pong(payload).encode(request_id, &mut pong);
+            let _ = connection.frames.send(pong);
+        }
+        Message::Pong(_) if request_id == 0 => {} // answer to a heartbeat
+        Message::GoAway { .. } => connection.usable.store(false, Ordering::Release),
+        Message::Error { .. } if request_id == 0 => {
+            // A connection-level error (timeout, protocol error, overload): it will close.
+            tracing::warn!(?message, "connection-level error from the server");
+            connection.usable.store(false, Ordering::Release);
+        }
+        message => {
+            if let Some(reply) = connection.pending.lock().remove(&request_id) {
+                let _ = reply.send(Ok(message));
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The Rust client against a real server: multiplexing, request timeouts, reconnect with
+//! backoff after the server goes away, and GOAWAY handling.
+
+mod support;
+
+use std::time::Duration;
+
+use datamiddleware_client::{Client, ClientOptions, Error, ErrorCode, Precondition, Tier};
+use serde_json::json;
+use sqlx::Connection;
+use support::{Backend, TestServer};
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(800),
+        max_connect_attempts: 3,
+        backoff_initial: Duration::from_millis(20),
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_share_one_multiplexed_connection() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    let doc = client
+        .put(
+            &s.game,
+            "players",
+            "p",
+            &json!({"gold": 1}),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert!(doc.created);
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let client = client.clone();
+            let game = s.game.clone();
+            tokio::spawn(async move {
+                if i % 5 == 0 {
+                    client
+                        .incr(
+                            &game,
+                            "players",
+                            "p",
+                            "/gold",
+                            1,
+                            None,
+                            None,
+                            Precondition::None,
+                        )
+                        .await
+                        .map(|_| ())
+                } else {
+                    client.get(&game, "players", "p").await.map(|_| ())
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let doc = client.get(&s.game, "players", "p").await.unwrap();
+    assert_eq!(doc.value::<serde_json::Value>().unwrap()["gold"], 101);
+    assert_eq!((doc.version, doc.tier), (101, Tier::L1));
+    assert_eq!(
+        s.running
+            .service
+            .stats()
+            .tcp_connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(client.ping().await.unwrap() < Duration::from_secs(1));
+    let err = client.get(&s.game, "players", "missing").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_answer_times_out() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    client.connect().await.unwrap();
+    let file = s.store_url.trim_start_matches("sqlite://").to_string();
+    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let err = client
+        .put(&s.game, "players", "slow", &json!({}), Precondition::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    // The connection is still good, and the timed-out write's outcome can be read back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let doc = client.get(&s.game, "players", "slow").await;
+    assert!(doc.is_ok() || doc.unwrap_err().code() == Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Sqlite.url(&dir).unwrap();
+    let game = support::unique_game();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = || {
+        let mut config = support::config(&game, &url);
+        config.tcp.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        config.http.shutdown_grace = Duration::from_secs(2);
+        datamiddleware::app::start(config)
+    };
+    let server = start().await.unwrap();
+    let client = Client::new(format!("127.0.0.1:{port}"), options());
+    client
+        .put(&game, "players", "p", &json!({"n": 1}), Precondition::None)
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+    // Down: the request fails after its connection attempts, with a connect error.
+    let err = client.get(&game, "players", "p").await.unwrap_err();
+    assert!(matches!(err, Error::Connect(_)), "{err:?}");
+    // Back: the next request reconnects by itself.
+    let server = start().await.unwrap();
+    let doc = client.get(&game, "players", "p").await.unwrap();
+    assert_eq!((doc.version, doc.tier), (1, Tier::Db));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_is_not_retried() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| c.auth.enabled = true)
+        .await
+        .unwrap();
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    let started = std::time::Instant::now();
+    let err = client.connect().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no backoff loop for a refusal"
+    );
+}
