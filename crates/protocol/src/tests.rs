@@ -270,6 +270,43 @@ fn malformed_bodies_are_protocol_errors() {
     ));
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn the_handshake_matches_the_documented_bytes() {
+    // The worked example in docs/protocol.md.
+    let hello = Message::Hello(Hello {
+        version: 1,
+        client_name: "demo".into(),
+        credential: Credential::None,
+    });
+    assert_eq!(
+        hex(&encoded(&hello, 1)),
+        "44 4d 01 01 00 00 00 00 00 00 00 01 00 00 00 0a 01 00 04 64 65 6d 6f 00 00 00"
+    );
+    let ok = Message::HelloOk(HelloOk {
+        version: 1,
+        heartbeat_interval_ms: 30_000,
+        max_frame: 1024 * 1024 + 4096,
+        max_in_flight: 128,
+        server: "datamiddleware/0.1.0".into(),
+    });
+    assert_eq!(
+        hex(&encoded(&ok, 1)),
+        "44 4d 01 81 00 00 00 00 00 00 00 01 00 00 00 21 01 00 00 75 30 00 10 10 00 00 80 00 14 \
+         64 61 74 61 6d 69 64 64 6c 65 77 61 72 65 2f 30 2e 31 2e 30"
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
 #[test]
 fn a_get_frame_matches_the_documented_bytes() {
     // The worked example in docs/protocol.md.
