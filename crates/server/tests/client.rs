@@ -150,3 +150,44 @@ async fn unauthorized_is_not_retried() {
         "no backoff loop for a refusal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_idle_connection_open() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.tcp.heartbeat_interval = Duration::from_millis(200);
+        c.tcp.heartbeat_timeout = Duration::from_millis(700);
+    })
+    .await
+    .unwrap();
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    client.connect().await.unwrap();
+    assert_eq!(
+        client.heartbeat_interval().await.unwrap(),
+        Duration::from_millis(200)
+    );
+    // Idle for several heartbeat timeouts: the client's PINGs (and PONGs) keep it alive.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.ping().await.unwrap();
+    let stats = s.running.service.stats();
+    assert_eq!(
+        stats.tcp_accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never reconnected"
+    );
+    assert_eq!(
+        stats
+            .tcp_connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_lets_two_listeners_share_a_port() {
+    let first = datamiddleware::ingress::tcp::bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+    let addr = first.local_addr().unwrap();
+    let second = datamiddleware::ingress::tcp::bind(addr, true);
+    assert!(second.is_ok(), "SO_REUSEPORT: {second:?}");
+    let without = datamiddleware::ingress::tcp::bind(addr, false);
+    assert!(without.is_err(), "without SO_REUSEPORT the port is taken");
+}

@@ -91,6 +91,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// TCP connections open now.
     pub tcp_connections: AtomicU64,
+    /// TCP connections accepted since start (refused ones not included).
+    pub tcp_accepted: AtomicU64,
     /// TCP connections refused because `tcp.max_connections` was reached.
     pub tcp_refused: AtomicU64,
 }

@@ -90,6 +90,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let stats = ctx.service.stats();
             stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
             connection::serve(stream, &ctx, stop).await;
             stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
