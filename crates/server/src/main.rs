@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Load generator: drive this server (HTTP or TCP), any HTTP URL or Redis and report.
+    Bench(Box<datamiddleware_bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -54,6 +56,9 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        return bench(*args);
+    }
     let overrides = CliOverrides {
         listen: cli.listen,
         tcp_listen: cli.tcp_listen,
@@ -73,6 +78,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Bench(_) => unreachable!("handled before loading the configuration"),
+    }
+}
+
+/// Runs the load generator (it needs no server configuration).
+fn bench(args: datamiddleware_bench::BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("datamiddleware: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(datamiddleware_bench::main(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datamiddleware bench: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

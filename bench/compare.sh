@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Side-by-side baselines in one run, with one load generator (`datamiddleware bench`) for every
+# target, printing a table of ratios and writing it into docs/performance.md:
+#   1. HTTP GET of a cached document vs nginx serving the same bytes as a static file vs a bare
+#      hyper server returning them (same client, same connections);
+#   2. TCP GET of a cached document vs redis-server GET of a value of the same size, at
+#      pipeline depth 1 and 16;
+#   3. cold reads through PostgreSQL (documents not in L1) vs `pgbench -S`;
+#   4. PUT through PostgreSQL vs a pgbench script updating one row per transaction.
+# Installs nginx, redis-server and pgbench (postgresql-contrib) when absent; starts and stops
+# everything it needs.
+#
+#   bench/compare.sh [seconds-per-measurement] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-8}
+rounds=${2:-2}
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+need() { command -v "$1" >/dev/null 2>&1 || apt_install "$2"; }
+need nginx nginx
+need redis-server redis-server
+need pgbench postgresql-contrib
+ensure_postgres
+pg_url=$DATAMIDDLEWARE_TEST_POSTGRES_URL
+
+cargo build --release --quiet --bin datamiddleware --example static_hyper
+bin=target/release/datamiddleware
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  redis-cli -p 16390 shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+wait_http() { for _ in $(seq 100); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+# run_bench LABEL ARGS… → prints "LABEL rps p99_us", records the throughput.
+declare -A rps
+run_bench() {
+  local label=$1; shift
+  local json="$work/$label.json"
+  "$bin" bench run --seconds "$secs" --json "$json" "$@" >/dev/null 2>"$work/bench.err" || { cat "$work/bench.err" >&2; return 1; }
+  local line
+  line=$(python3 -c "import json,sys; r=json.load(open('$json')); print(int(r['throughput_rps']), r['latency_us']['p99'], sum(r['errors'].values()), round(r['cache_hit_ratio']*100))")
+  read -r t p99 errors hits <<<"$line"
+  printf '  %-22s %10s req/s  p99 %6s µs  errors %s  L1 hits %s%%\n' "$label" "$t" "$p99" "$errors" "$hits" >&2
+  rps[$label]+="$t "
+}
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
+ratio() { awk -v a="$(median "${rps[$1]}")" -v b="$(median "${rps[$2]}")" 'BEGIN{printf "%.2f", a/b}'; }
+
+echo "== starting servers" >&2
+(cd "$work" && DMW_LOG__FILTER=warn exec "$OLDPWD/$bin" --listen 127.0.0.1:18480 --tcp-listen 127.0.0.1:17480) &
+pids+=($!)
+wait_http 127.0.0.1:18480/healthz
+doc='{"value":{"name":"Aria","level":42,"class":"mage","guild":"northwind","gold":18250,"hp":930,"mp":1200,"zone":"ember-coast"}}'
+curl -fs -X PUT -H 'content-type: application/json' 127.0.0.1:18480/api/players/k0 -d "$doc" >/dev/null
+curl -fs 127.0.0.1:18480/api/players/k0 -o "$work/doc.json"
+size=$(wc -c < "$work/doc.json")
+mkdir -p "$work/www" && cp "$work/doc.json" "$work/www/doc.json"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http { access_log off; default_type application/json; keepalive_requests 10000000;
+       server { listen 127.0.0.1:18481; root $work/www; } }
+CONF
+nginx -c "$work/nginx.conf"
+target/release/examples/static_hyper "$work/doc.json" 127.0.0.1:18482 &
+pids+=($!)
+redis-server --port 16390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" --logfile "$work/redis.log"
+wait_http 127.0.0.1:18481/doc.json && wait_http 127.0.0.1:18482/
+
+for round in $(seq "$rounds"); do
+  echo "== round $round: HTTP GET of a cached ${size}-byte document, 64 connections" >&2
+  run_bench http_ours --target http --addr 127.0.0.1:18480 --keys 1 --no-load -c 64
+  run_bench http_nginx --target url --url http://127.0.0.1:18481/doc.json -c 64
+  run_bench http_hyper --target url --url http://127.0.0.1:18482/ -c 64
+  echo "== round $round: TCP GET vs redis GET, ${size}-byte values, 50 connections" >&2
+  for depth in 1 16; do
+    run_bench "tcp_ours_d$depth" --target tcp --addr 127.0.0.1:17480 --keys 1 --no-load -c 50 -d $depth
+    run_bench "redis_d$depth" --target redis --addr 127.0.0.1:16390 --keys 1 --value-size "$size" -c 50 -d $depth
+  done
+done
+
+echo "== PostgreSQL: cold reads and writes, 16 connections" >&2
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+game="bench$(date +%s)"
+cat > "$work/pg.toml" <<CONF
+[cache]
+l1_max_bytes = 1048576   # tiny L1: reads of 50,000 keys mostly miss it
+[games.$game]
+store = "$pg_url"
+[games.$game.collections.players]
+CONF
+(cd "$work" && DMW_LOG__FILTER=warn exec "$OLDPWD/$bin" --config pg.toml --listen 127.0.0.1:18480 --tcp-listen 127.0.0.1:17480) &
+pids[0]=$!
+wait_http 127.0.0.1:18480/healthz
+# pgbench's tables first, then a checkpoint, so neither side pays for the other's bulk load.
+pgbench -q -i -s 10 "$pg_url" >/dev/null 2>&1
+psql "$pg_url" -qc CHECKPOINT
+pg_tps() { pgbench "$@" -c 16 -j 2 -M prepared -T "$secs" "$pg_url" 2>/dev/null | awk '/^tps/{print int($3)}'; }
+cat > "$work/update.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
+SQL
+"$bin" bench run --target http --addr 127.0.0.1:18480 --game "$game" --keys 50000 --seconds 1 -c 16 >/dev/null 2>&1  # load
+psql "$pg_url" -qc CHECKPOINT
+run_bench pg_cold_ours --target http --addr 127.0.0.1:18480 --game "$game" --keys 50000 --no-load -c 16
+t=$(pg_tps -S); rps[pg_select]+="$t "; printf '  %-22s %10s tps\n' pgbench_select "$t" >&2
+run_bench pg_put_ours --target http --addr 127.0.0.1:18480 --game "$game" --keys 50000 --workload mixed --write-ratio 1 --no-load -c 16
+t=$(pg_tps -f "$work/update.sql"); rps[pg_update]+="$t "; printf '  %-22s %10s tps\n' pgbench_update "$t" >&2
+
+table=$(cat <<TABLE
+| comparison (medians of $rounds rounds, ${secs} s each) | ours | baseline | ratio | target |
+|---|---|---|---|---|
+| HTTP GET cached vs nginx static file | $(median "${rps[http_ours]}") | $(median "${rps[http_nginx]}") | **$(ratio http_ours http_nginx)×** | ≥ 1.0× |
+| HTTP GET cached vs bare hyper | $(median "${rps[http_ours]}") | $(median "${rps[http_hyper]}") | **$(ratio http_ours http_hyper)×** | ≥ 0.8× |
+| TCP GET cached vs redis GET, depth 1 | $(median "${rps[tcp_ours_d1]}") | $(median "${rps[redis_d1]}") | **$(ratio tcp_ours_d1 redis_d1)×** | ≥ 1.0× |
+| TCP GET cached vs redis GET, depth 16 | $(median "${rps[tcp_ours_d16]}") | $(median "${rps[redis_d16]}") | **$(ratio tcp_ours_d16 redis_d16)×** | ≥ 1.0× |
+| cold read (PostgreSQL) vs pgbench -S | $(median "${rps[pg_cold_ours]}") | $(median "${rps[pg_select]}") | **$(ratio pg_cold_ours pg_select)×** | ≥ 0.5× |
+| PUT (PostgreSQL) vs pgbench update | $(median "${rps[pg_put_ours]}") | $(median "${rps[pg_update]}") | **$(ratio pg_put_ours pg_update)×** | — |
+TABLE
+)
+echo
+echo "$table"
+{
+  echo "<!-- compare:start (written by bench/compare.sh) -->"
+  echo "Run of $(date -u +%Y-%m-%d) on $(nproc) cores, $(free -g | awk '/^Mem/{print $2}') GiB, Linux $(uname -r); command \`bench/compare.sh $secs $rounds\`."
+  echo "All targets driven by \`datamiddleware bench run\` (closed loop) except the pgbench rows."
+  echo
+  echo "$table"
+  echo "<!-- compare:end -->"
+} > "$work/section.md"
+python3 - "$work/section.md" docs/performance.md <<'PY'
+import re, sys
+section = open(sys.argv[1]).read().strip()
+doc = open(sys.argv[2]).read()
+pattern = re.compile(r"<!-- compare:start.*?<!-- compare:end -->", re.S)
+doc = pattern.sub(lambda _: section, doc) if pattern.search(doc) else doc.rstrip() + "\n\n## Side-by-side baselines (bench/compare.sh)\n\n" + section + "\n"
+open(sys.argv[2], "w").write(doc)
+PY
+echo "written to docs/performance.md" >&2

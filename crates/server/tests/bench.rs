@@ -1,0 +1,247 @@
+//! The load generator against a real server: every target it can drive here, both pacing
+//! models and every workload produce the requests they claim, without errors.
+
+mod support;
+
+use std::time::Duration;
+
+use clap::Parser;
+use datamiddleware_bench::RunArgs;
+use support::{Backend, TestServer};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+async fn bench(args: &[&str]) -> datamiddleware_bench::report::Summary {
+    let cli = Cli::parse_from(std::iter::once("bench").chain(args.iter().copied()));
+    datamiddleware_bench::run(cli.run)
+        .await
+        .expect("the run completes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_over_http_and_tcp() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let http = s.running.addr.to_string();
+    let tcp = s.running.tcp_addr.unwrap().to_string();
+    for (target, addr) in [("http", &http), ("tcp", &tcp)] {
+        let summary = bench(&[
+            "--target",
+            target,
+            "--addr",
+            addr,
+            "--game",
+            &s.game,
+            "--keys",
+            "20",
+            "--seconds",
+            "1",
+            "-c",
+            "4",
+            "-d",
+            "4",
+        ])
+        .await;
+        assert!(summary.ok > 100, "{target}: only {} requests", summary.ok);
+        assert!(summary.errors.is_empty(), "{target}: {:?}", summary.errors);
+        assert!(
+            summary.cache_hit_ratio > 0.9,
+            "{target}: loaded keys are cached: {}",
+            summary.cache_hit_ratio
+        );
+        assert!(summary.latency_us.p50 > 0 && summary.latency_us.p99 >= summary.latency_us.p50);
+        assert!(!summary.per_second.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_succeeds() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let tcp = s.running.tcp_addr.unwrap().to_string();
+    let http = s.running.addr.to_string();
+    for (target, addr) in [("tcp", &tcp), ("http", &http)] {
+        for workload in [
+            ["--workload", "mixed"],
+            ["--workload", "batch"],
+            ["--workload", "incr"],
+        ] {
+            let mut args = vec![
+                "--target",
+                target,
+                "--addr",
+                addr,
+                "--game",
+                &s.game,
+                "--keys",
+                "10",
+                "--seconds",
+                "1",
+                "-c",
+                "2",
+                "-d",
+                "2",
+            ];
+            args.extend(workload);
+            let summary = bench(&args).await;
+            assert!(summary.ok > 20, "{target} {workload:?}: {} ok", summary.ok);
+            assert!(
+                summary.errors.is_empty(),
+                "{target} {workload:?}: {:?}",
+                summary.errors
+            );
+        }
+    }
+    // The increments really happened: 10 counters, each incremented by the incr runs.
+    let doc = s.client.get(&s.path("players/k0")).await.json();
+    assert!(doc["value"]["n"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_its_rate_and_ramps() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let tcp = s.running.tcp_addr.unwrap().to_string();
+    let summary = bench(&[
+        "--target",
+        "tcp",
+        "--addr",
+        &tcp,
+        "--game",
+        &s.game,
+        "--keys",
+        "10",
+        "--rate",
+        "1000",
+        "--seconds",
+        "2",
+        "-c",
+        "4",
+        "-d",
+        "16",
+    ])
+    .await;
+    assert!(
+        (1800..=2200).contains(&summary.requests),
+        "{} requests at 1000/s for 2 s",
+        summary.requests
+    );
+    let summary = bench(&[
+        "--target",
+        "tcp",
+        "--addr",
+        &tcp,
+        "--game",
+        &s.game,
+        "--keys",
+        "10",
+        "--no-load",
+        "--ramp",
+        "200,800",
+        "--step-seconds",
+        "1",
+        "-c",
+        "2",
+        "-d",
+        "16",
+    ])
+    .await;
+    assert!(
+        (900..=1100).contains(&summary.requests),
+        "{} requests over the ramp",
+        summary.requests
+    );
+    let first = summary.per_second[0].rps;
+    let second = summary.per_second[1].rps;
+    assert!(
+        second > first * 3,
+        "the second step is faster: {first} then {second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_url_target_and_error_counting() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let url = format!("http://{}/healthz", s.running.addr);
+    let summary = bench(&[
+        "--target",
+        "url",
+        "--url",
+        &url,
+        "--seconds",
+        "1",
+        "-c",
+        "2",
+    ])
+    .await;
+    assert!(summary.ok > 50 && summary.errors.is_empty());
+    // Reads of keys that were never written are counted by kind, not hidden.
+    let http = s.running.addr.to_string();
+    let summary = bench(&[
+        "--target",
+        "http",
+        "--addr",
+        &http,
+        "--game",
+        &s.game,
+        "--keys",
+        "5",
+        "--no-load",
+        "--seconds",
+        "1",
+        "-c",
+        "2",
+    ])
+    .await;
+    assert_eq!(summary.ok, 0);
+    assert!(
+        summary.errors.get("http_404").copied().unwrap_or(0) > 10,
+        "{:?}",
+        summary.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conns_holds_connections_from_several_processes() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_datamiddleware"))
+        .args([
+            "bench",
+            "conns",
+            "--addr",
+            &s.running.tcp_addr.unwrap().to_string(),
+        ])
+        .args([
+            "--count",
+            "300",
+            "--per-process",
+            "150",
+            "--hold",
+            "1",
+            "--ping-every",
+            "1",
+        ])
+        .args(["--server-pid", &std::process::id().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("connections open: 300 of 300"), "{stdout}");
+    assert!(stdout.contains("bytes per connection"), "{stdout}");
+    assert!(stdout.contains("300 alive, 0 dropped"), "{stdout}");
+    assert_eq!(
+        s.running
+            .service
+            .stats()
+            .tcp_accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        300
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
