@@ -325,7 +325,7 @@ mod tests {
         let parsed = parse_http(response).unwrap().unwrap();
         assert_eq!(
             (parsed.consumed, parsed.error, parsed.cache_hit),
-            (52, None, true)
+            (53, None, true)
         );
         assert_eq!(parse_http(&response[..52]).unwrap(), None);
         let error = parse_http(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
