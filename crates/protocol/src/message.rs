@@ -469,6 +469,21 @@ impl Message {
     }
 }
 
+/// The fields of a GET body (`str8` game, `str8` collection, `str8` id), borrowed from the
+/// buffer: lets a server answer a cache hit without allocating. `None` when the body is not a
+/// well-formed GET body (decode it normally to get the error).
+pub fn get_fields(body: &[u8]) -> Option<(&str, &str, &str)> {
+    let mut rest = body;
+    let mut next = || {
+        let (&len, tail) = rest.split_first()?;
+        let (field, tail) = tail.split_at_checked(len as usize)?;
+        rest = tail;
+        std::str::from_utf8(field).ok()
+    };
+    let fields = (next()?, next()?, next()?);
+    rest.is_empty().then_some(fields)
+}
+
 /// Encodes the body of a `DOC` response without building a [`Message`] (the hot path).
 pub fn encode_doc_body(out: &mut BytesMut, tier: Tier, created: bool, version: u64, doc: &[u8]) {
     out.put_u8(tier as u8);

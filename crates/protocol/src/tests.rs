@@ -175,6 +175,24 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn borrowed_get_fields_agree_with_decode(doc in doc_ref(), junk in proptest::collection::vec(any::<u8>(), 0..40)) {
+        let frame = encoded(&Message::Get(doc.clone()), 1);
+        let fields = message::get_fields(&frame[HEADER_LEN..]);
+        prop_assert_eq!(fields, Some((doc.game.as_str(), doc.collection.as_str(), doc.id.as_str())));
+        // Arbitrary bodies: borrowed parsing accepts exactly what decode accepts.
+        let header = Header { opcode: Opcode::Get, flags: 0, request_id: 1, body_len: junk.len() as u32 };
+        let decoded = Message::decode(&header, Bytes::from(junk.clone()));
+        let borrowed = message::get_fields(&junk);
+        match (decoded, borrowed) {
+            (Ok(Message::Get(d)), Some((g, c, i))) => prop_assert_eq!((d.game.as_str(), d.collection.as_str(), d.id.as_str()), (g, c, i)),
+            (Err(_), None) => {}
+            (d, b) => prop_assert!(false, "decode {:?} vs borrowed {:?}", d, b),
+        }
+    }
+}
+
 #[test]
 fn pipelined_frames_decode_one_by_one() {
     let mut buf = BytesMut::new();

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use datamiddleware_protocol::message::{encode_doc_frame, get_fields};
 use datamiddleware_protocol::{
-    Credential, ErrorCode, FrameError, Header, HelloOk, Message, PRE_HANDSHAKE_MAX_BODY, VERSION,
-    decode,
+    Credential, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
+    PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, decode,
 };
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
@@ -211,6 +212,9 @@ impl Conn<'_> {
                 Phase::Handshake => PRE_HANDSHAKE_MAX_BODY,
                 _ => self.ctx.config.max_frame_bytes,
             };
+            if self.phase == Phase::Ready && self.answer_cached_get(max_body) {
+                continue;
+            }
             match decode(&mut self.read_buf, max_body) {
                 Ok(Some((header, message))) => self.on_frame(header, message),
                 Ok(None) => break,
@@ -220,6 +224,35 @@ impl Conn<'_> {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new(); // idle connections hold no buffer
         }
+    }
+
+    /// The hot path: a GET whose document is in L1 is answered from the buffered frame's
+    /// borrowed fields, allocating nothing. Anything else (another opcode, a miss, an error
+    /// to report) returns false and goes through the full decoder.
+    fn answer_cached_get(&mut self, max_body: u32) -> bool {
+        let Ok(Some(header)) = check(&self.read_buf, max_body) else {
+            return false;
+        };
+        if header.opcode != Opcode::Get {
+            return false;
+        }
+        let body = &self.read_buf[HEADER_LEN..header.frame_len()];
+        let Some((game, collection, id)) = get_fields(body) else {
+            return false;
+        };
+        let Some(Ok(read)) = self.ctx.service.get_cached(game, collection, id) else {
+            return false;
+        };
+        encode_doc_frame(
+            &mut self.out,
+            header.request_id,
+            Tier::L1,
+            read.version,
+            &read.body,
+        );
+        self.highest_request_id = self.highest_request_id.max(header.request_id);
+        self.read_buf.advance(header.frame_len());
+        true
     }
 
     fn on_frame(&mut self, header: Header, message: Message) {
