@@ -274,46 +274,44 @@ impl Summary {
             .max(1) as f64
             / 1000.0
             * 1.1;
-        let mut chart = ChartBuilder::on(&top)
-            .caption("throughput (req/s)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0u64..last, 0f64..max_rps)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(
-                self.per_second.iter().map(|s| (s.t, s.rps as f64)),
-                &BLUE,
-            ))
-            .map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption("p99 latency (ms)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0u64..last, 0f64..max_p99)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(
-                self.per_second
-                    .iter()
-                    .map(|s| (s.t, s.p99_us as f64 / 1000.0)),
-                &RED,
-            ))
-            .map_err(|e| e.to_string())?;
+        let throughput = self.per_second.iter().map(|s| (s.t, s.rps as f64));
+        line_chart(&top, "throughput (req/s)", last, max_rps, throughput, &BLUE)?;
+        let p99 = self
+            .per_second
+            .iter()
+            .map(|s| (s.t, s.p99_us as f64 / 1000.0));
+        line_chart(&bottom, "p99 latency (ms)", last, max_p99, p99, &RED)?;
         root.present().map_err(|e| e.to_string())
     }
+}
+
+/// One line over seconds `0..last`, values `0..max`, in `area`.
+fn line_chart<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    last: u64,
+    max: f64,
+    points: impl Iterator<Item = (u64, f64)>,
+    color: &plotters::style::RGBColor,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0u64..last, 0f64..max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .light_line_style(TRANSPARENT)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(points, color))
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 #[cfg(test)]

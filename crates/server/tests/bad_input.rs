@@ -310,23 +310,14 @@ async fn connections_beyond_the_limit_are_refused_fast() {
 
 #[tokio::test]
 async fn store_time_budget_gives_504_and_writes_nothing() {
-    use sqlx::Connection;
     let s = server_with(|c| c.store.timeout = Duration::from_millis(300)).await;
-    let file = s.store_url.trim_start_matches("sqlite://").to_string();
-    // Another process holds SQLite's write lock, so the write cannot finish in its budget.
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
     let r = s
         .client
         .put(&s.path("players/slow"), r#"{"value":{}}"#)
         .await;
     assert_eq!((r.status.as_u16(), r.code()), (504, "timeout".to_string()));
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.release().await;
     assert_eq!(
         s.client.get(&s.path("players/slow")).await.code(),
         "not_found"

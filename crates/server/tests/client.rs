@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use datamiddleware_client::{Client, ClientOptions, Error, ErrorCode, Precondition, Tier};
 use serde_json::json;
-use sqlx::Connection;
 use support::{Backend, TestServer};
 
 fn options() -> ClientOptions {
@@ -83,20 +82,13 @@ async fn a_request_without_answer_times_out() {
     let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
     client.connect().await.unwrap();
-    let file = s.store_url.trim_start_matches("sqlite://").to_string();
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
     let err = client
         .put(&s.game, "players", "slow", &json!({}), Precondition::None)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout), "{err:?}");
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.release().await;
     // The connection is still good, and the timed-out write's outcome can be read back.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let doc = client.get(&s.game, "players", "slow").await;

@@ -5,7 +5,6 @@ mod support;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use sqlx::Connection;
 use support::{Backend, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,15 +14,7 @@ async fn in_flight_requests_finish_during_shutdown() {
     })
     .await
     .unwrap();
-    let file = s.store_url.trim_start_matches("sqlite://").to_string();
-    // Hold SQLite's write lock so the PUT below stays in flight.
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
     let client = s.client.clone();
     let path = s.path("players/late");
     let put = tokio::spawn(async move { client.put(&path, r#"{"value":{"ok":true}}"#).await });
@@ -39,7 +30,7 @@ async fn in_flight_requests_finish_during_shutdown() {
         !stop.is_finished(),
         "shutdown waits for the request in flight"
     );
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.release().await;
     let reply = put.await.unwrap();
     assert_eq!(
         reply.status,

@@ -13,7 +13,6 @@ use datamiddleware_protocol::{
 };
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use support::{Backend, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -301,20 +300,13 @@ async fn responses_come_out_of_order() {
     c.send(2, put(&s, "cached", json!({}), Precondition::None))
         .await;
     c.recv().await;
-    let file = s.store_url.trim_start_matches("sqlite://").to_string();
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
     c.send(3, put(&s, "slow", json!({}), Precondition::None))
         .await; // waits for the lock
     c.send(4, Message::Get(doc(&s, "players", "cached"))).await;
     let (first, _) = c.recv().await;
     assert_eq!(first.request_id, 4, "the later cache hit is answered first");
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.release().await;
     let (second, message) = c.recv().await;
     assert_eq!(second.request_id, 3);
     assert!(matches!(message, Message::Doc { created: true, .. }));
@@ -594,14 +586,7 @@ async fn auth_enabled_without_credentials_store_refuses() {
 async fn shutdown_sends_goaway_and_finishes_in_flight_requests() {
     let s = server().await;
     let mut c = Raw::ready(&s).await;
-    let file = s.store_url.trim_start_matches("sqlite://").to_string();
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
     c.send(7, put(&s, "late", json!({}), Precondition::None))
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -618,7 +603,7 @@ async fn shutdown_sends_goaway_and_finishes_in_flight_requests() {
         ),
         "{message:?}"
     );
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.release().await;
     let (header, message) = c.recv().await;
     assert_eq!(header.request_id, 7);
     assert!(

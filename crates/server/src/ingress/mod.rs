@@ -2,3 +2,32 @@
 
 pub mod http;
 pub mod tcp;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts the next connection (with `TCP_NODELAY` set), or returns `None` once `shutdown`
+/// completes. Accept errors — typically EMFILE under a connection flood — back off briefly
+/// instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some(stream);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, addr = ?listener.local_addr().ok(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}

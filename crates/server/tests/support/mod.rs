@@ -170,6 +170,31 @@ impl TestServer {
     }
 }
 
+/// A second connection holding SQLite's write lock: writes through the server wait (and run
+/// into their time budget) until [`WriteLock::release`]. For SQLite test servers only.
+pub struct WriteLock(sqlx::SqliteConnection);
+
+impl TestServer {
+    pub async fn hold_sqlite_write_lock(&self) -> WriteLock {
+        use sqlx::Connection;
+        let file = self.store_url.trim_start_matches("sqlite://");
+        let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{file}"))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        WriteLock(connection)
+    }
+}
+
+impl WriteLock {
+    pub async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+    }
+}
+
 /// A response, with the body parsed as JSON when it is JSON.
 #[derive(Debug, Clone)]
 pub struct Reply {

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -99,24 +98,14 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE under a connection flood: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
+            break;
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over the limit: refuse fast by closing; in-flight work elsewhere is unaffected.
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
