@@ -82,17 +82,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the load generator (it needs no server configuration).
-fn bench(args: datamiddleware_bench::BenchArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded tokio runtime (one worker per core), or `None` after saying why not.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("datamiddleware: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("datamiddleware: cannot start the runtime: {e}"))
+        .ok()
+}
+
+/// Runs the load generator (it needs no server configuration).
+fn bench(args: datamiddleware_bench::BenchArgs) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(datamiddleware_bench::main(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,15 +109,8 @@ fn serve(config: Config) -> ExitCode {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("datamiddleware: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let running = match datamiddleware::app::start(config).await {
