@@ -84,6 +84,10 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(config.timeout)
+            // sqlx pings every connection it hands out by default: one extra round trip per
+            // store call (seen in the cold-read profile). A dead connection fails its query
+            // instead, which the budget and error mapping already handle.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 let pragmas = pragmas.clone();
                 Box::pin(async move {
