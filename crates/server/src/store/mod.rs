@@ -143,6 +143,10 @@ impl Store {
 
     /// Reads one row, tombstones included (`None` if the key was never written).
     pub async fn get(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
+        retry_read(|| self.get_once(game, key)).await
+    }
+
+    async fn get_once(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
         let row = sqlx::query(self.dialect.select_one())
             .bind(game)
             .bind(key.collection.as_str())
@@ -154,6 +158,15 @@ impl Store {
 
     /// Reads many rows of one collection in one query, keyed by id.
     pub async fn get_many(
+        &self,
+        game: &str,
+        collection: &str,
+        ids: &[&str],
+    ) -> Result<HashMap<String, StoredDoc>, StoreError> {
+        retry_read(|| self.get_many_once(game, collection, ids)).await
+    }
+
+    async fn get_many_once(
         &self,
         game: &str,
         collection: &str,
@@ -175,6 +188,17 @@ impl Store {
 
     /// Live documents of a collection ordered by id, optionally of one owner, after `after`.
     pub async fn list(
+        &self,
+        game: &str,
+        collection: &str,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        retry_read(|| self.list_once(game, collection, owner, after, limit)).await
+    }
+
+    async fn list_once(
         &self,
         game: &str,
         collection: &str,
@@ -289,6 +313,34 @@ impl Store {
         }
         tx.commit().await.map_err(store_err)?;
         Ok((new_rows, result))
+    }
+}
+
+/// Runs a read, and once more if its connection turned out dead (the database restarted or
+/// dropped it: connections are not pinged before use). Reads are idempotent; writes are not
+/// retried this way, since a lost connection leaves their outcome unknown.
+async fn retry_read<T, Fut>(read: impl Fn() -> Fut) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    match read().await {
+        Err(StoreError::Database(e)) if connection_lost(&e) => {
+            tracing::debug!(error = %e, "store connection lost; retrying the read on another");
+            read().await
+        }
+        other => other,
+    }
+}
+
+/// I/O failures and the SQLSTATEs of a connection the server closed (class 08, and 57P01-03:
+/// admin shutdown, crash shutdown, cannot connect now; MySQL reports 08S01).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
     }
 }
 
