@@ -342,3 +342,23 @@ async fn problem_documents_never_leak_internals() {
     assert_eq!(problem["status"], 400);
     assert!(problem["type"].as_str().unwrap().ends_with(":invalid_json"));
 }
+
+#[tokio::test]
+async fn http2_cleartext_with_prior_knowledge_is_served() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let s = server().await;
+    s.client
+        .put(&s.path("players/h2"), r#"{"value":{"v":2}}"#)
+        .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let uri = format!("http://{}{}", s.running.addr, s.path("players/h2"));
+    let response = client.get(uri.parse().unwrap()).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.headers()["x-cache"], "L1");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["value"]["v"], 2);
+}
