@@ -226,9 +226,10 @@ impl Conn<'_> {
         }
     }
 
-    /// The hot path: a GET whose document is in L1 is answered from the buffered frame's
-    /// borrowed fields, allocating nothing. Anything else (another opcode, a miss, an error
-    /// to report) returns false and goes through the full decoder.
+    /// The hot path: a GET that L1 can answer (the document, or an error such as a cached
+    /// "missing") is answered from the buffered frame's borrowed fields, allocating nothing.
+    /// Anything else (another opcode, a miss, a malformed body) returns false and goes
+    /// through the full decoder; a GET arriving there is a miss and runs in a task.
     fn answer_cached_get(&mut self, max_body: u32) -> bool {
         let Ok(Some(header)) = check(&self.read_buf, max_body) else {
             return false;
@@ -240,16 +241,18 @@ impl Conn<'_> {
         let Some((game, collection, id)) = get_fields(body) else {
             return false;
         };
-        let Some(Ok(read)) = self.ctx.service.get_cached(game, collection, id) else {
-            return false;
-        };
-        encode_doc_frame(
-            &mut self.out,
-            header.request_id,
-            Tier::L1,
-            read.version,
-            &read.body,
-        );
+        match self.ctx.service.get_cached(game, collection, id) {
+            Some(Ok(read)) => encode_doc_frame(
+                &mut self.out,
+                header.request_id,
+                Tier::L1,
+                read.version,
+                &read.body,
+            ),
+            // Unknown game, bad id, or a cached "missing": answered without the store too.
+            Some(Err(e)) => dispatch::error_message(&e).encode(header.request_id, &mut self.out),
+            None => return false,
+        }
         self.highest_request_id = self.highest_request_id.max(header.request_id);
         self.read_buf.advance(header.frame_len());
         true
@@ -277,8 +280,6 @@ impl Conn<'_> {
             (_, Message::Hello(_)) => {
                 self.close_with(id, ErrorCode::ProtocolError, "HELLO was already received")
             }
-            (_, Message::Get(doc))
-                if dispatch::try_get_hit(&self.ctx.service, id, &doc, &mut self.out) => {}
             (_, message) if is_request(&message) => self.spawn(id, message),
             (_, message) => {
                 let detail = format!("{:?} is not sent by clients", message.opcode());

@@ -2,33 +2,13 @@
 //! The same service calls and the same error codes as the HTTP routes: only the encoding
 //! differs.
 
-use bytes::BytesMut;
-use datamiddleware_protocol::message::encode_doc_frame;
-use datamiddleware_protocol::{
-    DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
-};
+use datamiddleware_protocol::{Message, OwnerChange, Precondition as WirePre, Tier as WireTier};
 
 use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
 use crate::service::{OpOutcome, Service, txn_results_json};
-
-/// The fast path: answers a GET from L1 without a task or an intermediate message. Returns
-/// `false` when the document is not cached (the caller then runs [`handle`] in a task).
-pub fn try_get_hit(service: &Service, request_id: u32, doc: &DocRef, out: &mut BytesMut) -> bool {
-    match service.get_cached(&doc.game, &doc.collection, &doc.id) {
-        Some(Ok(read)) => {
-            encode_doc_frame(out, request_id, WireTier::L1, read.version, &read.body);
-            true
-        }
-        Some(Err(e)) => {
-            error_message(&e).encode(request_id, out);
-            true
-        }
-        None => false,
-    }
-}
 
 /// Runs one request and returns its response message.
 pub async fn handle(service: &Service, request: Message) -> Message {
