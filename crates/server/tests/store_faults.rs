@@ -20,11 +20,13 @@ async fn reads_survive_the_database_dropping_connections() {
     let config = support::config(&game, &url);
     let running = datamiddleware::app::start(config).await.unwrap();
     let client = support::Http::new(format!("http://{}", running.addr));
-    for i in 0..5 {
-        client
-            .put(&format!("/api/v1/{game}/players/p{i}"), r#"{"value":{}}"#)
-            .await;
-    }
+    // Concurrent writes, so that the pool holds several connections to be dropped.
+    let writes = (0..16).map(|i| {
+        let client = client.clone();
+        let path = format!("/api/v1/{game}/players/p{i}");
+        async move { client.put(&path, r#"{"value":{}}"#).await }
+    });
+    futures::future::join_all(writes).await;
     // Like a database restart: the server side closes every connection of this instance.
     let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
     let killed: i64 = sqlx::query_scalar(

@@ -143,7 +143,7 @@ impl Store {
 
     /// Reads one row, tombstones included (`None` if the key was never written).
     pub async fn get(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
-        retry_read(|| self.get_once(game, key)).await
+        retry_read(self.pool.size(), || self.get_once(game, key)).await
     }
 
     async fn get_once(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
@@ -163,7 +163,10 @@ impl Store {
         collection: &str,
         ids: &[&str],
     ) -> Result<HashMap<String, StoredDoc>, StoreError> {
-        retry_read(|| self.get_many_once(game, collection, ids)).await
+        retry_read(self.pool.size(), || {
+            self.get_many_once(game, collection, ids)
+        })
+        .await
     }
 
     async fn get_many_once(
@@ -195,7 +198,10 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        retry_read(|| self.list_once(game, collection, owner, after, limit)).await
+        retry_read(self.pool.size(), || {
+            self.list_once(game, collection, owner, after, limit)
+        })
+        .await
     }
 
     async fn list_once(
@@ -316,19 +322,23 @@ impl Store {
     }
 }
 
-/// Runs a read, and once more if its connection turned out dead (the database restarted or
-/// dropped it: connections are not pinged before use). Reads are idempotent; writes are not
+/// Runs a read, and again while its connection turns out dead (the database restarted or
+/// dropped connections: they are not pinged before use). Each failure discards one dead
+/// connection, so at most `pooled + 1` attempts are made. Reads are idempotent; writes are not
 /// retried this way, since a lost connection leaves their outcome unknown.
-async fn retry_read<T, Fut>(read: impl Fn() -> Fut) -> Result<T, StoreError>
+async fn retry_read<T, Fut>(pooled: u32, read: impl Fn() -> Fut) -> Result<T, StoreError>
 where
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    match read().await {
-        Err(StoreError::Database(e)) if connection_lost(&e) => {
-            tracing::debug!(error = %e, "store connection lost; retrying the read on another");
-            read().await
+    let mut attempts_left = pooled + 1;
+    loop {
+        attempts_left -= 1;
+        match read().await {
+            Err(StoreError::Database(e)) if attempts_left > 0 && connection_lost(&e) => {
+                tracing::debug!(error = %e, "store connection lost; retrying the read on another");
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 
