@@ -148,6 +148,8 @@ pub struct Plan {
     pub connections: usize,
     pub depth: usize,
     pub duration: Duration,
+    /// Open loop: yield instead of sleeping until the next planned send (see `--spin`).
+    pub spin: bool,
 }
 
 impl Plan {
@@ -363,7 +365,7 @@ pub async fn connection(
                     }
                 }
             }
-            () = tokio::time::sleep_until(wake) => {
+            () = pace(wake, plan.spin) => {
                 if Instant::now() >= deadline + Duration::from_secs(2) {
                     break; // responses that never came are not waited for forever
                 }
@@ -371,4 +373,15 @@ pub async fn connection(
         }
     }
     Ok(())
+}
+
+/// Waits until `wake`: on tokio's timer (1 ms granularity), or with `spin` by yielding to the
+/// scheduler (which polls the sockets in between) when the wake-up is less than 2 ms away, so
+/// that open-loop sends leave at their planned microsecond rather than in a burst per timer tick.
+async fn pace(wake: Instant, spin: bool) {
+    if spin && wake.saturating_duration_since(Instant::now()) < Duration::from_millis(2) {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep_until(wake).await;
+    }
 }

@@ -113,6 +113,11 @@ pub struct RunArgs {
     pub ramp: Vec<f64>,
     #[arg(long, default_value_t = 10)]
     pub step_seconds: u64,
+    /// Open loop: wait for the next planned send by yielding instead of sleeping on tokio's
+    /// 1 ms timer, so sends follow the plan to the microsecond instead of leaving in 1 ms
+    /// bursts. Keeps the generator's threads busy: pin it to its own cores (taskset).
+    #[arg(long)]
+    pub spin: bool,
     /// Skip writing the keys before the run.
     #[arg(long)]
     pub no_load: bool,
@@ -219,6 +224,7 @@ pub async fn run(args: RunArgs) -> Result<report::Summary, String> {
         connections: args.connections,
         depth: args.depth,
         duration,
+        spin: args.spin,
     };
     let setup = serde_json::json!({
         "target": format!("{:?}", plan.target),
@@ -229,6 +235,7 @@ pub async fn run(args: RunArgs) -> Result<report::Summary, String> {
         "value_size": args.value_size,
         "connections": args.connections,
         "depth": args.depth,
+        "spin": args.spin,
     });
     if !args.no_load && plan.target.needs_load() {
         eprintln!("loading {} keys …", args.keys);
