@@ -1,35 +1,90 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): latency under load, open loop. For a target (http or tcp, cache hits),
-# measures the closed-loop peak, then runs an open loop at 50 % of it (latency from planned send
-# times, p50/p99/p99.9), then a stepped ramp 20 % → 40 % → 60 % → 80 % of the peak, reporting
-# errors per step. Writes JSON reports and SVG plots into the output directory.
+# Benchmark (not a test): latency under load, open loop. For a target, measures the closed-loop
+# peak, then runs an open loop at 50 % of it (latency from planned send times: p50/p99/p99.9),
+# then a stepped ramp 20 % → 40 % → 60 % → 80 % of the peak, reporting errors per step. Writes
+# JSON reports and SVG plots into the output directory.
 #
-#   bench/latency.sh [http|tcp] [seconds] [out-dir]
+#   bench/latency.sh [http|tcp|pg] [seconds] [out-dir]
+#
+#   http, tcp  cache hits. The server is pinned to CPU 0 and the generator to CPU 1 (taskset), and
+#              the generator paces with --spin, so sends leave at their planned microsecond
+#              instead of in bursts on tokio's 1 ms timer. For tcp, redis-server pinned to CPU 0
+#              is then driven by the same open loop at the same rate, as a baseline.
+#   pg         reads that miss L1 (a 1 MiB L1 over 50,000 documents) and go to PostgreSQL;
+#              nothing is pinned, because the database's processes need both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-http}
 secs=${2:-10}
 out=${3:-target/bench-latency}
+case "$target" in http | tcp | pg) ;; *) echo "usage: $0 [http|tcp|pg] [seconds] [out-dir]" >&2; exit 2 ;; esac
 mkdir -p "$out"
 cargo build --release --quiet --bin datamiddleware
 bin=$PWD/target/release/datamiddleware
 work=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-(cd "$work" && DMW_LOG__FILTER=warn exec "$bin" --listen 127.0.0.1:18680 --tcp-listen 127.0.0.1:17680) &
+server=
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null
+  redis-cli -p 16391 shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+pin_server=() pin_bench=() spin=()
+if [ "$target" != pg ] && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0) pin_bench=(taskset -c 1) spin=(--spin)
+fi
+config=()
+common=(--keys 1000 -c 32)
+if [ "$target" = pg ]; then
+  # shellcheck source=scripts/services.sh
+  source scripts/services.sh
+  ensure_postgres
+  game="latency$(date +%s)"
+  cat > "$work/pg.toml" <<CONF
+[cache]
+l1_max_bytes = 1048576   # tiny L1: reads of 50,000 keys mostly miss it
+[games.$game]
+store = "$DATAMIDDLEWARE_TEST_POSTGRES_URL"
+[games.$game.collections.players]
+CONF
+  config=(--config pg.toml)
+  common=(--game "$game" --keys 50000 -c 16)
+fi
+(cd "$work" && DMW_LOG__FILTER=warn exec "${pin_server[@]}" "$bin" "${config[@]}" --listen 127.0.0.1:18680 --tcp-listen 127.0.0.1:17680) &
 server=$!
 for _ in $(seq 100); do curl -fs 127.0.0.1:18680/healthz >/dev/null && break; sleep 0.1; done
-addr=127.0.0.1:18680; depth=1
-if [ "$target" = tcp ]; then addr=127.0.0.1:17680; depth=16; fi
-common=(--target "$target" --addr "$addr" --keys 1000 -c 64)
-"$bin" bench run "${common[@]}" -d "$depth" --seconds "$secs" --json "$out/peak.json" >/dev/null 2>&1
+kind=http addr=127.0.0.1:18680 depth=1
+if [ "$target" = tcp ]; then kind=tcp addr=127.0.0.1:17680 depth=16; fi
+bench() { "${pin_bench[@]}" "$bin" bench run --target "$kind" --addr "$addr" "${common[@]}" "$@"; }
+# Per-second p99s of a report: a stall of the machine shows up as one bad second, not a shift.
+seconds_p99() {
+  python3 -c "import json,statistics; s=[x['p99_us'] for x in json.load(open('$1'))['per_second']]; print(f'  per-second p99 (µs): median {int(statistics.median(s))}, worst {max(s)}; all: {s}')"
+}
+
+bench -d "$depth" --seconds "$secs" --json "$out/peak.json" >/dev/null 2>&1
 peak=$(python3 -c "import json; print(int(json.load(open('$out/peak.json'))['throughput_rps']))")
 half=$((peak / 2))
-echo "closed-loop peak ($target, 64 connections, depth $depth): $peak req/s; open loop at $half req/s"
-"$bin" bench run "${common[@]}" -d 64 --no-load --rate "$half" --seconds "$secs" \
+echo "closed-loop peak ($target, ${common[*]}, depth $depth): $peak req/s; open loop at $half req/s"
+bench -d 64 --no-load --rate "$half" --seconds "$secs" "${spin[@]}" \
   --json "$out/half.json" --svg "$out/half.svg" 2>/dev/null | sed 's/^/  /'
+seconds_p99 "$out/half.json"
+
+if [ "$target" = tcp ]; then
+  command -v redis-server >/dev/null || { source scripts/services.sh; apt_install redis-server; }
+  "${pin_server[@]}" redis-server --port 16391 --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --dir "$work" --logfile "$work/redis.log"
+  for _ in $(seq 50); do redis-cli -p 16391 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "redis-server (CPU 0), same engine, same open loop at $half req/s:"
+  "${pin_bench[@]}" "$bin" bench run --target redis --addr 127.0.0.1:16391 --keys 1000 -c 32 \
+    -d 64 --rate "$half" --seconds "$secs" "${spin[@]}" --json "$out/redis-half.json" \
+    2>/dev/null | sed 's/^/  /'
+  seconds_p99 "$out/redis-half.json"
+fi
+
 ramp=$(python3 -c "print(','.join(str(int($peak * f)) for f in (0.2, 0.4, 0.6, 0.8)))")
 echo "ramp: $ramp req/s, $secs s each"
-"$bin" bench run "${common[@]}" -d 64 --no-load --ramp "$ramp" --step-seconds "$secs" \
+bench -d 64 --no-load --ramp "$ramp" --step-seconds "$secs" "${spin[@]}" \
   --json "$out/ramp.json" --svg "$out/ramp.svg" 2>/dev/null | sed 's/^/  /'
 python3 - "$out/ramp.json" "$secs" <<'PY'
 import json, sys
