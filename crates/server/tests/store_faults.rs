@@ -1,5 +1,6 @@
-//! Faults a real database produces: connections it drops. Pooled connections are not pinged
-//! before use, so a read that lands on a dropped connection is retried once on another.
+//! Faults a real database produces: connections it drops, and locks that hold a write past its
+//! time budget. Pooled connections are not pinged, so a read that lands on a dropped connection
+//! is retried on another.
 
 mod support;
 
@@ -43,6 +44,55 @@ async fn reads_survive_the_database_dropping_connections() {
             .get(&format!("/api/v1/{game}/players/missing{i}"))
             .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+    }
+    running.stop().await.unwrap();
+}
+
+/// A write cut off by the time budget while the database blocks it drops its connection
+/// mid-transaction. The write must not commit, and the pool (of one connection here, so every
+/// later request depends on what happened to it) must go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_mid_transaction_leaves_no_broken_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = Backend::Postgres.url(&dir) else {
+        return;
+    };
+    let game = support::unique_game();
+    let mut config = support::config(&game, &url);
+    config.store.max_connections = 1;
+    config.store.timeout = std::time::Duration::from_millis(500);
+    let running = datamiddleware::app::start(config).await.unwrap();
+    let client = support::Http::new(format!("http://{}", running.addr));
+    let path = format!("/api/v1/{game}/players/p1");
+    let created = client.put(&path, r#"{"value":{"n":1}}"#).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+
+    // Another session blocks every row lock on the table, so the next write hangs inside its
+    // transaction until the budget gives up on it.
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE dmw_documents IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let reply = client.put(&path, r#"{"value":{"n":2}}"#).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        reply.body
+    );
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+    // The cut-off write did not commit, and the single pooled connection works.
+    for n in 3..8 {
+        let reply = client
+            .put(&path, &format!(r#"{{"value":{{"n":{n}}}}}"#))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.json()["version"], n - 1, "{:?}", reply.body);
+        let missing = client.get(&format!("/api/v1/{game}/players/none{n}")).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{:?}", missing.body);
     }
     running.stop().await.unwrap();
 }

@@ -643,6 +643,12 @@ fn store_error(e: StoreError) -> ServiceError {
             ErrorCode::Overloaded,
             "the store has no free connection; retry later",
         )
+    } else if e.is_unreachable() {
+        tracing::warn!(error = %e, "store unreachable");
+        ServiceError::new(
+            ErrorCode::Overloaded,
+            "the store cannot be reached; retry later",
+        )
     } else {
         ServiceError::internal(e)
     }

@@ -10,12 +10,13 @@
 //! SQLite busy) are retried a bounded number of times.
 
 mod dialect;
+mod pool;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::config::{SqliteSync, StoreConfig};
@@ -62,7 +63,7 @@ pub enum TxnError<E> {
 /// A handle to one database. Cloning is cheap (the pool is shared).
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pool: pool::Pool,
     dialect: Dialect,
     /// SQLite allows one writer at a time; serialising writers here avoids busy-waiting in
     /// the database and SQLITE_BUSY upgrade failures. Unused for server databases.
@@ -81,25 +82,10 @@ impl Store {
             Dialect::Sqlite => config.max_connections.min(8),
             _ => config.max_connections,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(config.timeout)
-            // sqlx pings every connection it hands out by default: one extra round trip per
-            // store call (seen in the cold-read profile). A dead connection fails its query
-            // instead, which the budget and error mapping already handle.
-            .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                let pragmas = pragmas.clone();
-                Box::pin(async move {
-                    for statement in pragmas {
-                        sqlx::query(statement).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Connections are not pinged before use or after (see `pool`): a dead one fails its
+        // query, reads are retried on another, and the connection is discarded.
+        let pool = pool::Pool::new(url, pragmas, max_connections as usize, config.timeout)
+            .map_err(StoreError::Unavailable)?;
         let store = Store {
             pool,
             dialect,
@@ -124,7 +110,10 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match migrator.run(&self.pool).await {
+            let mut lease = self.pool.lease().await?;
+            let result = migrator.run(lease.conn()).await;
+            lease.finish_with(result.is_ok());
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < 3 => {
                     tracing::warn!(attempt, error = %e, "schema migration failed; retrying");
@@ -137,7 +126,9 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let mut lease = self.pool.lease().await?;
+        let result = sqlx::query("SELECT 1").execute(lease.conn()).await;
+        lease.finish(result)?;
         Ok(())
     }
 
@@ -147,12 +138,14 @@ impl Store {
     }
 
     async fn get_once(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
+        let mut lease = self.pool.lease().await?;
         let row = sqlx::query(self.dialect.select_one())
             .bind(game)
             .bind(key.collection.as_str())
             .bind(key.id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(lease.conn())
+            .await;
+        let row = lease.finish(row)?;
         row.map(|r| decode_doc(&r, 0)).transpose()
     }
 
@@ -183,7 +176,9 @@ impl Store {
         for id in ids {
             query = query.bind(*id);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let mut lease = self.pool.lease().await?;
+        let rows = query.fetch_all(lease.conn()).await;
+        let rows = lease.finish(rows)?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()
@@ -220,7 +215,9 @@ impl Store {
         if let Some(after) = after {
             query = query.bind(after);
         }
-        let rows = query.bind(limit as i64).fetch_all(&self.pool).await?;
+        let mut lease = self.pool.lease().await?;
+        let rows = query.bind(limit as i64).fetch_all(lease.conn()).await;
+        let rows = lease.finish(rows)?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()
@@ -269,8 +266,25 @@ impl Store {
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
     ) -> Result<Planned<T>, TxnError<E>> {
+        let mut lease = self.pool.lease().await.map_err(TxnError::Store)?;
+        let result = self.transact_on(lease.conn(), game, keys, plan).await;
+        lease.finish_with(match &result {
+            Ok(_) | Err(TxnError::Plan(_)) => true,
+            Err(TxnError::Store(StoreError::Database(e))) => pool::reusable_after(e),
+            Err(TxnError::Store(_)) => false,
+        });
+        result
+    }
+
+    async fn transact_on<T, E>(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        game: &str,
+        keys: &[DocKey],
+        plan: &mut Plan<'_, T, E>,
+    ) -> Result<Planned<T>, TxnError<E>> {
         let store_err = |e: sqlx::Error| TxnError::Store(StoreError::Database(e));
-        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        let mut tx = conn.begin().await.map_err(store_err)?;
         let mut current = Vec::with_capacity(keys.len());
         for key in keys {
             sqlx::query(self.dialect.insert_placeholder())
@@ -289,8 +303,14 @@ impl Store {
                 .map_err(store_err)?;
             current.push(decode_doc(&row, 0).map_err(TxnError::Store)?);
         }
-        // On a plan error the transaction is dropped, which rolls it back.
-        let (new_rows, result) = plan(&current).map_err(TxnError::Plan)?;
+        let (new_rows, result) = match plan(&current) {
+            Ok(planned) => planned,
+            Err(e) => {
+                // Rolled back now, so the connection goes back to the pool with no transaction.
+                tx.rollback().await.map_err(store_err)?;
+                return Err(TxnError::Plan(e));
+            }
+        };
         for (key, (new, old)) in keys.iter().zip(new_rows.iter().zip(&current)) {
             let final_state = new.as_ref().unwrap_or(old);
             if final_state.version == 0 {
@@ -326,7 +346,7 @@ impl Store {
 /// dropped connections: they are not pinged before use). Each failure discards one dead
 /// connection, so at most `pooled + 1` attempts are made. Reads are idempotent; writes are not
 /// retried this way, since a lost connection leaves their outcome unknown.
-async fn retry_read<T, Fut>(pooled: u32, read: impl Fn() -> Fut) -> Result<T, StoreError>
+async fn retry_read<T, Fut>(pooled: usize, read: impl Fn() -> Fut) -> Result<T, StoreError>
 where
     Fut: Future<Output = Result<T, StoreError>>,
 {
@@ -369,5 +389,10 @@ impl StoreError {
     /// True when the pool could not give a connection in time (load, not a fault).
     pub fn is_overload(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
+
+    /// True when no connection to the database could be opened.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }

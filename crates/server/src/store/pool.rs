@@ -1,0 +1,207 @@
+//! The store's connection pool: deadpool over sqlx `AnyConnection`s, with a lease that puts a
+//! connection back only when its last operation finished cleanly.
+//!
+//! Why not sqlx's own pool: it pings every connection it takes back (`return_to_pool` runs a
+//! `Sync`/`ReadyForQuery` round trip, in a spawned task, and has no option to skip it), so a
+//! one-statement read cost two round trips to the database. The ping is there to catch
+//! connections left mid-protocol by a cancelled query; a [`Lease`] does the same without a
+//! round trip: a connection whose operation did not finish (the future was dropped) or failed
+//! below SQL (I/O, protocol) is discarded instead of returned.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
+use sqlx::{AnyConnection, Connection};
+
+use super::StoreError;
+
+/// Connections older than this are replaced when next taken (server-side state such as
+/// prepared statements does not grow without bound; a failover is picked up).
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Connections idle longer than this are replaced when next taken: firewalls and proxies
+/// drop idle connections silently, and a dead connection costs a failed query.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Opens connections and runs the session setup on each.
+pub(super) struct Manager {
+    url: String,
+    setup: Vec<&'static str>,
+}
+
+impl managed::Manager for Manager {
+    type Type = AnyConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut conn = AnyConnection::connect(&self.url).await?;
+        for statement in &self.setup {
+            sqlx::query(*statement).execute(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut AnyConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if metrics.age() > MAX_LIFETIME {
+            Err(RecycleError::message("past its maximum lifetime"))
+        } else if metrics.last_used() > IDLE_TIMEOUT {
+            Err(RecycleError::message("idle too long"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A pool of database connections.
+#[derive(Clone)]
+pub(super) struct Pool {
+    inner: managed::Pool<Manager>,
+}
+
+impl Pool {
+    /// A pool of at most `max_size` connections; waiting for one and opening one each give up
+    /// after `timeout`. Nothing is opened until the first [`Pool::lease`].
+    pub fn new(
+        url: String,
+        setup: Vec<&'static str>,
+        max_size: usize,
+        timeout: Duration,
+    ) -> Result<Pool, String> {
+        let inner = managed::Pool::builder(Manager { url, setup })
+            .max_size(max_size)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Pool { inner })
+    }
+
+    /// Takes a connection. Waiting too long is `sqlx::Error::PoolTimedOut` (overload); failing
+    /// to open one is [`StoreError::Unavailable`].
+    pub async fn lease(&self) -> Result<Lease, StoreError> {
+        match self.inner.get().await {
+            Ok(conn) => Ok(Lease {
+                conn: Some(conn),
+                clean: false,
+            }),
+            Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
+                Err(StoreError::Database(sqlx::Error::PoolTimedOut))
+            }
+            Err(PoolError::Timeout(_)) => Err(StoreError::Unavailable(
+                "timed out connecting to the database".into(),
+            )),
+            Err(PoolError::Backend(e)) => Err(StoreError::Unavailable(format!(
+                "cannot connect to the database: {e}"
+            ))),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Connections currently open (idle or leased).
+    pub fn size(&self) -> usize {
+        self.inner.status().size
+    }
+}
+
+/// One leased connection. It goes back to the pool only if [`Lease::finish`] saw its last
+/// operation complete with the connection still in step with the server; otherwise dropping
+/// the lease closes it.
+pub(super) struct Lease {
+    conn: Option<Object<Manager>>,
+    clean: bool,
+}
+
+impl Lease {
+    /// The connection, for one operation whose result then goes through [`Lease::finish`].
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        self.clean = false;
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    /// Records how the operation ended and passes its result on.
+    pub fn finish<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        self.clean = result.as_ref().err().is_none_or(reusable_after);
+        result
+    }
+
+    /// Records that the operation ended with the connection in step (or not) with the server.
+    pub fn finish_with(&mut self, reusable: bool) {
+        self.clean = reusable;
+    }
+}
+
+/// An error the server sent (constraint, conflict, syntax) leaves the connection usable, unless
+/// it says the connection is going away; I/O and protocol errors do not.
+pub(super) fn reusable_after(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(_)) && !super::connection_lost(error)
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.clean
+            && let Some(conn) = self.conn.take()
+        {
+            // Detached from the pool (which opens a new one when needed) and closed here.
+            drop(Object::take(conn));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pool() -> Pool {
+        sqlx::any::install_default_drivers();
+        Pool::new("sqlite::memory:".into(), vec![], 2, Duration::from_secs(5)).unwrap()
+    }
+
+    async fn select_one(lease: &mut Lease) -> Result<i64, sqlx::Error> {
+        let result = sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(lease.conn())
+            .await;
+        lease.finish(result)
+    }
+
+    #[tokio::test]
+    async fn a_finished_lease_returns_its_connection() {
+        let pool = pool().await;
+        let mut lease = pool.lease().await.unwrap();
+        assert_eq!(select_one(&mut lease).await.unwrap(), 1);
+        let first = Object::id(lease.conn.as_ref().unwrap());
+        drop(lease);
+        assert_eq!(pool.size(), 1);
+        let mut again = pool.lease().await.unwrap();
+        assert_eq!(Object::id(again.conn.as_ref().unwrap()), first);
+        assert_eq!(select_one(&mut again).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_or_broken_lease_closes_its_connection() {
+        let pool = pool().await;
+        // Taken for an operation that never finished (its future was dropped).
+        let mut lease = pool.lease().await.unwrap();
+        let _ = lease.conn();
+        drop(lease);
+        assert_eq!(pool.size(), 0);
+        // An error below SQL.
+        let mut lease = pool.lease().await.unwrap();
+        let _ = lease.finish::<()>(Err(sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into())));
+        drop(lease);
+        assert_eq!(pool.size(), 0);
+        // An error the database answered with keeps the connection.
+        let mut lease = pool.lease().await.unwrap();
+        let result = sqlx::query("SELECT * FROM no_such_table")
+            .execute(lease.conn())
+            .await;
+        assert!(lease.finish(result).is_err());
+        drop(lease);
+        assert_eq!(pool.size(), 1);
+    }
+}
