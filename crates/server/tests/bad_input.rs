@@ -257,6 +257,20 @@ async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
     assert!(idle.read(&mut first).await.unwrap() > 0);
     let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "an idle keep-alive connection is closed");
+    // A body that stops arriving is refused, not waited for.
+    let mut slow_body = TcpStream::connect(s.running.addr).await.unwrap();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"value\"",
+        s.path("players/slow")
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), slow_body.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a stalled body is answered and closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
 }
 
 #[tokio::test]

@@ -1,11 +1,12 @@
-//! HTTP ingress: the accept loop (connection limit, HTTP/1.1 + h2c, header timeout, graceful
-//! shutdown) and the per-request entry point (global in-flight limit).
+//! HTTP ingress: the accept loop (connection limit, HTTP/1.1 + h2c, the stalled-connection
+//! watchdog, graceful shutdown) and the per-request entry point (global in-flight limit).
 //!
 //! Routing is hand-written over hyper rather than axum: the cache-hit path is the product, and
 //! an axum route measured 20–25 % below bare hyper on this machine (see docs/performance.md).
 
 mod problem;
 mod routes;
+mod watchdog;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -86,8 +87,9 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // The watchdog below bounds slow heads and idle connections instead of a timer per request.
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
         .keep_alive(true);
     builder
@@ -110,18 +112,31 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // hyper-util's protocol detection waits for the first bytes with no deadline, and
-            // hyper's header timeout starts only after them: bound the silent start here.
-            let header_timeout = state.config.header_read_timeout;
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return, // silent past the deadline, closed, or failed
-            }
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let activity = Arc::new(watchdog::Activity::default());
+            let mut dog =
+                watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
+            let svc = service_fn(move |req| handle(state.clone(), activity.enter(), req));
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            tokio::pin!(conn);
+            let tick = tokio::time::sleep(dog.tick);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut conn => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = &mut tick => {
+                        if dog.expired() {
+                            tracing::debug!("closing a connection that started no request in time");
+                            break;
+                        }
+                        tick.as_mut().reset(tokio::time::Instant::now() + dog.tick);
+                    }
+                }
             }
             drop(permit);
         });
@@ -140,6 +155,7 @@ pub async fn serve(
 
 async fn handle(
     state: Arc<HttpState>,
+    _request: watchdog::RequestGuard,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(_slot) = state.in_flight.try_enter() else {
@@ -160,7 +176,7 @@ async fn handle(
 fn the_request_future_stays_small() {
     fn size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<HttpState>, Request<Incoming>) -> Fut,
+        F: Fn(Arc<HttpState>, watchdog::RequestGuard, Request<Incoming>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -58,14 +58,9 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
         body,
     };
     let mut segments = [""; MAX_SEGMENTS];
-    let mut count = 0;
-    for segment in parts.uri.path().trim_start_matches('/').split('/') {
-        if count == MAX_SEGMENTS {
-            return Err(no_route());
-        }
-        segments[count] = segment;
-        count += 1;
-    }
+    let Some(count) = split_path(parts.uri.path(), &mut segments) else {
+        return Err(no_route());
+    };
     let segments = &segments[..count];
     match segments {
         ["healthz"] => {
@@ -326,7 +321,18 @@ async fn read_body(state: &HttpState, req: Req<'_>) -> Result<Bytes, ServiceErro
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.body, limit).collect().await {
+    // A body that stops arriving would hold its in-flight slot (and keep the connection's
+    // watchdog away) forever: it gets the same deadline as a request head.
+    let deadline = state.config.header_read_timeout;
+    let Ok(collected) =
+        tokio::time::timeout(deadline, Limited::new(req.body, limit).collect()).await
+    else {
+        return Err(ServiceError::bad_request(format!(
+            "the request body did not arrive within {} (http.header_read_timeout)",
+            humantime::format_duration(deadline)
+        )));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ServiceError::bad_request(format!(
@@ -416,9 +422,30 @@ fn no_route() -> ServiceError {
     ServiceError::not_found("no such route")
 }
 
+/// Splits a path (leading `/` ignored) into `out`; the count, or `None` for too many segments.
+/// A byte loop: `str::split` was ~600 instructions per request in callgrind on the hit path.
+fn split_path<'a>(path: &'a str, out: &mut [&'a str; MAX_SEGMENTS]) -> Option<usize> {
+    let path = path.trim_start_matches('/');
+    let mut count = 0;
+    let mut start = 0;
+    for (i, byte) in path.bytes().enumerate() {
+        if byte == b'/' {
+            *out.get_mut(count)? = &path[start..i];
+            count += 1;
+            start = i + 1;
+        }
+    }
+    *out.get_mut(count)? = &path[start..];
+    Some(count + 1)
+}
+
 /// Percent-decodes a path segment; anything that is not UTF-8 or holds a NUL is refused here
 /// (names and ids are validated again by the service).
 fn decode<'a>(segment: &'a str) -> Result<Cow<'a, str>, ServiceError> {
+    if !segment.bytes().any(|b| b == b'%' || b == 0) {
+        // Nothing to decode (the common case): the segment is already UTF-8 without NUL.
+        return Ok(Cow::Borrowed(segment));
+    }
     let decoded = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|_| ServiceError::new(ErrorCode::InvalidId, "path segments must be UTF-8"))?;
@@ -429,4 +456,42 @@ fn decode<'a>(segment: &'a str) -> Result<Cow<'a, str>, ServiceError> {
         ));
     }
     Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_path_matches_str_split() {
+        for path in [
+            "/",
+            "",
+            "/api",
+            "/api/",
+            "//api/v1",
+            "/api/players/k0",
+            "/a//b",
+            "/a/b/c/d/e/f",
+            "/api/v1/game/players/p%2F1/_incr",
+        ] {
+            let mut out = [""; MAX_SEGMENTS];
+            let expected: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let count = split_path(path, &mut out).expect(path);
+            assert_eq!(&out[..count], expected.as_slice(), "{path}");
+        }
+        let mut out = [""; MAX_SEGMENTS];
+        assert_eq!(split_path("/a/b/c/d/e/f/g", &mut out), None);
+        assert_eq!(split_path("/a/b/c/d/e/f/", &mut out), None);
+    }
+
+    #[test]
+    fn decode_borrows_plain_segments_and_decodes_escapes() {
+        assert!(matches!(decode("k0"), Ok(Cow::Borrowed("k0"))));
+        assert_eq!(decode("p%2F1").unwrap(), "p/1");
+        assert_eq!(decode("%E4%B8%AD").unwrap(), "中");
+        assert!(decode("%FF").is_err());
+        assert!(decode("a%00b").is_err());
+        assert!(decode("a\u{0}b").is_err());
+    }
 }
