@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use datamiddleware_protocol::{ErrorCode, Message};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::config::TcpConfig;
@@ -62,7 +62,7 @@ pub async fn serve(
         config,
         auth,
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = Arc::new(connection::Drain::default());
     tokio::pin!(shutdown);
     loop {
         let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
@@ -77,18 +77,18 @@ pub async fn serve(
             continue;
         };
         let ctx = ctx.clone();
-        let stop = stop_rx.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let stats = ctx.service.stats();
             stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
             stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
-            connection::serve(stream, &ctx, stop).await;
+            connection::serve(stream, &ctx, &drain).await;
             stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    drain.start();
     tracing::info!(?grace, "shutting down: draining TCP connections");
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, connections.acquire_many(all))
