@@ -62,6 +62,18 @@ seconds_p99() {
   python3 -c "import json,statistics; s=[x['p99_us'] for x in json.load(open('$1'))['per_second']]; print(f'  per-second p99 (µs): median {int(statistics.median(s))}, worst {max(s)}; all: {s}')"
 }
 
+# The machine's own stalls, measured before any load: how late a thread that sleeps 200 µs
+# wakes up. On a shared VM this alone reaches milliseconds, and every tail below includes it.
+python3 - <<'PY'
+import time
+late = []
+end = time.perf_counter() + 3
+while time.perf_counter() < end:
+    t = time.perf_counter(); time.sleep(0.0002); late.append(time.perf_counter() - t - 0.0002)
+late.sort(); n = len(late)
+print("idle machine, wake-up lateness of a 200 µs sleep: p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs"
+      % (late[n // 2] * 1e6, late[int(n * .99)] * 1e6, late[int(n * .999)] * 1e6, late[-1] * 1e6))
+PY
 bench -d "$depth" --seconds "$secs" --json "$out/peak.json" >/dev/null 2>&1
 peak=$(python3 -c "import json; print(int(json.load(open('$out/peak.json'))['throughput_rps']))")
 half=$((peak / 2))
