@@ -90,13 +90,7 @@ done
 echo "== PostgreSQL: cold reads and writes, 16 connections" >&2
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 game="bench$(date +%s)"
-cat > "$work/pg.toml" <<CONF
-[cache]
-l1_max_bytes = 1048576   # tiny L1: reads of 50,000 keys mostly miss it
-[games.$game]
-store = "$pg_url"
-[games.$game.collections.players]
-CONF
+write_cold_read_config "$work/pg.toml" "$game" "$pg_url"
 (cd "$work" && DMW_LOG__FILTER=warn exec "$OLDPWD/$bin" --config pg.toml --listen 127.0.0.1:18480 --tcp-listen 127.0.0.1:17480) &
 pids[0]=$!
 wait_http 127.0.0.1:18480/healthz

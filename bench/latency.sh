@@ -41,13 +41,7 @@ if [ "$target" = pg ]; then
   source scripts/services.sh
   ensure_postgres
   game="latency$(date +%s)"
-  cat > "$work/pg.toml" <<CONF
-[cache]
-l1_max_bytes = 1048576   # tiny L1: reads of 50,000 keys mostly miss it
-[games.$game]
-store = "$DATAMIDDLEWARE_TEST_POSTGRES_URL"
-[games.$game.collections.players]
-CONF
+  write_cold_read_config "$work/pg.toml" "$game" "$DATAMIDDLEWARE_TEST_POSTGRES_URL"
   config=(--config pg.toml)
   common=(--game "$game" --keys 50000 -c 16)
 fi

@@ -71,3 +71,15 @@ ensure_mysql() {
   export DATAMIDDLEWARE_TEST_MYSQL_URL=$url
 }
 
+
+# Benchmarks of the database path: writes to $1 a datamiddleware config with game $2 on the
+# PostgreSQL at $3 and an L1 of 1 MiB, so reads spread over 50,000 documents mostly miss it.
+write_cold_read_config() {
+  cat > "$1" <<CONF
+[cache]
+l1_max_bytes = 1048576   # tiny L1: reads of 50,000 keys mostly miss it
+[games.$2]
+store = "$3"
+[games.$2.collections.players]
+CONF
+}

@@ -159,27 +159,11 @@ async fn open_loop_keeps_its_rate_and_ramps() {
         "the second step is faster: {first} then {second}"
     );
     // Spin pacing keeps the same schedule (it only waits differently).
-    let summary = bench(&[
-        "--target",
-        "tcp",
-        "--addr",
-        &tcp,
-        "--game",
-        &s.game,
-        "--keys",
-        "10",
-        "--no-load",
-        "--rate",
-        "1000",
-        "--seconds",
-        "1",
-        "-c",
-        "2",
-        "-d",
-        "16",
-        "--spin",
-    ])
-    .await;
+    let args = format!(
+        "--target tcp --addr {tcp} --game {} --keys 10 --no-load --rate 1000 --seconds 1 -c 2 -d 16 --spin",
+        s.game
+    );
+    let summary = bench(&args.split_whitespace().collect::<Vec<_>>()).await;
     assert!(
         (900..=1100).contains(&summary.requests) && summary.errors.is_empty(),
         "{} requests at 1000/s for 1 s with --spin, errors {:?}",
