@@ -38,8 +38,9 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     /// Largest request body accepted; beyond it: 413 `payload_too_large`.
     pub max_body_bytes: usize,
-    /// A connection that starts no request for this long (silent, slow head, idle keep-alive)
-    /// is closed; a request body must arrive within it too.
+    /// A connection that makes no progress for this long (no request starting or running, no
+    /// response bytes leaving: silent, slow head, idle keep-alive, response not read) is
+    /// closed; a request body must arrive within it too.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// On shutdown, how long in-flight requests may take before connections are cut.

@@ -376,3 +376,81 @@ async fn http2_cleartext_with_prior_knowledge_is_served() {
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["value"]["v"], 2);
 }
+
+/// The watchdog closes connections that make no progress, but a client reading a large
+/// response slowly is making progress: the response must arrive whole. One that stops reading
+/// is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off() {
+    let s = server_with(|c| {
+        c.http.header_read_timeout = Duration::from_millis(300);
+        c.http.max_body_bytes = 4 * 1024 * 1024;
+        for game in c.games.values_mut() {
+            for collection in game.collections.values_mut() {
+                collection.max_document_bytes = 32 * 1024;
+            }
+        }
+    })
+    .await;
+    // 1,000 documents of ~15 KB: a ~15 MB page, more than loopback's socket buffers hold, so
+    // the server is still writing long after the request finished.
+    let pad = "x".repeat(15_000);
+    for batch in 0..10 {
+        let ops: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    r#"{{"op":"put","collection":"players","id":"p{:04}","value":{{"pad":"{pad}"}}}}"#,
+                    batch * 100 + i
+                )
+            })
+            .collect();
+        let reply = s
+            .client
+            .post(
+                &s.path("_txn"),
+                &format!(r#"{{"ops":[{}]}}"#, ops.join(",")),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let mut stream = TcpStream::connect(s.running.addr).await.unwrap();
+    let request = format!(
+        "GET {}?limit=1000 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        s.path("players")
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(5)).await; // ~6 MB/s at most
+    }
+    let text = String::from_utf8_lossy(&received);
+    let body_at = text.find("\r\n\r\n").expect("a response head") + 4;
+    let body: serde_json::Value = serde_json::from_slice(&received[body_at..])
+        .unwrap_or_else(|e| panic!("a whole body after {:?}: {e}", started.elapsed()));
+    assert_eq!(body["docs"].as_array().map(Vec::len), Some(1000));
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "the read took longer than two timeouts ({:?}), or the test proves nothing",
+        started.elapsed()
+    );
+    // A client that stops reading altogether is cut off once the socket buffers are full and
+    // nothing has moved for a timeout.
+    let mut stalled = TcpStream::connect(s.running.addr).await.unwrap();
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut partial = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut partial)).await;
+    assert!(
+        partial.len() < received.len(),
+        "a stalled reader was cut off: {} of {} bytes",
+        partial.len(),
+        received.len()
+    );
+}

@@ -115,8 +115,9 @@ pub async fn serve(
             let activity = Arc::new(watchdog::Activity::default());
             let mut dog =
                 watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
+            let socket = watchdog::Socket::new(stream, activity.clone());
             let svc = service_fn(move |req| handle(state.clone(), activity.enter(), req));
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(socket), svc));
             tokio::pin!(conn);
             let tick = tokio::time::sleep(dog.tick);
             tokio::pin!(tick);
@@ -131,7 +132,7 @@ pub async fn serve(
                     }
                     () = &mut tick => {
                         if dog.expired() {
-                            tracing::debug!("closing a connection that started no request in time");
+                            tracing::debug!("closing a connection that made no progress in time");
                             break;
                         }
                         tick.as_mut().reset(tokio::time::Instant::now() + dog.tick);
