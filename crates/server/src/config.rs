@@ -158,6 +158,14 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Connections per store (one pool per distinct store URL).
     pub max_connections: u32,
+    /// A pooled connection idle longer than this is replaced when next taken, before a
+    /// firewall, NAT or load balancer drops it silently (AWS NAT: 350 s, Azure: 4 min).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A pooled connection older than this is replaced when next taken (failovers behind a
+    /// DNS name are picked up; server-side session state does not grow without bound).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
     pub sqlite_synchronous: SqliteSync,
 }
 
@@ -166,6 +174,8 @@ impl Default for StoreConfig {
         StoreConfig {
             timeout: Duration::from_secs(5),
             max_connections: 16,
+            idle_timeout: Duration::from_secs(3 * 60),
+            max_lifetime: Duration::from_secs(30 * 60),
             sqlite_synchronous: SqliteSync::Full,
         }
     }
@@ -338,8 +348,15 @@ impl Config {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if self.store.timeout.is_zero() {
-            return invalid("store.timeout", "must be greater than 0");
+        let store_durations = [
+            ("store.timeout", self.store.timeout),
+            ("store.idle_timeout", self.store.idle_timeout),
+            ("store.max_lifetime", self.store.max_lifetime),
+        ];
+        for (key, value) in store_durations {
+            if value.is_zero() {
+                return invalid(key, "must be greater than 0");
+            }
         }
         if self.http.header_read_timeout.is_zero() {
             return invalid("http.header_read_timeout", "must be greater than 0");

@@ -67,6 +67,8 @@ fn a_file_with_games_replaces_the_default_game() {
 #[test]
 fn invalid_values_name_their_key() {
     assert!(problem("[http]\nmax_in_flight = 0\n").contains("http.max_in_flight"));
+    assert!(problem("[store]\nidle_timeout = \"0s\"\n").contains("store.idle_timeout"));
+    assert!(problem("[store]\nmax_lifetime = \"0s\"\n").contains("store.max_lifetime"));
     assert!(problem("[http]\nlisten = \"nowhere\"\n").contains("listen"));
     assert!(problem("[http]\nlistne = \"127.0.0.1:1\"\n").contains("listne"));
     assert!(

@@ -84,7 +84,7 @@ impl Store {
         };
         // Connections are not pinged before use or after (see `pool`): a dead one fails its
         // query, reads are retried on another, and the connection is discarded.
-        let pool = pool::Pool::new(url, pragmas, max_connections as usize, config.timeout)
+        let pool = pool::Pool::new(url, pragmas, max_connections as usize, config)
             .map_err(StoreError::Unavailable)?;
         let store = Store {
             pool,

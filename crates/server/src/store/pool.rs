@@ -14,18 +14,16 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 use sqlx::{AnyConnection, Connection};
 
 use super::StoreError;
+use crate::config::StoreConfig;
 
-/// Connections older than this are replaced when next taken (server-side state such as
-/// prepared statements does not grow without bound; a failover is picked up).
-const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
-/// Connections idle longer than this are replaced when next taken: firewalls and proxies
-/// drop idle connections silently, and a dead connection costs a failed query.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-/// Opens connections and runs the session setup on each.
+/// Opens connections and runs the session setup on each; replaces, when next taken, those
+/// idle longer than `idle_timeout` (firewalls and NATs drop idle connections silently, and a
+/// dead connection costs a failed query) or older than `max_lifetime`.
 pub(super) struct Manager {
     url: String,
     setup: Vec<&'static str>,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
 }
 
 impl managed::Manager for Manager {
@@ -45,9 +43,9 @@ impl managed::Manager for Manager {
         _: &mut AnyConnection,
         metrics: &Metrics,
     ) -> RecycleResult<sqlx::Error> {
-        if metrics.age() > MAX_LIFETIME {
+        if metrics.age() > self.max_lifetime {
             Err(RecycleError::message("past its maximum lifetime"))
-        } else if metrics.last_used() > IDLE_TIMEOUT {
+        } else if metrics.last_used() > self.idle_timeout {
             Err(RecycleError::message("idle too long"))
         } else {
             Ok(())
@@ -63,17 +61,24 @@ pub(super) struct Pool {
 
 impl Pool {
     /// A pool of at most `max_size` connections; waiting for one and opening one each give up
-    /// after `timeout`. Nothing is opened until the first [`Pool::lease`].
+    /// after `config.timeout`, and `config.idle_timeout` / `config.max_lifetime` retire them.
+    /// Nothing is opened until the first [`Pool::lease`].
     pub fn new(
         url: String,
         setup: Vec<&'static str>,
         max_size: usize,
-        timeout: Duration,
+        config: &StoreConfig,
     ) -> Result<Pool, String> {
-        let inner = managed::Pool::builder(Manager { url, setup })
+        let manager = Manager {
+            url,
+            setup,
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+        };
+        let inner = managed::Pool::builder(manager)
             .max_size(max_size)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
@@ -158,8 +163,12 @@ mod tests {
     use super::*;
 
     async fn pool() -> Pool {
+        pool_with(&StoreConfig::default())
+    }
+
+    fn pool_with(config: &StoreConfig) -> Pool {
         sqlx::any::install_default_drivers();
-        Pool::new("sqlite::memory:".into(), vec![], 2, Duration::from_secs(5)).unwrap()
+        Pool::new("sqlite::memory:".into(), vec![], 2, config).unwrap()
     }
 
     async fn select_one(lease: &mut Lease) -> Result<i64, sqlx::Error> {
@@ -203,5 +212,37 @@ mod tests {
         assert!(lease.finish(result).is_err());
         drop(lease);
         assert_eq!(pool.size(), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_and_old_connections_are_replaced_when_next_taken() {
+        for config in [
+            StoreConfig {
+                idle_timeout: Duration::from_millis(50),
+                ..StoreConfig::default()
+            },
+            StoreConfig {
+                max_lifetime: Duration::from_millis(50),
+                ..StoreConfig::default()
+            },
+        ] {
+            let pool = pool_with(&config);
+            let mut lease = pool.lease().await.unwrap();
+            assert_eq!(select_one(&mut lease).await.unwrap(), 1);
+            let first = Object::id(lease.conn.as_ref().unwrap());
+            drop(lease);
+            let mut soon = pool.lease().await.unwrap();
+            assert_eq!(
+                Object::id(soon.conn.as_ref().unwrap()),
+                first,
+                "reused while fresh"
+            );
+            assert_eq!(select_one(&mut soon).await.unwrap(), 1);
+            drop(soon);
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            let mut later = pool.lease().await.unwrap();
+            assert_ne!(Object::id(later.conn.as_ref().unwrap()), first, "replaced");
+            assert_eq!(select_one(&mut later).await.unwrap(), 1);
+        }
     }
 }
