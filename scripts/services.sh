@@ -60,12 +60,13 @@ ensure_mysql() {
   fi
   local url=mysql://root@127.0.0.1:3306/test
   if ! mariadb -uroot -h127.0.0.1 -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null 2>&1; then
-    # A fresh install lets root in only over the socket: add a password user for TCP.
+    # A fresh install lets root in only over the socket: add a password user for TCP. It may
+    # create databases and kill connections: tests/store_faults.rs does both.
     log "preparing a MariaDB test user"
     as_root mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test;
       CREATE USER IF NOT EXISTS 'dmw'@'localhost' IDENTIFIED BY 'dmw';
       CREATE USER IF NOT EXISTS 'dmw'@'127.0.0.1' IDENTIFIED BY 'dmw';
-      GRANT ALL ON test.* TO 'dmw'@'localhost'; GRANT ALL ON test.* TO 'dmw'@'127.0.0.1';"
+      GRANT ALL ON *.* TO 'dmw'@'localhost'; GRANT ALL ON *.* TO 'dmw'@'127.0.0.1';"
     url=mysql://dmw:dmw@127.0.0.1:3306/test
   fi
   export DATAMIDDLEWARE_TEST_MYSQL_URL=$url

@@ -96,3 +96,57 @@ async fn a_write_cut_off_mid_transaction_leaves_no_broken_connection() {
     }
     running.stop().await.unwrap();
 }
+
+/// The MySQL/MariaDB side of the first test: the server kills every connection of this instance
+/// (found by a database of its own, since MySQL connections carry no application name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_reads_survive_the_database_killing_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(base) = Backend::MySql.url(&dir) else {
+        return;
+    };
+    let database = format!("dmw_fault_{:08x}", fastrand::u32(..));
+    let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+    let url = format!("{server}/{database}");
+    let mut admin = sqlx::MySqlConnection::connect(&base).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let game = support::unique_game();
+    let running = datamiddleware::app::start(support::config(&game, &url))
+        .await
+        .unwrap();
+    let client = support::Http::new(format!("http://{}", running.addr));
+    let writes = (0..16).map(|i| {
+        let client = client.clone();
+        let path = format!("/api/v1/{game}/players/p{i}");
+        async move { client.put(&path, r#"{"value":{}}"#).await }
+    });
+    futures::future::join_all(writes).await;
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE DB = ?",
+    )
+    .bind(&database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!ids.is_empty(), "the instance had open connections");
+    for id in ids {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let reply = client
+            .get(&format!("/api/v1/{game}/players/missing{i}"))
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+    }
+    running.stop().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
