@@ -6,7 +6,27 @@ mod support;
 
 use hyper::StatusCode;
 use sqlx::Connection;
-use support::Backend;
+use support::{Backend, Http};
+
+/// Concurrent writes, so that the pool holds several connections to be dropped.
+async fn open_several_connections(client: &Http, game: &str) {
+    let writes = (0..16).map(|i| {
+        let client = client.clone();
+        let path = format!("/api/v1/{game}/players/p{i}");
+        async move { client.put(&path, r#"{"value":{}}"#).await }
+    });
+    futures::future::join_all(writes).await;
+}
+
+/// Reads that miss L1 go to the store and must not fail because of dropped connections.
+async fn reads_still_answer(client: &Http, game: &str) {
+    for i in 0..20 {
+        let reply = client
+            .get(&format!("/api/v1/{game}/players/missing{i}"))
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_the_database_dropping_connections() {
@@ -20,14 +40,8 @@ async fn reads_survive_the_database_dropping_connections() {
     let game = support::unique_game();
     let config = support::config(&game, &url);
     let running = datamiddleware::app::start(config).await.unwrap();
-    let client = support::Http::new(format!("http://{}", running.addr));
-    // Concurrent writes, so that the pool holds several connections to be dropped.
-    let writes = (0..16).map(|i| {
-        let client = client.clone();
-        let path = format!("/api/v1/{game}/players/p{i}");
-        async move { client.put(&path, r#"{"value":{}}"#).await }
-    });
-    futures::future::join_all(writes).await;
+    let client = Http::new(format!("http://{}", running.addr));
+    open_several_connections(&client, &game).await;
     // Like a database restart: the server side closes every connection of this instance.
     let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
     let killed: i64 = sqlx::query_scalar(
@@ -38,13 +52,7 @@ async fn reads_survive_the_database_dropping_connections() {
     .await
     .unwrap();
     assert!(killed >= 1, "the instance had open connections");
-    // Reads that miss L1 go to the store and must not fail because of the dropped connections.
-    for i in 0..20 {
-        let reply = client
-            .get(&format!("/api/v1/{game}/players/missing{i}"))
-            .await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
-    }
+    reads_still_answer(&client, &game).await;
     running.stop().await.unwrap();
 }
 
@@ -62,7 +70,7 @@ async fn a_write_cut_off_mid_transaction_leaves_no_broken_connection() {
     config.store.max_connections = 1;
     config.store.timeout = std::time::Duration::from_millis(500);
     let running = datamiddleware::app::start(config).await.unwrap();
-    let client = support::Http::new(format!("http://{}", running.addr));
+    let client = Http::new(format!("http://{}", running.addr));
     let path = format!("/api/v1/{game}/players/p1");
     let created = client.put(&path, r#"{"value":{"n":1}}"#).await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
@@ -117,13 +125,8 @@ async fn mysql_reads_survive_the_database_killing_connections() {
     let running = datamiddleware::app::start(support::config(&game, &url))
         .await
         .unwrap();
-    let client = support::Http::new(format!("http://{}", running.addr));
-    let writes = (0..16).map(|i| {
-        let client = client.clone();
-        let path = format!("/api/v1/{game}/players/p{i}");
-        async move { client.put(&path, r#"{"value":{}}"#).await }
-    });
-    futures::future::join_all(writes).await;
+    let client = Http::new(format!("http://{}", running.addr));
+    open_several_connections(&client, &game).await;
     let ids: Vec<u64> = sqlx::query_scalar(
         "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE DB = ?",
     )
@@ -138,12 +141,7 @@ async fn mysql_reads_survive_the_database_killing_connections() {
             .await
             .unwrap();
     }
-    for i in 0..20 {
-        let reply = client
-            .get(&format!("/api/v1/{game}/players/missing{i}"))
-            .await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
-    }
+    reads_still_answer(&client, &game).await;
     running.stop().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
         .execute(&mut admin)
