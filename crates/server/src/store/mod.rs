@@ -126,9 +126,7 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut lease = self.pool.lease().await?;
-        let result = sqlx::query("SELECT 1").execute(lease.conn()).await;
-        lease.finish(result)?;
+        self.pool.fetch_optional(sqlx::query("SELECT 1")).await?;
         Ok(())
     }
 
@@ -138,14 +136,11 @@ impl Store {
     }
 
     async fn get_once(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
-        let mut lease = self.pool.lease().await?;
-        let row = sqlx::query(self.dialect.select_one())
+        let query = sqlx::query(self.dialect.select_one())
             .bind(game)
             .bind(key.collection.as_str())
-            .bind(key.id.as_str())
-            .fetch_optional(lease.conn())
-            .await;
-        let row = lease.finish(row)?;
+            .bind(key.id.as_str());
+        let row = self.pool.fetch_optional(query).await?;
         row.map(|r| decode_doc(&r, 0)).transpose()
     }
 
@@ -176,9 +171,7 @@ impl Store {
         for id in ids {
             query = query.bind(*id);
         }
-        let mut lease = self.pool.lease().await?;
-        let rows = query.fetch_all(lease.conn()).await;
-        let rows = lease.finish(rows)?;
+        let rows = self.pool.fetch_all(query).await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()
@@ -215,9 +208,7 @@ impl Store {
         if let Some(after) = after {
             query = query.bind(after);
         }
-        let mut lease = self.pool.lease().await?;
-        let rows = query.bind(limit as i64).fetch_all(lease.conn()).await;
-        let rows = lease.finish(rows)?;
+        let rows = self.pool.fetch_all(query.bind(limit as i64)).await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()

@@ -11,10 +11,14 @@
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
-use sqlx::{AnyConnection, Connection};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, AnyConnection, Connection};
 
 use super::StoreError;
 use crate::config::StoreConfig;
+
+/// One statement with its bound arguments.
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments>;
 
 /// Opens connections and runs the session setup on each; replaces, when next taken, those
 /// idle longer than `idle_timeout` (firewalls and NATs drop idle connections silently, and a
@@ -104,6 +108,23 @@ impl Pool {
             ))),
             Err(e) => Err(StoreError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Runs one statement on a leased connection and returns its rows.
+    pub async fn fetch_all<'q>(&self, query: AnyQuery<'q>) -> Result<Vec<AnyRow>, StoreError> {
+        let mut lease = self.lease().await?;
+        let rows = query.fetch_all(lease.conn()).await;
+        Ok(lease.finish(rows)?)
+    }
+
+    /// Runs one statement on a leased connection and returns its first row, if any.
+    pub async fn fetch_optional<'q>(
+        &self,
+        query: AnyQuery<'q>,
+    ) -> Result<Option<AnyRow>, StoreError> {
+        let mut lease = self.lease().await?;
+        let row = query.fetch_optional(lease.conn()).await;
+        Ok(lease.finish(row)?)
     }
 
     /// Connections currently open (idle or leased).
