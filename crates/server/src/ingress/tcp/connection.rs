@@ -304,13 +304,21 @@ impl Conn<'_> {
                 Err(e) => self.violation(0, &e),
             }
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 && !self.busy() {
-            self.read_buf = BytesMut::new(); // quiet connections hold no buffer
-        }
+        self.release_empty_buffers();
     }
 
-    fn busy(&self) -> bool {
-        self.reads_this_tick >= BUSY_READS
+    /// Quiet connections hold no buffer: empty ones are freed unless the connection is busy
+    /// (BUSY_READS reads since the last tick, which resets the count).
+    fn release_empty_buffers(&mut self) {
+        if self.reads_this_tick >= BUSY_READS {
+            return;
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
     }
 
     /// The hot path: a GET that L1 can answer (the document, or an error such as a cached
@@ -445,14 +453,8 @@ impl Conn<'_> {
         let config = &self.ctx.config;
         self.pings_this_tick = 0;
         self.reads_this_tick = 0;
-        // Empty buffers go back at every tick; a connection that stays busy keeps them again
-        // after BUSY_READS reads, one that went quiet holds none from now on.
-        if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
-        }
-        if self.out.is_empty() {
-            self.out = BytesMut::new();
-        }
+        // A connection that went quiet gives back what its busy period kept.
+        self.release_empty_buffers();
         if self.phase == Phase::Handshake {
             self.close_with(
                 0,
@@ -494,9 +496,7 @@ impl Conn<'_> {
                 Err(e) => return Err(End::Io(e)),
             }
         }
-        if self.out.is_empty() && self.out.capacity() > 0 && !self.busy() {
-            self.out = BytesMut::new();
-        }
+        self.release_empty_buffers();
         Ok(())
     }
 
