@@ -15,8 +15,9 @@ struct Cli {
     run: RunArgs,
 }
 
-async fn bench(args: &[&str]) -> datamiddleware_bench::report::Summary {
-    let cli = Cli::parse_from(std::iter::once("bench").chain(args.iter().copied()));
+/// Runs `bench run` with the arguments of one command line (split at whitespace).
+async fn bench(line: &str) -> datamiddleware_bench::report::Summary {
+    let cli = Cli::parse_from(std::iter::once("bench").chain(line.split_whitespace()));
     datamiddleware_bench::run(cli.run)
         .await
         .expect("the run completes")
@@ -28,22 +29,10 @@ async fn closed_loop_over_http_and_tcp() {
     let http = s.running.addr.to_string();
     let tcp = s.running.tcp_addr.unwrap().to_string();
     for (target, addr) in [("http", &http), ("tcp", &tcp)] {
-        let summary = bench(&[
-            "--target",
-            target,
-            "--addr",
-            addr,
-            "--game",
-            &s.game,
-            "--keys",
-            "20",
-            "--seconds",
-            "1",
-            "-c",
-            "4",
-            "-d",
-            "4",
-        ])
+        let summary = bench(&format!(
+            "--target {} --addr {} --game {} --keys 20 --seconds 1 -c 4 -d 4",
+            target, addr, s.game
+        ))
         .await;
         assert!(summary.ok > 100, "{target}: only {} requests", summary.ok);
         assert!(summary.errors.is_empty(), "{target}: {:?}", summary.errors);
@@ -63,29 +52,12 @@ async fn every_workload_succeeds() {
     let tcp = s.running.tcp_addr.unwrap().to_string();
     let http = s.running.addr.to_string();
     for (target, addr) in [("tcp", &tcp), ("http", &http)] {
-        for workload in [
-            ["--workload", "mixed"],
-            ["--workload", "batch"],
-            ["--workload", "incr"],
-        ] {
-            let mut args = vec![
-                "--target",
-                target,
-                "--addr",
-                addr,
-                "--game",
-                &s.game,
-                "--keys",
-                "10",
-                "--seconds",
-                "1",
-                "-c",
-                "2",
-                "-d",
-                "2",
-            ];
-            args.extend(workload);
-            let summary = bench(&args).await;
+        for workload in ["mixed", "batch", "incr"] {
+            let summary = bench(&format!(
+                "--target {target} --addr {addr} --game {} --keys 10 --seconds 1 -c 2 -d 2 --workload {workload}",
+                s.game
+            ))
+            .await;
             assert!(summary.ok > 20, "{target} {workload:?}: {} ok", summary.ok);
             assert!(
                 summary.errors.is_empty(),
@@ -103,49 +75,20 @@ async fn every_workload_succeeds() {
 async fn open_loop_keeps_its_rate_and_ramps() {
     let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let tcp = s.running.tcp_addr.unwrap().to_string();
-    let summary = bench(&[
-        "--target",
-        "tcp",
-        "--addr",
-        &tcp,
-        "--game",
-        &s.game,
-        "--keys",
-        "10",
-        "--rate",
-        "1000",
-        "--seconds",
-        "2",
-        "-c",
-        "4",
-        "-d",
-        "16",
-    ])
+    let summary = bench(&format!(
+        "--target tcp --addr {} --game {} --keys 10 --rate 1000 --seconds 2 -c 4 -d 16",
+        tcp, s.game
+    ))
     .await;
     assert!(
         (1800..=2200).contains(&summary.requests),
         "{} requests at 1000/s for 2 s",
         summary.requests
     );
-    let summary = bench(&[
-        "--target",
-        "tcp",
-        "--addr",
-        &tcp,
-        "--game",
-        &s.game,
-        "--keys",
-        "10",
-        "--no-load",
-        "--ramp",
-        "200,800",
-        "--step-seconds",
-        "1",
-        "-c",
-        "2",
-        "-d",
-        "16",
-    ])
+    let summary = bench(&format!(
+        "--target tcp --addr {} --game {} --keys 10 --no-load --ramp 200,800 --step-seconds 1 -c 2 -d 16",
+        tcp, s.game
+    ))
     .await;
     assert!(
         (900..=1100).contains(&summary.requests),
@@ -163,7 +106,7 @@ async fn open_loop_keeps_its_rate_and_ramps() {
         "--target tcp --addr {tcp} --game {} --keys 10 --no-load --rate 1000 --seconds 1 -c 2 -d 16 --spin",
         s.game
     );
-    let summary = bench(&args.split_whitespace().collect::<Vec<_>>()).await;
+    let summary = bench(&args).await;
     assert!(
         (900..=1100).contains(&summary.requests) && summary.errors.is_empty(),
         "{} requests at 1000/s for 1 s with --spin, errors {:?}",
@@ -176,35 +119,14 @@ async fn open_loop_keeps_its_rate_and_ramps() {
 async fn plain_url_target_and_error_counting() {
     let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let url = format!("http://{}/healthz", s.running.addr);
-    let summary = bench(&[
-        "--target",
-        "url",
-        "--url",
-        &url,
-        "--seconds",
-        "1",
-        "-c",
-        "2",
-    ])
-    .await;
+    let summary = bench(&format!("--target url --url {} --seconds 1 -c 2", url)).await;
     assert!(summary.ok > 50 && summary.errors.is_empty());
     // Reads of keys that were never written are counted by kind, not hidden.
     let http = s.running.addr.to_string();
-    let summary = bench(&[
-        "--target",
-        "http",
-        "--addr",
-        &http,
-        "--game",
-        &s.game,
-        "--keys",
-        "5",
-        "--no-load",
-        "--seconds",
-        "1",
-        "-c",
-        "2",
-    ])
+    let summary = bench(&format!(
+        "--target http --addr {} --game {} --keys 5 --no-load --seconds 1 -c 2",
+        http, s.game
+    ))
     .await;
     assert_eq!(summary.ok, 0);
     assert!(
