@@ -148,3 +148,37 @@ async fn mysql_reads_survive_the_database_killing_connections() {
         .await
         .unwrap();
 }
+
+/// When no connection to the database can be opened, requests get 503 `overloaded` saying the
+/// store cannot be reached (operations.md promises it), not a 500. Here the SQLite file's
+/// directory disappears and pooled connections age out, so the pool has to open new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let url = format!("sqlite://{}/store.db", store_dir.display());
+    let game = support::unique_game();
+    let mut config = support::config(&game, &url);
+    config.store.max_lifetime = std::time::Duration::from_millis(50);
+    let running = datamiddleware::app::start(config).await.unwrap();
+    let client = Http::new(format!("http://{}", running.addr));
+    let path = format!("/api/v1/{game}/players/before");
+    assert_eq!(client.get(&path).await.status, StatusCode::NOT_FOUND);
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let reply = client.get(&format!("/api/v1/{game}/players/after")).await;
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        "{:?}",
+        reply.body
+    );
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot be reached")),
+        "{:?}",
+        reply.body
+    );
+    running.stop().await.unwrap();
+}
