@@ -10,9 +10,6 @@ pub mod ops;
 pub mod request;
 
 use std::collections::HashMap;
-
-/// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +23,9 @@ use crate::model::{StoredDoc, check_id, encode_document, now_rfc3339};
 use crate::store::{DocKey, Store, StoreError, TxnError};
 use ops::{Applied, Precondition, WriteOp};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
+
+/// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Most ids in one batch get.
 pub const MAX_BATCH_IDS: usize = 1000;
@@ -210,14 +210,7 @@ impl Service {
                 Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
             }
         };
-        match cached {
-            Cached::Doc { version, body } => Ok(ReadResult {
-                body,
-                version,
-                tier,
-            }),
-            Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
-        }
+        read_result(cached, tier)
     }
 
     /// Answers a read from L1 alone: `None` when the document is not cached (a miss), else the
@@ -237,14 +230,7 @@ impl Service {
             return Some(Err(e));
         }
         let key = KeyBuf::new(game_name, collection, id);
-        Some(match self.inner.l1.get(key.as_str())? {
-            Cached::Doc { version, body } => Ok(ReadResult {
-                body,
-                version,
-                tier: Tier::L1,
-            }),
-            Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
-        })
+        Some(read_result(self.inner.l1.get(key.as_str())?, Tier::L1))
     }
 
     /// Single-flighted store read of one document on an L1 miss.
@@ -563,6 +549,18 @@ impl Service {
         outcomes
             .pop()
             .ok_or_else(|| ServiceError::internal("write returned no outcome"))
+    }
+}
+
+/// What a single-document read returns for a cached entry.
+fn read_result(cached: Cached, tier: Tier) -> Result<ReadResult, ServiceError> {
+    match cached {
+        Cached::Doc { version, body } => Ok(ReadResult {
+            body,
+            version,
+            tier,
+        }),
+        Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
     }
 }
 
