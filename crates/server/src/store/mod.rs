@@ -126,21 +126,21 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.fetch_optional(sqlx::query("SELECT 1")).await?;
+        self.pool.read_optional(|| sqlx::query("SELECT 1")).await?;
         Ok(())
     }
 
     /// Reads one row, tombstones included (`None` if the key was never written).
     pub async fn get(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
-        retry_read(self.pool.size(), || self.get_once(game, key)).await
-    }
-
-    async fn get_once(&self, game: &str, key: &DocKey) -> Result<Option<StoredDoc>, StoreError> {
-        let query = sqlx::query(self.dialect.select_one())
-            .bind(game)
-            .bind(key.collection.as_str())
-            .bind(key.id.as_str());
-        let row = self.pool.fetch_optional(query).await?;
+        let row = self
+            .pool
+            .read_optional(|| {
+                sqlx::query(self.dialect.select_one())
+                    .bind(game)
+                    .bind(key.collection.as_str())
+                    .bind(key.id.as_str())
+            })
+            .await?;
         row.map(|r| decode_doc(&r, 0)).transpose()
     }
 
@@ -151,27 +151,20 @@ impl Store {
         collection: &str,
         ids: &[&str],
     ) -> Result<HashMap<String, StoredDoc>, StoreError> {
-        retry_read(self.pool.size(), || {
-            self.get_many_once(game, collection, ids)
-        })
-        .await
-    }
-
-    async fn get_many_once(
-        &self,
-        game: &str,
-        collection: &str,
-        ids: &[&str],
-    ) -> Result<HashMap<String, StoredDoc>, StoreError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let sql = self.dialect.select_many(ids.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        let rows = self.pool.fetch_all(query).await?;
+        let rows = self
+            .pool
+            .read_all(|| {
+                let sql = self.dialect.select_many(ids.len());
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query
+            })
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()
@@ -186,29 +179,20 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        retry_read(self.pool.size(), || {
-            self.list_once(game, collection, owner, after, limit)
-        })
-        .await
-    }
-
-    async fn list_once(
-        &self,
-        game: &str,
-        collection: &str,
-        owner: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        let sql = self.dialect.select_list(owner.is_some(), after.is_some());
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
-        if let Some(owner) = owner {
-            query = query.bind(owner);
-        }
-        if let Some(after) = after {
-            query = query.bind(after);
-        }
-        let rows = self.pool.fetch_all(query.bind(limit as i64)).await?;
+        let rows = self
+            .pool
+            .read_all(|| {
+                let sql = self.dialect.select_list(owner.is_some(), after.is_some());
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
+                if let Some(owner) = owner {
+                    query = query.bind(owner);
+                }
+                if let Some(after) = after {
+                    query = query.bind(after);
+                }
+                query.bind(limit as i64)
+            })
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
             .collect()
@@ -330,26 +314,6 @@ impl Store {
         }
         tx.commit().await.map_err(store_err)?;
         Ok((new_rows, result))
-    }
-}
-
-/// Runs a read, and again while its connection turns out dead (the database restarted or
-/// dropped connections: they are not pinged before use). Each failure discards one dead
-/// connection, so at most `pooled + 1` attempts are made. Reads are idempotent; writes are not
-/// retried this way, since a lost connection leaves their outcome unknown.
-async fn retry_read<T, Fut>(pooled: usize, read: impl Fn() -> Fut) -> Result<T, StoreError>
-where
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut attempts_left = pooled + 1;
-    loop {
-        attempts_left -= 1;
-        match read().await {
-            Err(StoreError::Database(e)) if attempts_left > 0 && connection_lost(&e) => {
-                tracing::debug!(error = %e, "store connection lost; retrying the read on another");
-            }
-            other => return other,
-        }
     }
 }
 

@@ -110,21 +110,35 @@ impl Pool {
         }
     }
 
-    /// Runs one statement on a leased connection and returns its rows.
-    pub async fn fetch_all<'q>(&self, query: AnyQuery<'q>) -> Result<Vec<AnyRow>, StoreError> {
-        let mut lease = self.lease().await?;
-        let rows = query.fetch_all(lease.conn()).await;
-        Ok(lease.finish(rows)?)
+    /// Runs one read statement (built by `query`, once per attempt) and returns its rows. A
+    /// connection the database dropped (they are not pinged) fails the attempt and is closed;
+    /// the read then runs again on another, at most once per pooled connection plus one. Reads
+    /// are idempotent; writes are not retried, since a lost connection leaves their outcome
+    /// unknown.
+    pub async fn read_all<'q>(
+        &self,
+        query: impl Fn() -> AnyQuery<'q>,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let mut attempts_left = self.size() + 1;
+        loop {
+            attempts_left -= 1;
+            let mut lease = self.lease().await?;
+            let result = query().fetch_all(lease.conn()).await;
+            match lease.finish(result) {
+                Err(e) if attempts_left > 0 && super::connection_lost(&e) => {
+                    tracing::debug!(error = %e, "store connection lost; retrying the read on another");
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
-    /// Runs one statement on a leased connection and returns its first row, if any.
-    pub async fn fetch_optional<'q>(
+    /// Like [`Pool::read_all`], for the first row only.
+    pub async fn read_optional<'q>(
         &self,
-        query: AnyQuery<'q>,
+        query: impl Fn() -> AnyQuery<'q>,
     ) -> Result<Option<AnyRow>, StoreError> {
-        let mut lease = self.lease().await?;
-        let row = query.fetch_optional(lease.conn()).await;
-        Ok(lease.finish(row)?)
+        Ok(self.read_all(query).await?.into_iter().next())
     }
 
     /// Connections currently open (idle or leased).
