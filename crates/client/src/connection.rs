@@ -1,6 +1,8 @@
 //! One live connection: the handshake, a writer task that coalesces queued frames into few
 //! writes, a reader task that routes responses to their waiting requests by request id, and
-//! heartbeats. When the connection dies every waiting request fails with `ConnectionLost`.
+//! heartbeats. When the connection dies every waiting request fails with `ConnectionLost`,
+//! except the requests the server's GOAWAY says it never read: those are handed back as
+//! [`CallError::Unread`] so the client can send them again on a new connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +20,23 @@ use tokio::time::Instant;
 
 use crate::{ClientOptions, Error};
 
-type Reply = oneshot::Sender<Result<Message, Error>>;
+type Reply = oneshot::Sender<Result<Message, CallError>>;
+
+/// Why a call returned no response.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The server never read the request (it was sent after GOAWAY, or its id is above the
+    /// GOAWAY's `last_request_id`): sending it again cannot apply it twice.
+    Unread,
+    /// Anything else; the outcome of a write is then unknown.
+    Failed(Error),
+}
+
+impl From<Error> for CallError {
+    fn from(error: Error) -> Self {
+        CallError::Failed(error)
+    }
+}
 
 /// A connection shared by all requests of a client.
 pub(crate) struct Connection {
@@ -104,22 +122,51 @@ impl Connection {
         id: u32,
         message: &Message,
         timeout: Duration,
-    ) -> Result<Message, Error> {
+    ) -> Result<Message, CallError> {
         let (reply, answer) = oneshot::channel();
-        self.pending.lock().insert(id, reply);
+        {
+            let mut pending = self.pending.lock();
+            // Checked under the lock that `go_away` and `fail_all` take after clearing
+            // `usable`: a request registered here is either answered or failed by them, and
+            // one that finds the connection unusable has not been sent at all.
+            if !self.is_usable() {
+                return Err(CallError::Unread);
+            }
+            pending.insert(id, reply);
+        }
         let mut frame = BytesMut::new();
         message.encode(id, &mut frame);
         if self.frames.send(frame).is_err() {
             self.pending.lock().remove(&id);
-            return Err(Error::ConnectionLost);
+            return Err(CallError::Failed(Error::ConnectionLost));
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::ConnectionLost),
+            Ok(Err(_)) => Err(CallError::Failed(Error::ConnectionLost)),
             Err(_) => {
                 self.pending.lock().remove(&id);
-                Err(Error::Timeout)
+                Err(CallError::Failed(Error::Timeout))
             }
+        }
+    }
+
+    /// The server will read nothing after `last_request_id`: requests with a higher id were
+    /// never read, so they go back to be sent on another connection. The others still get
+    /// their answers before the server closes. (The server reports the highest id it read, so
+    /// "higher" is a plain comparison even after the client's ids wrap around.)
+    fn go_away(&self, last_request_id: u32) {
+        self.usable.store(false, Ordering::Release);
+        let unread: Vec<Reply> = {
+            let mut pending = self.pending.lock();
+            let ids: Vec<u32> = pending
+                .keys()
+                .copied()
+                .filter(|&id| id > last_request_id)
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for reply in unread {
+            let _ = reply.send(Err(CallError::Unread));
         }
     }
 
@@ -132,7 +179,7 @@ impl Connection {
             .map(|(_, reply)| reply)
             .collect();
         for reply in pending {
-            let _ = reply.send(Err(Error::ConnectionLost));
+            let _ = reply.send(Err(CallError::Failed(Error::ConnectionLost)));
         }
     }
 }
@@ -219,7 +266,9 @@ fn on_frame(connection: &Connection, request_id: u32, message: Message) {
             let _ = connection.frames.send(pong);
         }
         Message::Pong(_) if request_id == 0 => {} // answer to a heartbeat
-        Message::GoAway { .. } => connection.usable.store(false, Ordering::Release),
+        Message::GoAway {
+            last_request_id, ..
+        } => connection.go_away(last_request_id),
         Message::Error { .. } if request_id == 0 => {
             // A connection-level error (timeout, protocol error, overload): it will close.
             tracing::warn!(?message, "connection-level error from the server");

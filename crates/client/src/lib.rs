@@ -4,7 +4,8 @@
 //! requests are multiplexed (pipelined) over one connection, answered out of order and matched
 //! by request id. The client performs the handshake, answers and sends heartbeats, applies a
 //! per-request timeout, and reconnects with exponential backoff when the connection is lost or
-//! the server sends GOAWAY. Errors from the server carry the same stable codes as the HTTP API.
+//! the server sends GOAWAY; a request the GOAWAY says was never read is sent again on the new
+//! connection. Errors from the server carry the same stable codes as the HTTP API.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), datamiddleware_client::Error> {
@@ -31,7 +32,10 @@ pub use datamiddleware_protocol::{Credential, ErrorCode, OwnerChange, Preconditi
 use datamiddleware_protocol::{DocRef, Message};
 use serde::de::DeserializeOwned;
 
-use connection::Connection;
+use connection::{CallError, Connection};
+
+/// How many times one request may be sent when each connection goes away before reading it.
+const MAX_SENDS_OF_UNREAD: u32 = 3;
 
 /// How the client connects and behaves.
 #[derive(Debug, Clone)]
@@ -204,19 +208,26 @@ impl Client {
     }
 
     /// Sends one request and returns the response, or the server's error as [`Error::Server`].
+    ///
+    /// A request the server did not read before going away is sent again on a new connection;
+    /// one it may have read fails with [`Error::ConnectionLost`] and is never repeated.
     pub async fn request(&self, message: Message) -> Result<Message, Error> {
-        let connection = self.connection().await?;
-        let id = loop {
-            // 0 is reserved for connection-level frames.
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                break id;
+        let mut sends = 0;
+        let response = loop {
+            sends += 1;
+            let connection = self.connection().await?;
+            match connection
+                .call(self.next_id(), &message, self.inner.options.request_timeout)
+                .await
+            {
+                Ok(response) => break response,
+                // Bounded so that a server that keeps going away cannot hold a request forever.
+                Err(CallError::Unread) if sends < MAX_SENDS_OF_UNREAD => continue,
+                Err(CallError::Unread) => return Err(Error::ConnectionLost),
+                Err(CallError::Failed(e)) => return Err(e),
             }
         };
-        match connection
-            .call(id, &message, self.inner.options.request_timeout)
-            .await?
-        {
+        match response {
             Message::Error {
                 code,
                 message,
@@ -227,6 +238,16 @@ impl Client {
                 op_index,
             }),
             response => Ok(response),
+        }
+    }
+
+    fn next_id(&self) -> u32 {
+        loop {
+            // 0 is reserved for connection-level frames.
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
         }
     }
 
