@@ -380,10 +380,18 @@ async fn http2_cleartext_with_prior_knowledge_is_served() {
 /// The watchdog closes connections that make no progress, but a client reading a large
 /// response slowly is making progress: the response must arrive whole. One that stops reading
 /// is not.
+///
+/// The server writes again only once about a third of the kernel's send buffer (autotuned up
+/// to 4 MB on loopback) has drained, so with a reader at rate R its writes are ~1.4 MB / R apart:
+/// the page must be much larger than that, and the reader fast enough that the gap stays well
+/// under the timeout even on a loaded machine, yet slow enough that the read spans several
+/// timeouts. (With 15 MB at ~5 MB/s and a 300 ms timeout, writes were ~310 ms apart under
+/// load and the reader was cut off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off() {
+    let timeout = Duration::from_secs(1);
     let s = server_with(|c| {
-        c.http.header_read_timeout = Duration::from_millis(300);
+        c.http.header_read_timeout = timeout;
         c.http.max_body_bytes = 4 * 1024 * 1024;
         for game in c.games.values_mut() {
             for collection in game.collections.values_mut() {
@@ -392,9 +400,9 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
         }
     })
     .await;
-    // 1,000 documents of ~15 KB: a ~15 MB page, more than loopback's socket buffers hold, so
+    // 1,000 documents of ~30 KB: a ~30 MB page, far more than loopback's socket buffers hold, so
     // the server is still writing long after the request finished.
-    let pad = "x".repeat(15_000);
+    let pad = "x".repeat(30_000);
     for batch in 0..10 {
         let ops: Vec<String> = (0..100)
             .map(|i| {
@@ -421,6 +429,8 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
     stream.write_all(request.as_bytes()).await.unwrap();
     let started = Instant::now();
     let mut received = Vec::new();
+    // At most 32 KiB per 4 ms (8 MB/s): the ~30 MB page takes at least 3.6 s to read, while
+    // the server's writes stay ~0.2 s apart (1 s only if the reader ran 5× slower).
     let mut chunk = vec![0u8; 32 * 1024];
     loop {
         let n = stream.read(&mut chunk).await.unwrap();
@@ -428,7 +438,7 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
             break;
         }
         received.extend_from_slice(&chunk[..n]);
-        tokio::time::sleep(Duration::from_millis(5)).await; // ~6 MB/s at most
+        tokio::time::sleep(Duration::from_millis(4)).await;
     }
     let text = String::from_utf8_lossy(&received);
     let body_at = text.find("\r\n\r\n").expect("a response head") + 4;
@@ -436,15 +446,16 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
         .unwrap_or_else(|e| panic!("a whole body after {:?}: {e}", started.elapsed()));
     assert_eq!(body["docs"].as_array().map(Vec::len), Some(1000));
     assert!(
-        started.elapsed() > Duration::from_millis(600),
-        "the read took longer than two timeouts ({:?}), or the test proves nothing",
+        started.elapsed() > 3 * timeout,
+        "the read took longer than three timeouts ({:?}), or the test proves nothing",
         started.elapsed()
     );
     // A client that stops reading altogether is cut off once the socket buffers are full and
     // nothing has moved for a timeout.
     let mut stalled = TcpStream::connect(s.running.addr).await.unwrap();
     stalled.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Closed within 1¼ timeouts of the buffers filling; read only well after that.
+    tokio::time::sleep(timeout * 5 / 2).await;
     let mut partial = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut partial)).await;
     assert!(
