@@ -377,6 +377,64 @@ async fn http2_cleartext_with_prior_knowledge_is_served() {
     assert_eq!(doc["value"]["v"], 2);
 }
 
+/// An idle HTTP/2 connection closed by the watchdog hears GOAWAY first, so its client knows
+/// that no request it sends on it from then on will be processed.
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_before_it_is_closed() {
+    let s = server_with(|c| c.http.header_read_timeout = Duration::from_millis(400)).await;
+    let mut stream = TcpStream::connect(s.running.addr).await.unwrap();
+    // The preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut frame_types = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the server closes the idle connection")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // Frames: 24-bit length, type, flags, 32-bit stream id, payload.
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            frame_types.push(kind);
+            let ack = match (kind, flags & 1) {
+                (4, 0) => Some(b"\0\0\0\x04\x01\0\0\0\0".to_vec()), // SETTINGS → ack
+                (6, 0) => {
+                    // PING → the same payload back, acknowledged.
+                    let mut pong = b"\0\0\x08\x06\x01\0\0\0\0".to_vec();
+                    pong.extend_from_slice(&buf[9..17]);
+                    Some(pong)
+                }
+                _ => None,
+            };
+            if let Some(ack) = ack {
+                let _ = stream.write_all(&ack).await;
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    assert!(
+        frame_types.contains(&7),
+        "a GOAWAY (type 7) came before the close; frames: {frame_types:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed only after the timeout"
+    );
+}
+
 /// The watchdog closes connections that make no progress, but a client reading a large
 /// response slowly is making progress: the response must arrive whole. One that stops reading
 /// is not.

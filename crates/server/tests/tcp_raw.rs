@@ -582,6 +582,29 @@ async fn auth_enabled_without_credentials_store_refuses() {
     c.expect_error_then_close("unauthorized").await;
 }
 
+/// A request still running when the shutdown grace period ends does not hold the server up:
+/// its connection is closed after the GOAWAY, without an answer (such a write's outcome is
+/// unknown to the client, as after any lost connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_busy_when_the_grace_period_ends_are_closed() {
+    let s = server_with(|c| c.http.shutdown_grace = Duration::from_millis(300)).await;
+    let mut c = Raw::ready(&s).await;
+    let blocker = s.hold_sqlite_write_lock().await; // writes wait for this lock
+    c.send(7, put(&s, "stuck", json!({}), Precondition::None))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = tokio::spawn(s.running.stop());
+    let (_, message) = c.recv().await;
+    assert!(matches!(message, Message::GoAway { .. }), "{message:?}");
+    c.expect_closed().await;
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("the stop ends soon after the grace period")
+        .unwrap()
+        .unwrap();
+    blocker.release().await;
+}
+
 #[tokio::test]
 async fn shutdown_sends_goaway_and_finishes_in_flight_requests() {
     let s = server().await;

@@ -1,5 +1,6 @@
 //! Front ends: decode requests, call the service API, encode responses. No business rules.
 
+mod drain;
 pub mod http;
 pub mod tcp;
 

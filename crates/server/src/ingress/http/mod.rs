@@ -20,9 +20,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::drain::{self, Drain};
 
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
@@ -33,6 +34,10 @@ use crate::service::Service;
 pub const MAX_HEADERS: usize = 100;
 /// Largest request head (request line + headers) accepted (beyond: 431).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// How long a connection closed for making no progress may take to send its GOAWAY (HTTP/2)
+/// and end; a peer that reads nothing is then dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every request handler shares.
 pub(crate) struct HttpState {
@@ -97,7 +102,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(state.config.http2_max_streams)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     tokio::pin!(shutdown);
     loop {
         let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
@@ -110,48 +115,74 @@ pub async fn serve(
         };
         let state = state.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            let activity = Arc::new(watchdog::Activity::default());
-            let mut dog =
-                watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
-            let socket = watchdog::Socket::new(stream, activity.clone());
-            let svc = service_fn(move |req| handle(state.clone(), activity.enter(), req));
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(socket), svc));
-            tokio::pin!(conn);
-            let tick = tokio::time::sleep(dog.tick);
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    biased;
-                    result = &mut conn => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = &mut tick => {
-                        if dog.expired() {
-                            tracing::debug!("closing a connection that made no progress in time");
-                            break;
-                        }
-                        tick.as_mut().reset(tokio::time::Instant::now() + dog.tick);
-                    }
-                }
-            }
+            serve_connection(stream, state, &builder, &drain).await;
             drop(permit);
         });
     }
     drop(listener);
-    let grace = state.config.shutdown_grace;
-    tracing::info!(?grace, "shutting down: draining HTTP connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing remaining connections");
-    }
+    let max = state.config.max_connections;
+    drain
+        .run(&connections, max, state.config.shutdown_grace, "HTTP")
+        .await;
     Ok(())
+}
+
+/// Serves one connection until it ends, the watchdog finds it stalled, or the drain says so.
+/// Both close through hyper's graceful shutdown, so an HTTP/2 client gets a GOAWAY (and
+/// knows which requests were not processed) instead of a bare close.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<HttpState>,
+    builder: &auto::Builder<TokioExecutor>,
+    drain: &Drain,
+) {
+    let activity = Arc::new(watchdog::Activity::default());
+    let _registration = drain.register(activity.clone());
+    let mut dog = watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
+    let socket = watchdog::Socket::new(stream, activity.clone());
+    let requests = activity.clone();
+    let svc = service_fn(move |req| handle(state.clone(), requests.enter(), req));
+    let conn = builder.serve_connection(TokioIo::new(socket), svc);
+    tokio::pin!(conn);
+    let tick = tokio::time::sleep(dog.tick);
+    tokio::pin!(tick);
+    let mut drain_seen = drain::Phase::Serving;
+    // Set once the connection was asked to close gracefully because it stalled: it then has
+    // one short tick (at most CLOSE_GRACE) to send its GOAWAY and end.
+    let mut closing_since_stall = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            phase = std::future::poll_fn(|cx| activity.poll_drain(cx, drain, drain_seen)) => {
+                drain_seen = phase;
+                if phase == drain::Phase::Closing {
+                    break;
+                }
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut tick => {
+                if closing_since_stall {
+                    break;
+                }
+                if dog.expired() {
+                    tracing::debug!("closing a connection that made no progress in time");
+                    conn.as_mut().graceful_shutdown();
+                    closing_since_stall = true;
+                    tick.as_mut().reset(tokio::time::Instant::now() + dog.tick.min(CLOSE_GRACE));
+                    continue;
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + dog.tick);
+            }
+        }
+    }
 }
 
 async fn handle(

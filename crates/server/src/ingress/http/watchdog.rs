@@ -16,10 +16,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Ticks per timeout period: a stalled connection is closed between 1 and 1¼ timeouts.
+use crate::ingress::drain::{self, Drain};
+
+/// Ticks per timeout period: a stalled connection is found between 1 and 1¼ timeouts (its
+/// graceful close may then take one more tick, at most a second).
 const TICKS_PER_TIMEOUT: u32 = 4;
 
 /// What the requests of one connection report to its watchdog.
@@ -31,6 +35,14 @@ pub(super) struct Activity {
     in_flight: AtomicU32,
     /// Successful socket writes (only the connection's own I/O writes it).
     writes: AtomicU64,
+    /// Woken when the server's drain changes phase.
+    drain_waker: AtomicWaker,
+}
+
+impl drain::Wakes for Activity {
+    fn waker(&self) -> &AtomicWaker {
+        &self.drain_waker
+    }
 }
 
 impl Activity {
@@ -39,6 +51,23 @@ impl Activity {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Ready with the drain's phase once it is past `seen`.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        drain: &Drain,
+        seen: drain::Phase,
+    ) -> Poll<drain::Phase> {
+        // Register before looking, so a phase change between the two is not missed.
+        self.drain_waker.register(cx.waker());
+        let phase = drain.phase();
+        if phase > seen {
+            Poll::Ready(phase)
+        } else {
+            Poll::Pending
+        }
     }
 }
 

@@ -6,10 +6,9 @@
 //! [`Outbox`] and wakes the connection task. Buffers are allocated when bytes arrive and freed
 //! as soon as they are drained, so an idle connection holds no buffer at all.
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{TcpContext, dispatch};
+use crate::ingress::drain::{self, Drain};
 
 /// Bytes reserved for reading when a read finds no room.
 const READ_CHUNK: usize = 4096;
@@ -57,13 +57,14 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// Ready with [`Wake::Drain`] once the server drains (if `watch_drain`), or with
+    /// Ready with [`Wake::Drain`] once the drain's phase is past `seen`, or with
     /// [`Wake::Pushed`] once something was pushed since the last time.
-    fn poll_wake(&self, cx: &mut Context<'_>, drain: Option<&Drain>) -> Poll<Wake> {
-        // Register before looking, so a push (or the drain) between the two is not missed.
+    fn poll_wake(&self, cx: &mut Context<'_>, drain: &Drain, seen: drain::Phase) -> Poll<Wake> {
+        // Register before looking, so a push (or a drain phase) between the two is not missed.
         self.waker.register(cx.waker());
-        if drain.is_some_and(Drain::started) {
-            Poll::Ready(Wake::Drain)
+        let phase = drain.phase();
+        if phase > seen {
+            Poll::Ready(Wake::Drain(phase))
         } else if self.pushed.swap(false, Ordering::AcqRel) {
             Poll::Ready(Wake::Pushed)
         } else {
@@ -72,52 +73,15 @@ impl Outbox {
     }
 }
 
+impl drain::Wakes for Outbox {
+    fn waker(&self) -> &AtomicWaker {
+        &self.waker
+    }
+}
+
 enum Wake {
     Pushed,
-    Drain,
-}
-
-/// Tells every live connection that the server shuts down. Each connection registers its
-/// outbox once; starting the drain sets a flag and wakes them all. (A `watch` receiver
-/// polled on every turn of every connection loop cost ~340 instructions per request in
-/// callgrind; a flag read costs one load.)
-#[derive(Default)]
-pub(super) struct Drain {
-    started: AtomicBool,
-    next_id: AtomicU64,
-    outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
-}
-
-impl Drain {
-    fn started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-    }
-
-    /// Sets the flag and wakes every registered connection.
-    pub fn start(&self) {
-        self.started.store(true, Ordering::Release);
-        for outbox in self.outboxes.lock().values() {
-            outbox.waker.wake();
-        }
-    }
-
-    fn register(&self, outbox: Arc<Outbox>) -> Registration<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.outboxes.lock().insert(id, outbox);
-        Registration { drain: self, id }
-    }
-}
-
-/// Removes a connection from the drain when it ends.
-struct Registration<'a> {
-    drain: &'a Drain,
-    id: u64,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.drain.outboxes.lock().remove(&self.id);
-    }
+    Drain(drain::Phase),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -158,6 +122,8 @@ enum End {
     Io(std::io::Error),
     Stalled,
     Finished,
+    /// The shutdown grace period ended with requests still in flight.
+    GraceOver,
 }
 
 impl std::fmt::Display for End {
@@ -167,6 +133,7 @@ impl std::fmt::Display for End {
             End::Io(e) => write!(f, "I/O error: {e}"),
             End::Stalled => f.write_str("the peer does not read its responses"),
             End::Finished => f.write_str("closed by the server"),
+            End::GraceOver => f.write_str("closed at the end of the shutdown grace period"),
         }
     }
 }
@@ -189,6 +156,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         reads_this_tick: 0,
     };
     let _registration = drain.register(conn.outbox.clone());
+    let mut drain_seen = drain::Phase::Serving;
     let timer = tokio::time::sleep_until(now + ctx.config.handshake_timeout);
     tokio::pin!(timer);
     let end = loop {
@@ -200,7 +168,6 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         }
         let can_read = conn.may_read();
         let wants_write = !conn.out.is_empty();
-        let draining = conn.phase == Phase::Draining || conn.phase == Phase::Closing;
         tokio::select! {
             ready = conn.stream.readable(), if can_read => {
                 if let Err(e) = ready {
@@ -215,9 +182,13 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
                     break End::Io(e);
                 }
             }
-            wake = std::future::poll_fn(|cx| conn.outbox.poll_wake(cx, (!draining).then_some(drain))) => {
-                if let Wake::Drain = wake {
+            wake = std::future::poll_fn(|cx| conn.outbox.poll_wake(cx, drain, drain_seen)) => {
+                if let Wake::Drain(phase) = wake {
+                    drain_seen = phase;
                     conn.go_away();
+                    if phase == drain::Phase::Closing {
+                        break End::GraceOver;
+                    }
                 }
             }
             () = &mut timer => {

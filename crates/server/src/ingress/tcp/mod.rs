@@ -16,6 +16,7 @@ use datamiddleware_protocol::{ErrorCode, Message};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
+use super::drain::Drain;
 use crate::auth::Authenticator;
 use crate::config::TcpConfig;
 use crate::service::Service;
@@ -62,7 +63,7 @@ pub async fn serve(
         config,
         auth,
     });
-    let drain = Arc::new(connection::Drain::default());
+    let drain = Arc::new(Drain::default());
     tokio::pin!(shutdown);
     loop {
         let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
@@ -88,15 +89,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    drain.start();
-    tracing::info!(?grace, "shutting down: draining TCP connections");
-    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, connections.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; abandoning remaining TCP connections");
-    }
+    drain.run(&connections, max_connections, grace, "TCP").await;
     Ok(())
 }
 
