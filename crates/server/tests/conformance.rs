@@ -22,6 +22,7 @@ macro_rules! server {
 backend_tests!(
     crud_and_versions_never_reused,
     preconditions,
+    conditional_get_answers_304_while_the_version_is_current,
     merge_patch,
     incr_rules,
     incr_bounds_hold_under_100_concurrent_callers,
@@ -142,6 +143,60 @@ async fn preconditions(backend: Backend) {
     // Nothing of the failed attempts was written.
     let r = put(vec![], r#"{"value":{}}"#).await;
     assert_eq!(r.json()["version"], 5);
+}
+
+async fn conditional_get_answers_304_while_the_version_is_current(backend: Backend) {
+    let s = server!(backend);
+    let c = &s.client;
+    let path = s.path("players/p304");
+    let get = |tag: &'static str| {
+        let path = path.clone();
+        async move {
+            c.send(Method::GET, &path, &[("if-none-match", tag)], None)
+                .await
+        }
+    };
+    // No current document: the condition holds, and the read answers as usual.
+    assert_eq!(get("*").await.code(), "not_found");
+    c.put(&path, r#"{"value":{"v":1}}"#).await;
+    let r = get("\"1\"").await;
+    assert_eq!(
+        (r.status, r.header("etag"), r.body.len()),
+        (StatusCode::NOT_MODIFIED, Some("\"1\""), 0)
+    );
+    for tags in ["W/\"1\"", "\"7\", \"1\"", "*"] {
+        assert_eq!(get(tags).await.status, StatusCode::NOT_MODIFIED, "{tags}");
+    }
+    // Tags are opaque strings: "01" is not "1".
+    for tags in ["\"0\"", "\"01\"", "\"abc\""] {
+        let r = get(tags).await;
+        assert_eq!(
+            (r.status, r.json()["version"].clone()),
+            (StatusCode::OK, json!(1)),
+            "{tags}"
+        );
+    }
+    // Answered from the store as well (a fresh instance).
+    let other = s.sibling().await;
+    let r = other
+        .client
+        .send(Method::GET, &path, &[("if-none-match", "\"1\"")], None)
+        .await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::NOT_MODIFIED, Some("DB"))
+    );
+    // After a write the old tag no longer matches.
+    c.put(&path, r#"{"value":{"v":2}}"#).await;
+    let r = get("\"1\"").await;
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (StatusCode::OK, Some("\"2\""))
+    );
+    // Not a list of entity tags.
+    for bad in ["1", "\"1", "W/1", "\"1\" \"2\""] {
+        assert_eq!(get(bad).await.code(), "bad_request", "{bad}");
+    }
 }
 
 async fn merge_patch(backend: Backend) {

@@ -111,6 +111,17 @@ async fn document(
 ) -> HttpResult {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         let read = state.service.get(game, collection, id).await?;
+        if let Some(tags) = req.headers().get(IF_NONE_MATCH)
+            && none_match_names(tags, read.version)?
+        {
+            // The client's copy is current: no body, the same validator and tier.
+            let mut response = with_etag(Response::new(Full::new(Bytes::new())), read.version);
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+                .headers_mut()
+                .insert(X_CACHE, tier_header(read.tier));
+            return Ok(response);
+        }
         let mut response = with_etag(json(StatusCode::OK, read.body), read.version);
         response
             .headers_mut()
@@ -389,6 +400,34 @@ fn if_match_any(req: &Req<'_>) -> bool {
     req.headers()
         .get(IF_MATCH)
         .is_some_and(|v| v.as_bytes() == b"*")
+}
+
+/// Whether a read's `If-None-Match` names the current version: `*`, or a list of entity tags
+/// compared weakly (RFC 9110 §13.1.2, so `W/"3"` matches version 3 as `"3"` does). Tags this
+/// server never issued simply do not match; a value that is not a list of tags is a 400.
+fn none_match_names(value: &HeaderValue, version: u64) -> Result<bool, ServiceError> {
+    let bad = || {
+        ServiceError::bad_request(
+            "If-None-Match must be * or a list of entity tags such as \"3\", W/\"4\"",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(true);
+    }
+    let current = version.to_string();
+    let mut named = false;
+    for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let opaque = tag
+            .strip_prefix("W/")
+            .unwrap_or(tag)
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .filter(|t| !t.contains('"'))
+            .ok_or_else(bad)?;
+        named |= opaque == current;
+    }
+    Ok(named)
 }
 
 /// `If-None-Match: *` (create only) is the one form accepted on writes.
