@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::Context;
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -56,8 +57,21 @@ impl Drain {
         }
     }
 
-    /// Registers a connection until the returned guard drops. Its task must register its
-    /// waker in `connection.waker()` before reading [`Drain::phase`], so no change is missed.
+    /// Registers `cx`'s waker in `waker` (a registered connection's), then returns the phase
+    /// if it is past `seen`. Registering first means no change between the two is missed.
+    pub fn poll_past(
+        &self,
+        waker: &AtomicWaker,
+        cx: &mut Context<'_>,
+        seen: Phase,
+    ) -> Option<Phase> {
+        waker.register(cx.waker());
+        let phase = self.phase();
+        (phase > seen).then_some(phase)
+    }
+
+    /// Registers a connection until the returned guard drops; its task learns of phase
+    /// changes through [`Drain::poll_past`] with the connection's waker.
     pub fn register(&self, connection: Arc<dyn Wakes>) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.connections.lock().insert(id, connection);
@@ -107,7 +121,7 @@ impl Drop for Registration<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Poll, Wake, Waker};
 
     struct Counter(std::sync::atomic::AtomicUsize);
     impl Wake for Counter {

@@ -60,13 +60,9 @@ impl Activity {
         drain: &Drain,
         seen: drain::Phase,
     ) -> Poll<drain::Phase> {
-        // Register before looking, so a phase change between the two is not missed.
-        self.drain_waker.register(cx.waker());
-        let phase = drain.phase();
-        if phase > seen {
-            Poll::Ready(phase)
-        } else {
-            Poll::Pending
+        match drain.poll_past(&self.drain_waker, cx, seen) {
+            Some(phase) => Poll::Ready(phase),
+            None => Poll::Pending,
         }
     }
 }

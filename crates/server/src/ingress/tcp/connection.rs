@@ -60,10 +60,8 @@ impl Outbox {
     /// Ready with [`Wake::Drain`] once the drain's phase is past `seen`, or with
     /// [`Wake::Pushed`] once something was pushed since the last time.
     fn poll_wake(&self, cx: &mut Context<'_>, drain: &Drain, seen: drain::Phase) -> Poll<Wake> {
-        // Register before looking, so a push (or a drain phase) between the two is not missed.
-        self.waker.register(cx.waker());
-        let phase = drain.phase();
-        if phase > seen {
+        // Registers the waker before looking, so a push between the two is not missed either.
+        if let Some(phase) = drain.poll_past(&self.waker, cx, seen) {
             Poll::Ready(Wake::Drain(phase))
         } else if self.pushed.swap(false, Ordering::AcqRel) {
             Poll::Ready(Wake::Pushed)
