@@ -91,7 +91,7 @@ impl Drain {
         {
             return;
         }
-        let left = max - connections.available_permits();
+        let left = max.saturating_sub(connections.available_permits());
         tracing::warn!(
             left,
             "grace period over; closing the remaining {what} connections"
