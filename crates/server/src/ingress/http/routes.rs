@@ -111,18 +111,19 @@ async fn document(
 ) -> HttpResult {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         let read = state.service.get(game, collection, id).await?;
-        if let Some(tags) = req.headers().get(IF_NONE_MATCH)
-            && none_match_names(tags, read.version)?
-        {
+        let current = match req.headers().get(IF_NONE_MATCH) {
+            Some(tags) => none_match_names(tags, read.version)?,
+            None => false,
+        };
+        let bare = if current {
             // The client's copy is current: no body, the same validator and tier.
-            let mut response = with_etag(Response::new(Full::new(Bytes::new())), read.version);
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            response
-                .headers_mut()
-                .insert(X_CACHE, tier_header(read.tier));
-            return Ok(response);
-        }
-        let mut response = with_etag(json(StatusCode::OK, read.body), read.version);
+            let mut empty = Response::new(Full::new(Bytes::new()));
+            *empty.status_mut() = StatusCode::NOT_MODIFIED;
+            empty
+        } else {
+            json(StatusCode::OK, read.body)
+        };
+        let mut response = with_etag(bare, read.version);
         response
             .headers_mut()
             .insert(X_CACHE, tier_header(read.tier));
