@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,7 +24,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::drain::{self, Drain};
+use super::drain::{self, Drain, Wakes};
 
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
@@ -161,7 +162,9 @@ async fn serve_connection(
                 }
                 break;
             }
-            phase = std::future::poll_fn(|cx| activity.poll_drain(cx, drain, drain_seen)) => {
+            phase = std::future::poll_fn(|cx| {
+                drain.poll_past(activity.waker(), cx, drain_seen).map_or(Poll::Pending, Poll::Ready)
+            }) => {
                 drain_seen = phase;
                 if phase == drain::Phase::Closing {
                     break;

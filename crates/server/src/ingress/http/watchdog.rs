@@ -20,7 +20,7 @@ use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::ingress::drain::{self, Drain};
+use crate::ingress::drain;
 
 /// Ticks per timeout period: a stalled connection is found between 1 and 1¼ timeouts (its
 /// graceful close may then take one more tick, at most a second).
@@ -51,19 +51,6 @@ impl Activity {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
-    }
-
-    /// Ready with the drain's phase once it is past `seen`.
-    pub fn poll_drain(
-        &self,
-        cx: &mut Context<'_>,
-        drain: &Drain,
-        seen: drain::Phase,
-    ) -> Poll<drain::Phase> {
-        match drain.poll_past(&self.drain_waker, cx, seen) {
-            Some(phase) => Poll::Ready(phase),
-            None => Poll::Pending,
-        }
     }
 }
 
