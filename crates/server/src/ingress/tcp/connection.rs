@@ -251,7 +251,7 @@ impl Conn<'_> {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(End::Io(e)),
         }
-        self.process_buffered();
+        // What arrived is decoded by the next `step`, which runs before the task waits again.
         Ok(())
     }
 
@@ -273,7 +273,6 @@ impl Conn<'_> {
                 Err(e) => self.violation(0, &e),
             }
         }
-        self.release_empty_buffers();
     }
 
     /// Quiet connections hold no buffer: empty ones are freed unless the connection is busy
