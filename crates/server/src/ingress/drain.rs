@@ -16,8 +16,8 @@ use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-/// How long connections told to close at once may take to end (flushing a last frame).
-const CLOSE_NOW_WAIT: Duration = Duration::from_secs(2);
+/// How long connections told to close at once may take to end: their last flush, and a margin.
+const CLOSE_NOW_WAIT: Duration = super::CLOSE_FLUSH.saturating_mul(2);
 
 /// Where the server is in shutting down, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+/// How long a connection being closed may take to send its last frames (an error, a
+/// GOAWAY) before it is dropped; in both front ends.
+pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
 /// Accepts the next connection (with `TCP_NODELAY` set), or returns `None` once `shutdown`
 /// completes. Accept errors — typically EMFILE under a connection flood — back off briefly
 /// instead of spinning.

@@ -36,10 +36,6 @@ pub const MAX_HEADERS: usize = 100;
 /// Largest request head (request line + headers) accepted (beyond: 431).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// How long a connection closed for making no progress may take to send its GOAWAY (HTTP/2)
-/// and end; a peer that reads nothing is then dropped.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// What every request handler shares.
 pub(crate) struct HttpState {
     pub service: Service,
@@ -151,7 +147,7 @@ async fn serve_connection(
     tokio::pin!(tick);
     let mut drain_seen = drain::Phase::Serving;
     // Set once the connection was asked to close gracefully because it stalled: it then has
-    // one short tick (at most CLOSE_GRACE) to send its GOAWAY and end.
+    // one short tick (at most CLOSE_FLUSH) to send its GOAWAY and end.
     let mut closing_since_stall = false;
     loop {
         tokio::select! {
@@ -179,7 +175,7 @@ async fn serve_connection(
                     tracing::debug!("closing a connection that made no progress in time");
                     conn.as_mut().graceful_shutdown();
                     closing_since_stall = true;
-                    tick.as_mut().reset(tokio::time::Instant::now() + dog.tick.min(CLOSE_GRACE));
+                    tick.as_mut().reset(tokio::time::Instant::now() + dog.tick.min(super::CLOSE_FLUSH));
                     continue;
                 }
                 tick.as_mut().reset(tokio::time::Instant::now() + dog.tick);

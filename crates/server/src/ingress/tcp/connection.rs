@@ -25,14 +25,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{TcpContext, dispatch};
+use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
 
 /// Bytes reserved for reading when a read finds no room.
 const READ_CHUNK: usize = 4096;
 /// PINGs answered per heartbeat tick; more are ignored (a flood costs nothing but reading).
 const MAX_PINGS_PER_TICK: u32 = 16;
-/// How long a closing connection may take to flush its last frames (an error, GOAWAY).
-const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Responses finished by request tasks, waiting for the connection task to write them.
 ///
