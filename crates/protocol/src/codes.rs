@@ -18,6 +18,8 @@ pub enum ErrorCode {
     BoundViolation,
     NotANumber,
     PayloadTooLarge,
+    /// A multi-document answer would exceed the response size limit.
+    ResponseTooLarge,
     UnsupportedMediaType,
     Overloaded,
     Timeout,
@@ -36,7 +38,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidId,
@@ -49,6 +51,7 @@ impl ErrorCode {
         ErrorCode::BoundViolation,
         ErrorCode::NotANumber,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::ResponseTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Overloaded,
         ErrorCode::Timeout,
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::BoundViolation => "bound_violation",
             ErrorCode::NotANumber => "not_a_number",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::ResponseTooLarge => "response_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Timeout => "timeout",
@@ -102,7 +106,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::BoundViolation | ErrorCode::NotANumber => 409,
             ErrorCode::VersionConflict | ErrorCode::AlreadyExists => 412,
-            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::PayloadTooLarge | ErrorCode::ResponseTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
             ErrorCode::Overloaded => 503,
@@ -125,6 +129,7 @@ impl ErrorCode {
             ErrorCode::BoundViolation => "Bound violation",
             ErrorCode::NotANumber => "Not a number",
             ErrorCode::PayloadTooLarge => "Payload too large",
+            ErrorCode::ResponseTooLarge => "Response too large",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
             ErrorCode::Overloaded => "Overloaded",
             ErrorCode::Timeout => "Timeout",

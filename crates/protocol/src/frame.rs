@@ -137,6 +137,15 @@ impl FrameError {
     }
 }
 
+/// The request id of the frame at the start of `buf`, for the answer to a frame that breaks
+/// the rules: known once the 16 header bytes have arrived with the right magic (even when
+/// another header field is bad), else `None` — such errors are answered with id 0.
+pub fn request_id_of(buf: &[u8]) -> Option<u32> {
+    let header = buf.get(..HEADER_LEN)?;
+    (header[..2] == MAGIC)
+        .then(|| u32::from_be_bytes([header[8], header[9], header[10], header[11]]))
+}
+
 /// Step one of decoding: validates the header at the start of `buf` (if all 16 bytes are
 /// there) and returns it once the whole frame is buffered. `Ok(None)` means "read more".
 /// Errors are reported as soon as the header shows them, before the body arrives.

@@ -15,7 +15,7 @@ pub mod message;
 use bytes::BytesMut;
 
 pub use codes::ErrorCode;
-pub use frame::{FrameError, HEADER_LEN, Header, MAGIC, Opcode, VERSION, check};
+pub use frame::{FrameError, HEADER_LEN, Header, MAGIC, Opcode, VERSION, check, request_id_of};
 pub use message::{Credential, DocRef, Hello, HelloOk, Message, OwnerChange, Precondition, Tier};
 
 /// Largest frame body accepted before the handshake completes.

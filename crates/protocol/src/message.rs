@@ -380,10 +380,14 @@ impl Message {
                 let pre = r.pre()?;
                 let kind = r.u8()?;
                 let name = r.str8()?;
-                let owner = match kind {
-                    0 => OwnerChange::Keep,
-                    1 => OwnerChange::Set(name),
-                    2 => OwnerChange::Clear,
+                let owner = match (kind, name.is_empty()) {
+                    (0, true) => OwnerChange::Keep,
+                    (1, false) => OwnerChange::Set(name),
+                    (2, true) => OwnerChange::Clear,
+                    (1, true) => return Err(r.malformed("owner_kind 1 needs a non-empty owner")),
+                    (0 | 2, false) => {
+                        return Err(r.malformed("owner must be empty unless owner_kind is 1"));
+                    }
                     _ => return Err(r.malformed("unknown owner kind")),
                 };
                 Message::Put {
