@@ -41,7 +41,8 @@ impl From<Error> for CallError {
 /// A connection shared by all requests of a client.
 pub(crate) struct Connection {
     frames: mpsc::UnboundedSender<BytesMut>,
-    pending: Mutex<HashMap<u32, Reply>>,
+    /// Requests waiting for their answers, and the id the next one gets.
+    pending: Mutex<Pending>,
     /// False once the connection failed or the server sent GOAWAY: new requests then open a
     /// new connection, while requests already sent here still get their answers.
     usable: AtomicBool,
@@ -101,7 +102,10 @@ impl Connection {
         let (frames, queue) = mpsc::unbounded_channel();
         let connection = Arc::new(Connection {
             frames,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                waiting: HashMap::new(),
+                next_id: 1,
+            }),
             usable: AtomicBool::new(true),
             hello,
         });
@@ -116,15 +120,14 @@ impl Connection {
         self.usable.load(Ordering::Acquire)
     }
 
-    /// Sends `message` as request `id` and waits up to `timeout` for its response.
+    /// Sends `message` as the next request and waits up to `timeout` for its response.
     pub(crate) async fn call(
         &self,
-        id: u32,
         message: &Message,
         timeout: Duration,
     ) -> Result<Message, CallError> {
         let (reply, answer) = oneshot::channel();
-        {
+        let id = {
             let mut pending = self.pending.lock();
             // Checked under the lock that `go_away` and `fail_all` take after clearing
             // `usable`: a request registered here is either answered or failed by them, and
@@ -132,38 +135,49 @@ impl Connection {
             if !self.is_usable() {
                 return Err(CallError::Unread);
             }
-            pending.insert(id, reply);
-        }
-        let mut frame = BytesMut::new();
-        message.encode(id, &mut frame);
-        if self.frames.send(frame).is_err() {
-            self.pending.lock().remove(&id);
-            return Err(CallError::Failed(Error::ConnectionLost));
-        }
+            // Request ids must increase in the order frames are written (docs/protocol.md,
+            // "Request ids"): the id is taken and the frame queued under one lock, and the
+            // writer sends the queue in order. 0 is skipped when the counter wraps.
+            let id = pending.next_id;
+            pending.next_id = match id.wrapping_add(1) {
+                0 => 1,
+                next => next,
+            };
+            let mut frame = BytesMut::new();
+            message.encode(id, &mut frame);
+            if self.frames.send(frame).is_err() {
+                return Err(CallError::Failed(Error::ConnectionLost));
+            }
+            pending.waiting.insert(id, reply);
+            id
+        };
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(CallError::Failed(Error::ConnectionLost)),
             Err(_) => {
-                self.pending.lock().remove(&id);
+                self.pending.lock().waiting.remove(&id);
                 Err(CallError::Failed(Error::Timeout))
             }
         }
     }
 
-    /// The server will read nothing after `last_request_id`: requests with a higher id were
+    /// The server will read nothing after `last_request_id`: requests sent after it were
     /// never read, so they go back to be sent on another connection. The others still get
-    /// their answers before the server closes. (The server reports the highest id it read, so
-    /// "higher" is a plain comparison even after the client's ids wrap around.)
+    /// their answers before the server closes. Ids increase in send order, so "after" is a
+    /// comparison in serial-number order, which holds across the wrap of the counter.
     fn go_away(&self, last_request_id: u32) {
         self.usable.store(false, Ordering::Release);
         let unread: Vec<Reply> = {
             let mut pending = self.pending.lock();
             let ids: Vec<u32> = pending
+                .waiting
                 .keys()
                 .copied()
-                .filter(|&id| id > last_request_id)
+                .filter(|&id| comes_after(id, last_request_id))
                 .collect();
-            ids.iter().filter_map(|id| pending.remove(id)).collect()
+            ids.iter()
+                .filter_map(|id| pending.waiting.remove(id))
+                .collect()
         };
         for reply in unread {
             let _ = reply.send(Err(CallError::Unread));
@@ -175,6 +189,7 @@ impl Connection {
         let pending: Vec<Reply> = self
             .pending
             .lock()
+            .waiting
             .drain()
             .map(|(_, reply)| reply)
             .collect();
@@ -182,6 +197,18 @@ impl Connection {
             let _ = reply.send(Err(CallError::Failed(Error::ConnectionLost)));
         }
     }
+}
+
+/// Requests in flight on one connection.
+struct Pending {
+    waiting: HashMap<u32, Reply>,
+    next_id: u32,
+}
+
+/// True when request id `id` was sent after `last` (serial-number order, RFC 1982).
+fn comes_after(id: u32, last: u32) -> bool {
+    let step = id.wrapping_sub(last);
+    step != 0 && step < 1 << 31
 }
 
 /// Reads one whole frame (used during the handshake).
@@ -275,9 +302,23 @@ fn on_frame(connection: &Connection, request_id: u32, message: Message) {
             connection.usable.store(false, Ordering::Release);
         }
         message => {
-            if let Some(reply) = connection.pending.lock().remove(&request_id) {
+            if let Some(reply) = connection.pending.lock().waiting.remove(&request_id) {
                 let _ = reply.send(Ok(message));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comes_after;
+
+    #[test]
+    fn after_is_serial_number_order() {
+        assert!(comes_after(8, 7));
+        assert!(!comes_after(7, 7));
+        assert!(!comes_after(6, 7));
+        assert!(comes_after(1, u32::MAX), "across the wrap");
+        assert!(!comes_after(u32::MAX, 1));
     }
 }

@@ -24,7 +24,6 @@
 mod connection;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -148,7 +147,6 @@ struct Inner {
     addr: String,
     options: ClientOptions,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
-    next_id: AtomicU32,
 }
 
 impl Client {
@@ -159,7 +157,6 @@ impl Client {
                 addr: addr.into(),
                 options,
                 connection: tokio::sync::Mutex::new(None),
-                next_id: AtomicU32::new(1),
             }),
         }
     }
@@ -217,7 +214,7 @@ impl Client {
             sends += 1;
             let connection = self.connection().await?;
             match connection
-                .call(self.next_id(), &message, self.inner.options.request_timeout)
+                .call(&message, self.inner.options.request_timeout)
                 .await
             {
                 Ok(response) => break response,
@@ -238,16 +235,6 @@ impl Client {
                 op_index,
             }),
             response => Ok(response),
-        }
-    }
-
-    fn next_id(&self) -> u32 {
-        loop {
-            // 0 is reserved for connection-level frames.
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
-            }
         }
     }
 

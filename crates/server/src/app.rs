@@ -46,12 +46,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let mut tasks = vec![tokio::spawn(ingress::http::serve(
+    let http = ingress::http::serve(
         listener,
         service.clone(),
         config.http.clone(),
+        config.auth.clone(),
         stopped(stop.clone()),
-    ))];
+    );
+    let mut tasks = vec![tokio::spawn(http)];
     let mut tcp_addr = None;
     if config.tcp.enabled {
         let wanted = config.tcp.listen;

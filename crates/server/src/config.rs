@@ -19,6 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub tcp: TcpConfig,
     pub auth: AuthConfig,
+    pub responses: ResponsesConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
@@ -87,9 +88,13 @@ pub struct TcpConfig {
     /// The server pings a connection it has heard nothing from for this long.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// A connection silent for this long is closed (default 3 × the interval).
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_timeout: Duration,
+    /// A connection silent for this long is closed. Unset: three times `heartbeat_interval`
+    /// (see [`TcpConfig::heartbeat_timeout`]).
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_timeout: Option<Duration>,
     /// Responses waiting to be written per connection; beyond it the server stops reading.
     pub max_output_bytes: usize,
     /// A connection whose pending output makes no progress for this long is closed (a peer
@@ -109,10 +114,19 @@ impl Default for TcpConfig {
             max_frame_bytes: 1024 * 1024 + 4096,
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(90),
+            heartbeat_timeout: None,
             max_output_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl TcpConfig {
+    /// The silence after which a connection is closed: the configured value, else three
+    /// heartbeat intervals.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+            .unwrap_or(self.heartbeat_interval.saturating_mul(3))
     }
 }
 
@@ -123,6 +137,28 @@ impl Default for TcpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub enabled: bool,
+}
+
+/// Bounds of multi-document answers (batch get, list pages, transaction results); see
+/// `service::budget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponsesConfig {
+    /// Most bytes of documents in one answer: beyond, a batch or transaction is refused with
+    /// `response_too_large` and a list page ends early.
+    pub max_bytes: usize,
+    /// Most bytes of such answers being assembled or sent at once, over all requests; beyond,
+    /// requests wait up to `store.timeout`, then get `overloaded`.
+    pub max_total_bytes: usize,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        ResponsesConfig {
+            max_bytes: 16 * 1024 * 1024,
+            max_total_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +257,9 @@ pub struct CollectionConfig {
     pub negative_ttl: Duration,
     /// Largest encoded `value` accepted; beyond it: 413 `payload_too_large`.
     pub max_document_bytes: usize,
+    /// `_incr` on fractions too, in IEEE double precision (inexact). Off: counters are exact
+    /// 64-bit integers and anything else is refused.
+    pub float_counters: bool,
 }
 
 impl Default for CollectionConfig {
@@ -236,6 +275,7 @@ impl CollectionConfig {
             l2_ttl,
             negative_ttl: Duration::from_secs(5),
             max_document_bytes: 256 * 1024,
+            float_counters: false,
         }
     }
 }
@@ -256,6 +296,9 @@ impl GameConfig {
         GameConfig { store, collections }
     }
 }
+
+/// Room for a document's envelope (`id`, `owner`, `version`, `updated_at`) around its value.
+pub const DOCUMENT_ENVELOPE_BYTES: usize = 512;
 
 /// The store of the built-in `default` game.
 pub const DEFAULT_STORE_URL: &str = "sqlite://data/default.db";
@@ -371,7 +414,7 @@ impl Config {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if self.tcp.heartbeat_timeout <= self.tcp.heartbeat_interval {
+        if self.tcp.heartbeat_timeout() <= self.tcp.heartbeat_interval {
             return invalid(
                 "tcp.heartbeat_timeout",
                 "must be longer than tcp.heartbeat_interval",
@@ -381,6 +424,12 @@ impl Config {
             return invalid(
                 "tcp.max_frame_bytes",
                 "must be at least 65536 (or http.max_body_bytes if smaller)",
+            );
+        }
+        if self.responses.max_total_bytes < self.responses.max_bytes {
+            return invalid(
+                "responses.max_total_bytes",
+                "must be at least responses.max_bytes",
             );
         }
         if self.cache.l1_max_bytes < 1024 * 1024 {
@@ -430,6 +479,17 @@ impl Config {
                     return invalid(
                         &format!("{ckey}.max_document_bytes"),
                         "must not exceed http.max_body_bytes",
+                    );
+                }
+                // One document must always fit an answer (with its id, owner and timestamps).
+                if collection.max_document_bytes + DOCUMENT_ENVELOPE_BYTES
+                    > self.responses.max_bytes
+                {
+                    return invalid(
+                        "responses.max_bytes",
+                        &format!(
+                            "must be at least {ckey}.max_document_bytes + {DOCUMENT_ENVELOPE_BYTES}"
+                        ),
                     );
                 }
             }

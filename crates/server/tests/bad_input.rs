@@ -159,14 +159,24 @@ async fn size_limits() {
         )
         .await;
     assert_eq!(r.code(), "payload_too_large");
-    // A chunked body with no declared length is cut at the limit as well.
-    let body = doc(80 * 1024);
-    let mut request = format!("PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", body.len()).into_bytes();
-    request.extend_from_slice(body.as_bytes());
-    request.extend_from_slice(b"\r\n0\r\n\r\n");
-    let answer = raw(&s, &request).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert_eq!(c.get(&path).await.json()["version"], 1);
+    // Through incr too: a value of exactly the limit (4096 bytes) whose counter gains a digit.
+    let tight = format!(r#"{{"value":{{"n":1,"t":"{}"}}}}"#, "y".repeat(4082));
+    assert_eq!(c.put(&path, &tight).await.status, StatusCode::OK);
+    let incr = format!("{path}/_incr");
+    let r = c.post(&incr, r#"{"path":"/n","by":8}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let version = r.json()["version"].clone();
+    let r = c.post(&incr, r#"{"path":"/n","by":1}"#).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()),
+        "9 + 1 takes one digit more than the limit allows"
+    );
+    let stored = c.get(&path).await.json();
+    assert_eq!(
+        (stored["value"]["n"].clone(), stored["version"].clone()),
+        (9.into(), version)
+    );
 }
 
 #[tokio::test]
@@ -451,6 +461,8 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
     let s = server_with(|c| {
         c.http.header_read_timeout = timeout;
         c.http.max_body_bytes = 4 * 1024 * 1024;
+        c.responses.max_bytes = 64 * 1024 * 1024;
+        c.responses.max_total_bytes = 128 * 1024 * 1024;
         for game in c.games.values_mut() {
             for collection in game.collections.values_mut() {
                 collection.max_document_bytes = 32 * 1024;

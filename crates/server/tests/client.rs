@@ -154,7 +154,7 @@ async fn unauthorized_is_not_retried() {
 async fn heartbeats_keep_an_idle_connection_open() {
     let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.tcp.heartbeat_interval = Duration::from_millis(200);
-        c.tcp.heartbeat_timeout = Duration::from_millis(700);
+        c.tcp.heartbeat_timeout = Some(Duration::from_millis(700));
     })
     .await
     .unwrap();

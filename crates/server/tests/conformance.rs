@@ -292,10 +292,19 @@ async fn incr_rules(backend: Backend) {
     );
     let r = c.post(&incr_path, r#"{"path":"/gems","by":3}"#).await;
     assert_eq!(r.json()["value"]["gems"], 3, "a missing member starts at 0");
-    let r = c
-        .post(&incr_path, r#"{"path":"/stats/hp","by":0.25}"#)
-        .await;
-    assert_eq!(r.json()["value"]["stats"]["hp"], 1.75);
+    // Integer counters (the default) are exact or refused: a fractional target or `by` is
+    // never added in floating point.
+    let r = c.post(&incr_path, r#"{"path":"/stats/hp","by":1}"#).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "not_a_number".into())
+    );
+    let r = c.post(&incr_path, r#"{"path":"/gold","by":0.25}"#).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    assert_eq!(c.get(&path).await.json()["value"]["stats"]["hp"], 1.5);
     let r = c
         .send(
             Method::POST,
@@ -305,7 +314,11 @@ async fn incr_rules(backend: Backend) {
         )
         .await;
     assert_eq!(r.code(), "version_conflict");
-    assert_eq!(c.get(&path).await.json()["version"], 4);
+    assert_eq!(
+        c.get(&path).await.json()["version"],
+        3,
+        "put, two increments; every refusal wrote nothing"
+    );
 }
 
 async fn incr_bounds_hold_under_100_concurrent_callers(backend: Backend) {

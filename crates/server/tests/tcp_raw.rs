@@ -439,7 +439,7 @@ async fn handshake_and_heartbeat_timeouts() {
     let s = server_with(|c| {
         c.tcp.handshake_timeout = Duration::from_millis(300);
         c.tcp.heartbeat_interval = Duration::from_millis(200);
-        c.tcp.heartbeat_timeout = Duration::from_millis(700);
+        c.tcp.heartbeat_timeout = Some(Duration::from_millis(700));
     })
     .await;
     let started = Instant::now();
@@ -497,7 +497,7 @@ async fn a_peer_that_never_reads_is_disconnected() {
         c.tcp.max_output_bytes = 256 * 1024;
         c.tcp.write_timeout = Duration::from_millis(500);
         c.tcp.heartbeat_interval = Duration::from_secs(5);
-        c.tcp.heartbeat_timeout = Duration::from_secs(15);
+        c.tcp.heartbeat_timeout = Some(Duration::from_secs(15));
     })
     .await;
     let big = json!({"blob": "x".repeat(3000)});

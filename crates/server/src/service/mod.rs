@@ -6,8 +6,10 @@
 //! the store → update L1 with the committed version → acknowledge. A write whose outcome is
 //! unknown (timeout, store failure) drops the keys from L1 so no stale entry survives it.
 
+pub mod budget;
 pub mod ops;
 pub mod request;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +19,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::l1::{Cached, L1, Tier};
+use crate::config::DOCUMENT_ENVELOPE_BYTES;
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{StoredDoc, check_id, encode_document, now_rfc3339};
-use crate::store::{DocKey, Store, StoreError, TxnError};
-use ops::{Applied, Precondition, WriteOp};
+use crate::model::{StoredDoc, check_id, encode_document};
+use crate::store::{DocKey, Store, StoreError};
+pub use budget::{ResponseBudget, ResponsePermit};
+use ops::{Precondition, WriteOp};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
+pub use write::SETTLE_LIMIT;
 
 /// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -44,11 +49,32 @@ pub struct ReadResult {
     pub tier: Tier,
 }
 
+/// The documents of a batch get (`None` where an id has no document), in request order.
+#[derive(Debug)]
+pub struct BatchDocs {
+    pub docs: Vec<Option<Bytes>>,
+    /// L1 when L1 answered every id (ids remembered as missing included), else the store.
+    pub tier: Tier,
+    /// The answer's share of the response budget: keep it until the answer is written.
+    pub permit: ResponsePermit,
+}
+
 /// One page of a list.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ListPage {
     pub docs: Vec<Bytes>,
     pub next_cursor: Option<String>,
+    /// The answer's share of the response budget: keep it until the answer is written.
+    pub permit: ResponsePermit,
+}
+
+/// What a write transaction returned.
+#[derive(Debug)]
+pub struct Written {
+    /// One per operation, in order.
+    pub outcomes: Vec<OpOutcome>,
+    /// For transactions of several operations, the answer's share of the response budget.
+    pub permit: Option<ResponsePermit>,
 }
 
 /// What one write operation returned.
@@ -115,6 +141,7 @@ struct Inner {
     l1: L1,
     store_timeout: Duration,
     stats: Stats,
+    budget: ResponseBudget,
 }
 
 impl Service {
@@ -145,6 +172,7 @@ impl Service {
                 l1: L1::new(config.cache.l1_max_bytes),
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
+                budget: ResponseBudget::new(&config.responses, config.store.timeout),
             }),
         })
     }
@@ -155,6 +183,11 @@ impl Service {
 
     pub fn l1(&self) -> &L1 {
         &self.inner.l1
+    }
+
+    /// The response budget (its reservations are visible to tests and metrics).
+    pub fn response_budget(&self) -> &ResponseBudget {
+        &self.inner.budget
     }
 
     fn game(&self, game: &str) -> Result<&Game, ServiceError> {
@@ -262,13 +295,14 @@ impl Service {
     }
 
     /// Reads many documents of one collection; `None` where an id has no document. Hits come
-    /// from L1; all misses are read with one store query and fill L1.
+    /// from L1; all misses are read with one store query and fill L1. An answer over
+    /// `responses.max_bytes` is refused with `response_too_large` before it is assembled.
     pub async fn batch_get(
         &self,
         game_name: &str,
         collection: &str,
         ids: &[String],
-    ) -> Result<(Vec<Option<Bytes>>, Tier), ServiceError> {
+    ) -> Result<BatchDocs, ServiceError> {
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         if ids.len() > MAX_BATCH_IDS {
@@ -280,10 +314,15 @@ impl Service {
             check_id(id, "every id")?;
         }
         let l1 = &self.inner.l1;
+        let budget = &self.inner.budget;
         let mut found: Vec<Option<Cached>> = ids
             .iter()
             .map(|id| l1.get(&cache_key(game_name, collection, id)))
             .collect();
+        let hit_bytes = documents_bytes(found.iter().flatten());
+        if hit_bytes > budget.max_bytes {
+            return Err(answer_too_large(hit_bytes, budget.max_bytes));
+        }
         let mut misses: Vec<&str> = ids
             .iter()
             .zip(&found)
@@ -292,49 +331,66 @@ impl Service {
             .collect();
         misses.sort_unstable();
         misses.dedup();
-        let tier = if misses.is_empty() {
-            Tier::L1
-        } else {
-            Tier::Db
-        };
-        if !misses.is_empty() {
-            let tickets: Vec<_> = misses
-                .iter()
-                .map(|id| l1.ticket(&cache_key(game_name, collection, id)))
-                .collect();
-            self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-            let rows = self
-                .budget(game.store.get_many(game_name, collection, &misses))
-                .await?;
-            let mut loaded = HashMap::with_capacity(misses.len());
-            for (id, ticket) in misses.iter().zip(tickets) {
-                let cached = to_cached(id, rows.get(*id));
-                l1.fill(
-                    &cache_key(game_name, collection, id),
-                    ticket,
-                    cached.clone(),
-                    ttl_for(config, &cached),
-                );
-                loaded.insert(*id, cached);
-            }
-            for (id, slot) in ids.iter().zip(found.iter_mut()) {
-                if slot.is_none() {
-                    *slot = loaded.get(id.as_str()).cloned();
-                }
+        if misses.is_empty() {
+            let permit = budget.reserve(hit_bytes).await?;
+            return Ok(BatchDocs {
+                docs: bodies(found),
+                tier: Tier::L1,
+                permit,
+            });
+        }
+        // The store is asked for no more than what still fits (plus one value), and this
+        // request holds the most it can receive until the read is done.
+        let room = budget.max_bytes - hit_bytes;
+        let worst = (misses.len() * (config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
+            .min(room + config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
+        let mut permit = budget.reserve(hit_bytes + worst).await?;
+        let tickets: Vec<_> = misses
+            .iter()
+            .map(|id| l1.ticket(&cache_key(game_name, collection, id)))
+            .collect();
+        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        let many = self
+            .budget(game.store.get_many(game_name, collection, &misses, room))
+            .await?;
+        if many.value_bytes > room {
+            // Some rows were left out: none of them may be taken for "missing".
+            return Err(answer_too_large(
+                hit_bytes + many.value_bytes,
+                budget.max_bytes,
+            ));
+        }
+        let mut loaded = HashMap::with_capacity(misses.len());
+        for (id, ticket) in misses.iter().zip(tickets) {
+            let cached = to_cached(id, many.rows.get(*id));
+            l1.fill(
+                &cache_key(game_name, collection, id),
+                ticket,
+                cached.clone(),
+                ttl_for(config, &cached),
+            );
+            loaded.insert(*id, cached);
+        }
+        for (id, slot) in ids.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = loaded.get(id.as_str()).cloned();
             }
         }
-        let docs = found
-            .into_iter()
-            .map(|c| match c {
-                Some(Cached::Doc { body, .. }) => Some(body),
-                _ => None,
-            })
-            .collect();
-        Ok((docs, tier))
+        let bytes = documents_bytes(found.iter().flatten());
+        if bytes > budget.max_bytes {
+            return Err(answer_too_large(bytes, budget.max_bytes));
+        }
+        permit.shrink_to(bytes);
+        Ok(BatchDocs {
+            docs: bodies(found),
+            tier: Tier::Db,
+            permit,
+        })
     }
 
     /// Lists live documents ordered by id, optionally those of one owner. `cursor` is the
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page. A page ends early (with a cursor) when its
+    /// documents reach `responses.max_bytes`.
     pub async fn list(
         &self,
         game_name: &str,
@@ -344,7 +400,7 @@ impl Service {
         limit: Option<usize>,
     ) -> Result<ListPage, ServiceError> {
         let game = self.game(game_name)?;
-        self.collection(game, collection)?;
+        let config = self.collection(game, collection)?;
         if let Some(owner) = owner {
             check_id(owner, "owner")?;
         }
@@ -357,153 +413,73 @@ impl Service {
                 "limit must be 1-{MAX_LIST_LIMIT}"
             )));
         }
+        let budget = &self.inner.budget;
+        let per_doc = config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES;
+        let worst = ((limit + 1) * per_doc).min(budget.max_bytes + per_doc);
+        let mut permit = budget.reserve(worst).await?;
         self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-        let mut rows = self
-            .budget(
-                game.store
-                    .list(game_name, collection, owner, cursor, limit + 1),
-            )
+        let page = self
+            .budget(game.store.list(
+                game_name,
+                collection,
+                owner,
+                cursor,
+                limit + 1,
+                budget.max_bytes,
+            ))
             .await?;
-        let next_cursor = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|(id, _)| id.clone())
-        } else {
-            None
-        };
-        let docs = rows
-            .iter()
-            .filter_map(|(id, row)| match to_cached(id, Some(row)) {
-                Cached::Doc { body, .. } => Some(body),
-                Cached::Missing { .. } => None,
-            })
-            .collect();
-        Ok(ListPage { docs, next_cursor })
+        let mut rows = page.rows;
+        let mut more = page.cut || rows.len() > limit;
+        rows.truncate(limit);
+        let mut docs = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        let mut last = None;
+        for (id, row) in &rows {
+            let Cached::Doc { body, .. } = to_cached(id, Some(row)) else {
+                continue;
+            };
+            if bytes + body.len() > budget.max_bytes && !docs.is_empty() {
+                more = true;
+                break;
+            }
+            bytes += body.len();
+            docs.push(body);
+            last = Some(id);
+        }
+        permit.shrink_to(bytes);
+        Ok(ListPage {
+            docs,
+            next_cursor: if more { last.cloned() } else { None },
+            permit,
+        })
     }
 
     /// Applies write operations atomically: all commit, or none does and the first failing
-    /// operation's error (with its index) is returned.
-    pub async fn write(
-        &self,
-        game_name: &str,
-        ops: &[KeyedOp],
-    ) -> Result<Vec<OpOutcome>, ServiceError> {
-        let game = self.game(game_name)?;
-        if ops.is_empty() || ops.len() > MAX_TXN_OPS {
-            return Err(ServiceError::bad_request(format!(
-                "a transaction has 1-{MAX_TXN_OPS} operations"
-            )));
-        }
-        let mut limits = Vec::with_capacity(ops.len());
-        for (index, op) in ops.iter().enumerate() {
-            let config = self
-                .collection(game, &op.key.collection)
-                .map_err(|e| e.at_op(index))?;
-            check_id(&op.key.id, "id").map_err(|e| e.at_op(index))?;
-            limits.push(config.max_document_bytes);
-        }
-        let mut keys: Vec<DocKey> = ops.iter().map(|op| op.key.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        let slot_of: Vec<usize> = ops
-            .iter()
-            .map(|op| keys.binary_search(&op.key).unwrap_or_default())
-            .collect();
-        let cache_keys: Vec<String> = keys
-            .iter()
-            .map(|k| cache_key(game_name, &k.collection, &k.id))
-            .collect();
-        let l1 = &self.inner.l1;
-        let tickets: Vec<_> = cache_keys.iter().map(|k| l1.ticket(k)).collect();
-
-        let mut plan = |current: &[StoredDoc]| {
-            let now = now_rfc3339();
-            let mut state: Vec<StoredDoc> = current.to_vec();
-            let mut changed = vec![false; keys.len()];
-            let mut outcomes = Vec::with_capacity(ops.len());
-            for (index, op) in ops.iter().enumerate() {
-                let slot = slot_of[index];
-                let Applied { row, created } =
-                    ops::apply(&op.op, &op.pre, &state[slot], limits[index], &now)
-                        .map_err(|e| e.at_op(index))?;
-                let doc = match row {
-                    Some(row) => {
-                        let doc = row.value.as_deref().map(|value| {
-                            encode_document(
-                                &op.key.id,
-                                row.owner.as_deref(),
-                                row.version,
-                                &row.updated_at,
-                                value,
-                            )
-                        });
-                        state[slot] = row;
-                        changed[slot] = true;
-                        doc
-                    }
-                    None => None,
-                };
-                outcomes.push(OpOutcome {
-                    doc,
-                    version: state[slot].version,
-                    created,
-                });
-            }
-            let new_rows = state
-                .into_iter()
-                .zip(changed)
-                .map(|(row, changed)| changed.then_some(row))
-                .collect();
-            Ok::<_, ServiceError>((new_rows, outcomes))
+    /// operation's error (with its index) is returned. The write runs to its end even if the
+    /// caller goes away (see `write.rs`).
+    pub async fn write(&self, game_name: &str, ops: Vec<KeyedOp>) -> Result<Written, ServiceError> {
+        let prepared = self.prepare(game_name, ops)?;
+        let mut permit = if prepared.ops.len() > 1 {
+            Some(
+                self.inner
+                    .budget
+                    .reserve(Self::worst_answer_bytes(&prepared))
+                    .await?,
+            )
+        } else {
+            None
         };
-        let result = tokio::time::timeout(
-            self.inner.store_timeout,
-            game.store.transact(game_name, &keys, &mut plan),
-        )
-        .await;
-        match result {
-            Ok(Ok((new_rows, outcomes))) => {
-                self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-                for ((key, row), (cache_key, ticket)) in keys
+        let outcomes = self.run_write(prepared).await?;
+        if let Some(permit) = &mut permit {
+            permit.shrink_to(
+                outcomes
                     .iter()
-                    .zip(new_rows)
-                    .zip(cache_keys.iter().zip(tickets))
-                {
-                    if let Some(row) = row {
-                        let config = &game.collections[&key.collection];
-                        let cached = to_cached(&key.id, Some(&row));
-                        l1.complete_write(
-                            cache_key,
-                            ticket,
-                            cached.clone(),
-                            ttl_for(config, &cached),
-                        );
-                    }
-                }
-                Ok(outcomes)
-            }
-            Ok(Err(TxnError::Plan(e))) => {
-                if matches!(
-                    e.code,
-                    ErrorCode::VersionConflict | ErrorCode::AlreadyExists
-                ) {
-                    // The store disagreed with what the caller (maybe from our cache) expected:
-                    // drop our copies so the next read fetches the store's truth.
-                    cache_keys.iter().for_each(|k| l1.invalidate(k));
-                }
-                Err(e)
-            }
-            Ok(Err(TxnError::Store(e))) => {
-                cache_keys.iter().for_each(|k| l1.invalidate(k));
-                Err(store_error(e))
-            }
-            Err(_) => {
-                cache_keys.iter().for_each(|k| l1.invalidate(k));
-                Err(ServiceError::new(
-                    ErrorCode::Timeout,
-                    "the store did not answer in time; the write may or may not have been applied",
-                ))
-            }
+                    .filter_map(|o| o.doc.as_ref())
+                    .map(Bytes::len)
+                    .sum(),
+            );
         }
+        Ok(Written { outcomes, permit })
     }
 
     /// Checks every store; returns the name and error of each that failed.
@@ -539,17 +515,45 @@ impl Service {
             op,
             pre,
         };
-        let mut outcomes = self
-            .write(game, std::slice::from_ref(&op))
-            .await
-            .map_err(|mut e| {
-                e.op_index = None;
-                e
-            })?;
-        outcomes
+        let mut written = self.write(game, vec![op]).await.map_err(|mut e| {
+            e.op_index = None;
+            e
+        })?;
+        written
+            .outcomes
             .pop()
             .ok_or_else(|| ServiceError::internal("write returned no outcome"))
     }
+}
+
+/// Bytes of the documents among `cached` (what an answer assembles from them).
+fn documents_bytes<'a>(cached: impl Iterator<Item = &'a Cached>) -> usize {
+    cached
+        .map(|c| match c {
+            Cached::Doc { body, .. } => body.len(),
+            Cached::Missing { .. } => 0,
+        })
+        .sum()
+}
+
+fn bodies(found: Vec<Option<Cached>>) -> Vec<Option<Bytes>> {
+    found
+        .into_iter()
+        .map(|c| match c {
+            Some(Cached::Doc { body, .. }) => Some(body),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer_too_large(bytes: usize, max: usize) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::ResponseTooLarge,
+        format!(
+            "the answer would hold at least {bytes} bytes of documents, over responses.max_bytes \
+             ({max}); ask for fewer ids"
+        ),
+    )
 }
 
 /// What a single-document read returns for a cached entry.
@@ -652,19 +656,65 @@ fn store_error(e: StoreError) -> ServiceError {
     }
 }
 
-/// Strips credentials from a store URL before it is shown in health output.
+/// Strips credentials from a store URL before it is shown in health output. The user
+/// information ends at the *last* `@` of the authority (a password may hold a raw `@`); the
+/// authority ends at the first `/`, `?` or `#` after the scheme.
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let shown = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_string(),
+    };
+    // A password may also come as a query parameter (`?password=…`).
+    match shown.find('?') {
+        Some(query) => {
+            let params: Vec<String> = shown[query + 1..]
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_string(),
+                })
+                .collect();
+            format!("{}?{}", &shown[..query], params.join("&"))
         }
-        _ => url.to_string(),
+        None => shown,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_urls_lose_their_credentials() {
+        for (url, shown) in [
+            ("postgres://u:secret@db:5432/x", "postgres://***@db:5432/x"),
+            (
+                "postgres://u:p@ss@w@rd@db/x?sslmode=require",
+                "postgres://***@db/x?sslmode=require",
+            ),
+            (
+                "mysql://root@127.0.0.1:3306/test",
+                "mysql://***@127.0.0.1:3306/test",
+            ),
+            ("sqlite://data/a@b.db", "sqlite://data/a@b.db"),
+            ("postgres://db/x?user=u@corp", "postgres://db/x?user=u@corp"),
+            (
+                "postgres://db/x?user=u&password=secret&x=1",
+                "postgres://db/x?user=u&password=***&x=1",
+            ),
+            ("no scheme u:p@host", "no scheme u:p@host"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("secret") && !redact_url(url).contains("ss@w"));
+        }
+    }
 
     #[test]
     fn stack_keys_match_heap_keys() {

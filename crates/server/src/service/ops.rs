@@ -87,6 +87,25 @@ pub enum WriteOp {
     },
 }
 
+/// The collection's rules a write is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Largest encoded value.
+    pub max_bytes: usize,
+    /// `_incr` may add fractions (IEEE double, inexact); off: exact 64-bit integers only.
+    pub float_counters: bool,
+}
+
+impl WriteOp {
+    /// True for the operations whose outcome carries the new document (put, patch, incr).
+    pub fn returns_document(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Put { .. } | WriteOp::Patch { .. } | WriteOp::Incr(_)
+        )
+    }
+}
+
 /// What an applied operation produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
@@ -96,15 +115,16 @@ pub struct Applied {
     pub created: bool,
 }
 
-/// Applies `op` under `pre` to `current`, producing the new row. `max_bytes` bounds the
-/// encoded value; `now` is the commit timestamp.
+/// Applies `op` under `pre` to `current`, producing the new row under the collection's
+/// `rules`; `now` is the commit timestamp.
 pub fn apply(
     op: &WriteOp,
     pre: &Precondition,
     current: &StoredDoc,
-    max_bytes: usize,
+    rules: Rules,
     now: &str,
 ) -> Result<Applied, ServiceError> {
+    let max_bytes = rules.max_bytes;
     let live_value = || -> Result<Value, ServiceError> {
         let text = current
             .value
@@ -144,7 +164,7 @@ pub fn apply(
         }
         WriteOp::Incr(incr) => {
             let mut value = live_value()?;
-            increment(&mut value, incr)?;
+            increment(&mut value, incr, rules.float_counters)?;
             (Some(value), current.owner.clone())
         }
         WriteOp::Delete => (None, None),
@@ -201,13 +221,30 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Adds `incr.by` to the number at `incr.path`, creating a missing last member as 0, and
-/// refuses a result outside `[min, max]`. Integer arithmetic stays integer (overflow is a
-/// bound violation); anything involving a fraction uses f64.
-pub fn increment(value: &mut Value, incr: &Incr) -> Result<(), ServiceError> {
+/// refuses a result outside `[min, max]` or beyond the signed 64-bit range. Without
+/// `float_counters` every operand must be an integer (the result is exact); with it, anything
+/// involving a fraction adds in f64.
+pub fn increment(value: &mut Value, incr: &Incr, float_counters: bool) -> Result<(), ServiceError> {
     if !incr.path.starts_with('/') {
         return Err(ServiceError::bad_request(
             "path must be a JSON Pointer to a member, such as /gold",
         ));
+    }
+    if !float_counters {
+        for (name, operand) in [
+            ("by", Some(&incr.by)),
+            ("min", incr.min.as_ref()),
+            ("max", incr.max.as_ref()),
+        ] {
+            if let Some(number) = operand
+                && number.as_i64().is_none()
+            {
+                return Err(ServiceError::bad_request(format!(
+                    "{name} is {number}: this collection counts in integers of the signed 64-bit \
+                     range (float_counters is off)"
+                )));
+            }
+        }
     }
     if value.pointer(&incr.path).is_none() {
         let (parent, last) = incr.path.rsplit_once('/').unwrap_or(("", ""));
@@ -233,7 +270,22 @@ pub fn increment(value: &mut Value, incr: &Incr) -> Result<(), ServiceError> {
             format!("the value at {} is not a number", incr.path),
         ));
     };
-    let overflow = || ServiceError::new(ErrorCode::BoundViolation, "the result overflows");
+    if !float_counters && current.as_i64().is_none() {
+        return Err(ServiceError::new(
+            ErrorCode::NotANumber,
+            format!(
+                "the value at {} is {current}, not an integer of the signed 64-bit range; this \
+                 collection counts in integers (float_counters is off)",
+                incr.path
+            ),
+        ));
+    }
+    let overflow = || {
+        ServiceError::new(
+            ErrorCode::BoundViolation,
+            "the result is outside the signed 64-bit range",
+        )
+    };
     let result = match (current.as_i64(), incr.by.as_i64()) {
         (Some(a), Some(b)) => Number::from(a.checked_add(b).ok_or_else(overflow)?),
         _ => {

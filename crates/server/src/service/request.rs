@@ -76,52 +76,99 @@ pub struct TxnRequest {
 }
 
 /// One operation of a transaction, tagged by `op`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Deserialized by hand rather than with `#[serde(tag = "op")]`: serde buffers an internally
+/// tagged enum through its own number types, which would round `1e16` or a 30-digit integer
+/// before it reaches the op (numbers are kept exactly as sent; docs/protocol.md).
+#[derive(Debug)]
 pub enum TxnOpRequest {
-    Put {
-        collection: String,
-        id: String,
-        value: Value,
-        #[serde(default, deserialize_with = "explicit_null")]
-        owner: Option<Option<String>>,
-        #[serde(default)]
-        if_version: Option<u64>,
-        /// Fail with `already_exists` if a live document exists.
-        #[serde(default)]
-        create_only: bool,
-    },
-    Patch {
-        collection: String,
-        id: String,
-        patch: Value,
-        #[serde(default)]
-        if_version: Option<u64>,
-    },
-    Delete {
-        collection: String,
-        id: String,
-        #[serde(default)]
-        if_version: Option<u64>,
-    },
-    Incr {
-        collection: String,
-        id: String,
-        path: String,
-        by: Number,
-        #[serde(default)]
-        min: Option<Number>,
-        #[serde(default)]
-        max: Option<Number>,
-        #[serde(default)]
-        if_version: Option<u64>,
-    },
-    Check {
-        collection: String,
-        id: String,
-        /// The version the document must have; 0 asserts that it does not exist.
-        version: u64,
-    },
+    Put(PutOp),
+    Patch(PatchOp),
+    Delete(DeleteOp),
+    Incr(IncrOp),
+    Check(CheckOp),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutOp {
+    collection: String,
+    id: String,
+    value: Value,
+    #[serde(default, deserialize_with = "explicit_null")]
+    owner: Option<Option<String>>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    /// Fail with `already_exists` if a live document exists.
+    #[serde(default)]
+    create_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchOp {
+    collection: String,
+    id: String,
+    patch: Value,
+    #[serde(default)]
+    if_version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteOp {
+    collection: String,
+    id: String,
+    #[serde(default)]
+    if_version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrOp {
+    collection: String,
+    id: String,
+    path: String,
+    by: Number,
+    #[serde(default)]
+    min: Option<Number>,
+    #[serde(default)]
+    max: Option<Number>,
+    #[serde(default)]
+    if_version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckOp {
+    collection: String,
+    id: String,
+    /// The version the document must have; 0 asserts that it does not exist.
+    version: u64,
+}
+
+const OPS: &[&str] = &["put", "patch", "delete", "incr", "check"];
+
+impl<'de> Deserialize<'de> for TxnOpRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut members = serde_json::Map::deserialize(d)?;
+        let op = match members.remove("op") {
+            Some(Value::String(op)) => op,
+            Some(_) => return Err(D::Error::custom("op must be a string")),
+            None => return Err(D::Error::missing_field("op")),
+        };
+        let rest = Value::Object(members);
+        let parsed = match op.as_str() {
+            "put" => serde_json::from_value(rest).map(TxnOpRequest::Put),
+            "patch" => serde_json::from_value(rest).map(TxnOpRequest::Patch),
+            "delete" => serde_json::from_value(rest).map(TxnOpRequest::Delete),
+            "incr" => serde_json::from_value(rest).map(TxnOpRequest::Incr),
+            "check" => serde_json::from_value(rest).map(TxnOpRequest::Check),
+            other => return Err(D::Error::unknown_variant(other, OPS)),
+        };
+        parsed.map_err(|e| D::Error::custom(format!("op {op:?}: {e}")))
+    }
 }
 
 impl TxnRequest {
@@ -138,60 +185,39 @@ impl TxnOpRequest {
     fn into_keyed(self) -> Result<KeyedOp, ServiceError> {
         let key = |collection: String, id: String| DocKey { collection, id };
         let (key, op, pre) = match self {
-            TxnOpRequest::Put {
-                collection,
-                id,
-                value,
-                owner,
-                if_version,
-                create_only,
-            } => {
+            TxnOpRequest::Put(op) => {
                 let pre = Precondition {
-                    if_version,
-                    if_absent: create_only,
+                    if_version: op.if_version,
+                    if_absent: op.create_only,
                     if_exists: false,
                 };
-                (key(collection, id), put_op(value, owner)?, pre)
+                (key(op.collection, op.id), put_op(op.value, op.owner)?, pre)
             }
-            TxnOpRequest::Patch {
-                collection,
-                id,
-                patch,
-                if_version,
-            } => (
-                key(collection, id),
-                WriteOp::Patch { patch },
-                Precondition::version(if_version),
+            TxnOpRequest::Patch(op) => (
+                key(op.collection, op.id),
+                WriteOp::Patch { patch: op.patch },
+                Precondition::version(op.if_version),
             ),
-            TxnOpRequest::Delete {
-                collection,
-                id,
-                if_version,
-            } => (
-                key(collection, id),
+            TxnOpRequest::Delete(op) => (
+                key(op.collection, op.id),
                 WriteOp::Delete,
-                Precondition::version(if_version),
+                Precondition::version(op.if_version),
             ),
-            TxnOpRequest::Incr {
-                collection,
-                id,
-                path,
-                by,
-                min,
-                max,
-                if_version,
-            } => (
-                key(collection, id),
-                WriteOp::Incr(Incr { path, by, min, max }),
-                Precondition::version(if_version),
+            TxnOpRequest::Incr(op) => (
+                key(op.collection, op.id),
+                WriteOp::Incr(Incr {
+                    path: op.path,
+                    by: op.by,
+                    min: op.min,
+                    max: op.max,
+                }),
+                Precondition::version(op.if_version),
             ),
-            TxnOpRequest::Check {
-                collection,
-                id,
-                version,
-            } => (
-                key(collection, id),
-                WriteOp::Check { version },
+            TxnOpRequest::Check(op) => (
+                key(op.collection, op.id),
+                WriteOp::Check {
+                    version: op.version,
+                },
                 Precondition::default(),
             ),
         };
@@ -220,6 +246,16 @@ mod tests {
                 ..
             }
         ));
+        // Numbers inside tagged ops keep working with exact (arbitrary-precision) numbers.
+        let exact: TxnRequest = parse_json(
+            br#"{"ops":[{"op":"delete","collection":"p","id":"1","if_version":18446744073709551615},
+                        {"op":"incr","collection":"p","id":"1","path":"/a","by":1e16}]}"#,
+        )
+        .unwrap();
+        let ops = exact.into_ops().unwrap();
+        assert_eq!(ops[0].pre.if_version, Some(u64::MAX));
+        // (serde_json writes an exponent as e+16: the same number, the digits untouched)
+        assert!(matches!(&ops[1].op, WriteOp::Incr(incr) if incr.by.to_string() == "1e+16"));
         let err = parse_json::<TxnRequest>(
             br#"{"ops":[{"op":"delete","collection":"p","id":"1","extra":1}]}"#,
         )

@@ -119,35 +119,75 @@ impl Dialect {
         }
     }
 
+    /// Bytes of a row's value (0 for a tombstone), as an SQL expression.
+    fn value_bytes(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "COALESCE(octet_length(value), 0)",
+            Dialect::MySql => "COALESCE(LENGTH(value), 0)",
+            Dialect::Sqlite => "COALESCE(LENGTH(CAST(value AS BLOB)), 0)",
+        }
+    }
+
+    /// A window sum as a 64-bit integer (MySQL's SUM is a DECIMAL).
+    fn sum(self, over: &str) -> String {
+        let bytes = self.value_bytes();
+        match self {
+            Dialect::MySql => format!("CAST(SUM({bytes}) OVER ({over}) AS SIGNED)"),
+            _ => format!("SUM({bytes}) OVER ({over})"),
+        }
+    }
+
+    /// Rows of `count` ids (placeholders 3..), cut once their values pass a byte cap (the last
+    /// placeholder): every row whose preceding values (in id order) stay under the cap, so at
+    /// most the cap plus one value is read. Columns: id, the four document columns, and the
+    /// value bytes of all the requested rows (cut or not).
     pub fn select_many(self, count: usize) -> String {
         let list: Vec<String> = (0..count).map(|i| self.placeholder(i + 3)).collect();
         format!(
-            "SELECT id, {COLUMNS} FROM dmw_documents WHERE game = {} AND collection = {} AND id IN ({})",
+            "SELECT id, {COLUMNS}, total FROM (SELECT id, {COLUMNS}, {running} AS running, {total} AS total, {len} AS len \
+             FROM dmw_documents WHERE game = {} AND collection = {} AND id IN ({})) t WHERE running - len < {}",
             self.placeholder(1),
             self.placeholder(2),
-            list.join(", ")
+            list.join(", "),
+            self.placeholder(count + 3),
+            running = self.sum("ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"),
+            total = self.sum(""),
+            len = self.value_bytes(),
         )
     }
 
+    /// One page of live documents in id order (the last placeholders: limit, then a byte cap
+    /// applied as in [`Dialect::select_many`]). Columns: id, the four document columns, and how
+    /// many rows the page had before the byte cap.
     pub fn select_list(self, by_owner: bool, after: bool) -> String {
         let mut n = 2;
         let mut next = || {
             n += 1;
             self.placeholder(n)
         };
-        let mut sql = format!(
+        let mut page = format!(
             "SELECT id, {COLUMNS} FROM dmw_documents WHERE game = {} AND collection = {} AND value IS NOT NULL",
             self.placeholder(1),
             self.placeholder(2)
         );
         if by_owner {
-            sql.push_str(&format!(" AND owner = {}", next()));
+            page.push_str(&format!(" AND owner = {}", next()));
         }
         if after {
-            sql.push_str(&format!(" AND id > {}", next()));
+            page.push_str(&format!(" AND id > {}", next()));
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", next()));
-        sql
+        page.push_str(&format!(" ORDER BY id LIMIT {}", next()));
+        let rows = match self {
+            Dialect::MySql => "CAST(COUNT(*) OVER () AS SIGNED)",
+            _ => "COUNT(*) OVER ()",
+        };
+        format!(
+            "SELECT id, {COLUMNS}, page_rows FROM (SELECT id, {COLUMNS}, {running} AS running, {len} AS len, {rows} AS page_rows \
+             FROM ({page}) page) t WHERE running - len < {} ORDER BY id",
+            next(),
+            running = self.sum("ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"),
+            len = self.value_bytes(),
+        )
     }
 
     /// Makes sure a row exists to lock (version 0, no value), without touching an existing one.
@@ -210,16 +250,29 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_for_postgres_only() {
-        assert_eq!(
-            Dialect::Postgres.select_list(true, true),
-            "SELECT id, version, owner, updated_at, value FROM dmw_documents WHERE game = $1 AND collection = $2 AND value IS NOT NULL AND owner = $3 AND id > $4 ORDER BY id LIMIT $5"
+        let list = Dialect::Postgres.select_list(true, true);
+        assert!(
+            list.contains("AND owner = $3 AND id > $4 ORDER BY id LIMIT $5) page"),
+            "{list}"
         );
-        assert!(Dialect::MySql.select_many(3).ends_with("id IN (?, ?, ?)"));
-        assert!(Dialect::Postgres.select_many(2).ends_with("id IN ($3, $4)"));
+        assert!(
+            list.ends_with("WHERE running - len < $6 ORDER BY id"),
+            "{list}"
+        );
+        assert!(
+            Dialect::MySql
+                .select_many(3)
+                .contains("id IN (?, ?, ?)) t WHERE running - len < ?")
+        );
+        let many = Dialect::Postgres.select_many(2);
+        assert!(
+            many.contains("id IN ($3, $4)) t WHERE running - len < $5"),
+            "{many}"
+        );
         assert!(
             Dialect::Sqlite
                 .select_list(false, false)
-                .ends_with("ORDER BY id LIMIT ?")
+                .contains("ORDER BY id LIMIT ?) page")
         );
     }
 

@@ -13,6 +13,7 @@ mod dialect;
 mod pool;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
@@ -38,6 +39,30 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid store url {0}: {1}")]
     Url(String, String),
+}
+
+/// The rows [`Store::get_many`] read, by id.
+#[derive(Debug, Default)]
+pub struct Many {
+    pub rows: HashMap<String, StoredDoc>,
+    /// Bytes of the values of every requested row, including rows left out by the byte cap.
+    pub value_bytes: usize,
+}
+
+/// One page [`Store::list`] read.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<(String, StoredDoc)>,
+    /// True when the byte cap ended the page before its row limit.
+    pub cut: bool,
+}
+
+fn cap(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX).max(1)
+}
+
+fn count(value: i64) -> usize {
+    usize::try_from(value).unwrap_or(0)
 }
 
 /// A document key inside one game.
@@ -144,15 +169,18 @@ impl Store {
         row.map(|r| decode_doc(&r, 0)).transpose()
     }
 
-    /// Reads many rows of one collection in one query, keyed by id.
+    /// Reads many rows of one collection in one query. At most `max_value_bytes` of values
+    /// (plus one value) are read: rows beyond that are left out, and [`Many::value_bytes`]
+    /// says whether they were.
     pub async fn get_many(
         &self,
         game: &str,
         collection: &str,
         ids: &[&str],
-    ) -> Result<HashMap<String, StoredDoc>, StoreError> {
+        max_value_bytes: usize,
+    ) -> Result<Many, StoreError> {
         if ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Many::default());
         }
         let rows = self
             .pool
@@ -162,15 +190,20 @@ impl Store {
                 for id in ids {
                     query = query.bind(*id);
                 }
-                query
+                query.bind(cap(max_value_bytes))
             })
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
-            .collect()
+        let mut many = Many::default();
+        for row in &rows {
+            many.value_bytes = count(row.try_get(5)?);
+            many.rows
+                .insert(row.try_get::<String, _>(0)?, decode_doc(row, 1)?);
+        }
+        Ok(many)
     }
 
-    /// Live documents of a collection ordered by id, optionally of one owner, after `after`.
+    /// Live documents of a collection ordered by id, optionally of one owner, after `after`:
+    /// at most `limit`, and no more than `max_value_bytes` of values (plus one value).
     pub async fn list(
         &self,
         game: &str,
@@ -178,7 +211,8 @@ impl Store {
         owner: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        max_value_bytes: usize,
+    ) -> Result<Page, StoreError> {
         let rows = self
             .pool
             .read_all(|| {
@@ -190,24 +224,36 @@ impl Store {
                 if let Some(after) = after {
                     query = query.bind(after);
                 }
-                query.bind(limit as i64)
+                query.bind(limit as i64).bind(cap(max_value_bytes))
             })
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, decode_doc(r, 1)?)))
-            .collect()
+        let mut page = Page {
+            rows: Vec::with_capacity(rows.len()),
+            cut: false,
+        };
+        for row in &rows {
+            page.cut = count(row.try_get(5)?) > rows.len();
+            page.rows
+                .push((row.try_get::<String, _>(0)?, decode_doc(row, 1)?));
+        }
+        Ok(page)
     }
 
     /// Runs a write transaction over `keys` (sorted and unique: the lock order). `plan` gets
     /// the current rows (absent keys as [`StoredDoc::absent`]) and returns the new row for
     /// each key (`None`: unchanged) plus a result for the caller, or an error that aborts the
-    /// transaction. `plan` may run more than once when a transient conflict forces a retry.
-    /// Returns the new rows (as planned) and the plan's result once committed.
+    /// transaction. `plan` may run more than once when a transient conflict, or a connection
+    /// lost before anything was committed, forces a retry. Returns the new rows (as planned)
+    /// and the plan's result once committed.
+    ///
+    /// `committing` is set while the COMMIT is on its way: from then on, a lost connection or
+    /// an abandoned call leaves the outcome unknown (the database may still commit).
     pub async fn transact<T, E>(
         &self,
         game: &str,
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
+        committing: &AtomicBool,
     ) -> Result<Planned<T>, TxnError<E>> {
         debug_assert!(
             keys.windows(2).all(|w| w[0] < w[1]),
@@ -220,11 +266,15 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_transact(game, keys, plan).await {
+            committing.store(false, Ordering::Release);
+            match self.try_transact(game, keys, plan, committing).await {
                 Err(TxnError::Store(StoreError::Database(e)))
-                    if attempt < MAX_TXN_ATTEMPTS && self.dialect.is_transient(&e) =>
+                    if attempt < MAX_TXN_ATTEMPTS
+                        && (self.dialect.is_transient(&e)
+                            || (connection_lost(&e) && !committing.load(Ordering::Acquire))) =>
                 {
-                    tracing::debug!(attempt, error = %e, "retrying transaction after a transient conflict");
+                    // A lost connection before the COMMIT was sent rolled everything back.
+                    tracing::debug!(attempt, error = %e, "retrying transaction after a transient conflict or a lost connection");
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(
                         1..=5 * attempt as u64,
                     )))
@@ -240,9 +290,12 @@ impl Store {
         game: &str,
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
+        committing: &AtomicBool,
     ) -> Result<Planned<T>, TxnError<E>> {
         let mut lease = self.pool.lease().await.map_err(TxnError::Store)?;
-        let result = self.transact_on(lease.conn(), game, keys, plan).await;
+        let result = self
+            .transact_on(lease.conn(), game, keys, plan, committing)
+            .await;
         lease.finish_with(match &result {
             Ok(_) | Err(TxnError::Plan(_)) => true,
             Err(TxnError::Store(StoreError::Database(e))) => pool::reusable_after(e),
@@ -257,6 +310,7 @@ impl Store {
         game: &str,
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
+        committing: &AtomicBool,
     ) -> Result<Planned<T>, TxnError<E>> {
         let store_err = |e: sqlx::Error| TxnError::Store(StoreError::Database(e));
         let mut tx = conn.begin().await.map_err(store_err)?;
@@ -312,6 +366,7 @@ impl Store {
                 .await
                 .map_err(store_err)?;
         }
+        committing.store(true, Ordering::Release);
         tx.commit().await.map_err(store_err)?;
         Ok((new_rows, result))
     }
@@ -319,7 +374,7 @@ impl Store {
 
 /// I/O failures and the SQLSTATEs of a connection the server closed (class 08, and 57P01-03:
 /// admin shutdown, crash shutdown, cannot connect now; MySQL reports 08S01).
-fn connection_lost(error: &sqlx::Error) -> bool {
+pub fn connection_lost(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db
@@ -349,5 +404,10 @@ impl StoreError {
     /// True when no connection to the database could be opened.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// True when the connection to the database broke during the call.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, StoreError::Database(e) if connection_lost(e))
     }
 }

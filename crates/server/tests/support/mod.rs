@@ -82,6 +82,7 @@ pub fn collection() -> CollectionConfig {
         l2_ttl: Duration::from_secs(600),
         negative_ttl: Duration::from_secs(60),
         max_document_bytes: 4096,
+        float_counters: false,
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use bytes::Bytes;
+use http::header::{CONNECTION, HeaderValue, TRANSFER_ENCODING};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use super::drain::{self, Drain, Wakes};
 
-use crate::config::HttpConfig;
+use crate::config::{AuthConfig, HttpConfig};
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::Service;
 
@@ -40,6 +41,8 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub(crate) struct HttpState {
     pub service: Service,
     pub config: HttpConfig,
+    /// `auth.enabled`: no credential store exists yet, so every API request is refused.
+    pub refuse_all: bool,
     in_flight: InFlight,
 }
 
@@ -75,6 +78,7 @@ pub async fn serve(
     listener: TcpListener,
     service: Service,
     config: HttpConfig,
+    auth: AuthConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -85,6 +89,7 @@ pub async fn serve(
         },
         service,
         config,
+        refuse_all: auth.enabled,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -189,6 +194,18 @@ async fn handle(
     _request: watchdog::RequestGuard,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.headers().contains_key(TRANSFER_ENCODING) {
+        // Framing by Transfer-Encoding — or by it and Content-Length at once, which hyper
+        // resolves silently in favour of the former — is how requests get smuggled past
+        // proxies that read the other one: refused, and the connection with it.
+        let mut response = problem::response(&ServiceError::bad_request(
+            "Transfer-Encoding is not accepted on requests: send the body with Content-Length",
+        ));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    }
     let Some(_slot) = state.in_flight.try_enter() else {
         return Ok(problem::response(&ServiceError::new(
             ErrorCode::Overloaded,

@@ -2,7 +2,7 @@
 //! with the stable `code` member, plus small builders for JSON success responses.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, ETAG, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, ETAG, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -29,8 +29,18 @@ pub fn response(error: &ServiceError) -> Response<Full<Bytes>> {
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, PROBLEM_JSON);
-    if error.code == ErrorCode::Overloaded {
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    match error.code {
+        ErrorCode::Overloaded => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // RFC 9110 §15.5.2: a 401 names the scheme it wants.
+        ErrorCode::Unauthorized => {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"datamiddleware\""),
+            );
+        }
+        _ => {}
     }
     response
 }

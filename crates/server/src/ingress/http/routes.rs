@@ -22,7 +22,7 @@ use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{BatchGetBody, PutBody, TxnRequest, parse_json};
-use crate::service::{OpOutcome, txn_results_json};
+use crate::service::{OpOutcome, ResponsePermit, txn_results_json};
 
 type HttpResult = Result<Response<Full<Bytes>>, ServiceError>;
 
@@ -67,6 +67,10 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
             only(&req, &[Method::GET])?;
             Box::pin(health(state)).await
         }
+        ["api", ..] if state.refuse_all => Err(ServiceError::new(
+            ErrorCode::Unauthorized,
+            "authentication failed",
+        )),
         ["api", "v1", game, rest @ ..] => {
             let game = decode(game)?;
             api(state, req, &game, rest).await
@@ -207,18 +211,22 @@ async fn incr(
 async fn batch_get(state: &HttpState, req: Req<'_>, game: &str, collection: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let body: BatchGetBody = parse_json(&read_body(state, req).await?)?;
-    let (docs, tier) = state.service.batch_get(game, collection, &body.ids).await?;
+    let batch = state.service.batch_get(game, collection, &body.ids).await?;
     let mut out = BytesMut::with_capacity(
-        16 + docs
+        16 + batch
+            .docs
             .iter()
             .map(|d| d.as_ref().map_or(5, |b| b.len() + 1))
             .sum::<usize>(),
     );
     out.extend_from_slice(b"{\"docs\":[");
-    push_docs(&mut out, docs.iter().map(Option::as_ref));
+    push_docs(&mut out, batch.docs.iter().map(Option::as_ref));
     out.extend_from_slice(b"]}");
-    let mut response = json(StatusCode::OK, out.freeze());
-    response.headers_mut().insert(X_CACHE, tier_header(tier));
+    drop(batch.docs);
+    let mut response = json(StatusCode::OK, metered(out.freeze(), batch.permit));
+    response
+        .headers_mut()
+        .insert(X_CACHE, tier_header(batch.tier));
     Ok(response)
 }
 
@@ -258,7 +266,8 @@ async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) ->
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"}");
-    let mut response = json(StatusCode::OK, out.freeze());
+    drop(page.docs);
+    let mut response = json(StatusCode::OK, metered(out.freeze(), page.permit));
     response
         .headers_mut()
         .insert(X_CACHE, tier_header(Tier::Db));
@@ -268,8 +277,16 @@ async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) ->
 async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
-    let outcomes = state.service.write(game, &request.into_ops()?).await?;
-    Ok(json(StatusCode::OK, txn_results_json(&outcomes)))
+    let written = state.service.write(game, request.into_ops()?).await?;
+    let body = txn_results_json(&written.outcomes);
+    drop(written.outcomes);
+    Ok(json(
+        StatusCode::OK,
+        match written.permit {
+            Some(permit) => metered(body, permit),
+            None => body,
+        },
+    ))
 }
 
 async fn health(state: &HttpState) -> HttpResult {
@@ -299,6 +316,23 @@ fn push_docs<'a>(out: &mut BytesMut, docs: impl Iterator<Item = Option<&'a Bytes
         }
         out.extend_from_slice(doc.map_or(b"null".as_slice(), |b| b.as_ref()));
     }
+}
+
+/// A body that holds its share of the response budget until hyper has written and dropped it.
+fn metered(body: Bytes, permit: ResponsePermit) -> Bytes {
+    struct Metered {
+        body: Bytes,
+        _permit: ResponsePermit,
+    }
+    impl AsRef<[u8]> for Metered {
+        fn as_ref(&self) -> &[u8] {
+            &self.body
+        }
+    }
+    Bytes::from_owner(Metered {
+        body,
+        _permit: permit,
+    })
 }
 
 fn written(outcome: OpOutcome) -> Response<Full<Bytes>> {

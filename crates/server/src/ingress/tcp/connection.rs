@@ -1,95 +1,55 @@
-//! One TCP connection: handshake, frame decoding, dispatch, the in-flight window, output with
-//! back-pressure, heartbeats, and draining on shutdown.
+//! One TCP connection: handshake, frame decoding, request-id and order rules, dispatch, the
+//! in-flight window, output with back-pressure, heartbeats, and finishing (GOAWAY, EOF, or a
+//! protocol violation: requests already read are answered before the connection closes).
 //!
 //! One task owns the socket. Cache hits are answered inline (encoded straight into the output
-//! buffer); everything else runs in its own task, which encodes its response into the shared
-//! [`Outbox`] and wakes the connection task. Buffers are allocated when bytes arrive and freed
-//! as soon as they are drained, so an idle connection holds no buffer at all.
+//! buffer) when no earlier request touching the same document is still unanswered; everything
+//! else runs in its own task, which waits for the earlier requests on its documents (see
+//! [`super::order`]), then encodes its answer into the shared [`Outbox`] and wakes the
+//! connection task. Buffers are allocated when bytes arrive and freed as soon as they are
+//! drained, so an idle connection holds no buffer at all.
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-
-use atomic_waker::AtomicWaker;
 
 use bytes::{Buf, BytesMut};
 use datamiddleware_protocol::message::{encode_doc_frame, get_fields};
 use datamiddleware_protocol::{
     Credential, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
-    PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, decode,
+    PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, request_id_of,
 };
-use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{TcpContext, dispatch};
+use super::TcpContext;
+use super::dispatch::{self, Request};
+use super::order::{Order, Touch};
+use super::outbox::{Answer, Done, Outbox, Wake};
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
+use crate::service::ResponsePermit;
 
 /// Bytes reserved for reading when a read finds no room.
 const READ_CHUNK: usize = 4096;
 /// PINGs answered per heartbeat tick; more are ignored (a flood costs nothing but reading).
 const MAX_PINGS_PER_TICK: u32 = 16;
+/// Reads within one tick from which a connection counts as busy and keeps its buffers.
+const BUSY_READS: u32 = 8;
 
-/// Responses finished by request tasks, waiting for the connection task to write them.
-///
-/// The wake-up is a flag plus an [`AtomicWaker`] rather than a `tokio::sync::Notify`: the
-/// connection task polls it on every turn of its loop, and a `Notify` waiter takes a mutex to
-/// register and another to deregister each time (~2 % of the server's CPU at depth 1 in
-/// `perf`), where re-registering the same waker here is one atomic exchange.
-#[derive(Default)]
-struct Outbox {
-    frames: Mutex<BytesMut>,
-    /// Requests dispatched to tasks and not answered yet.
-    in_flight: AtomicUsize,
-    pushed: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Outbox {
-    fn push(&self, request_id: u32, response: &Message) {
-        response.encode(request_id, &mut self.frames.lock());
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.pushed.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Ready with [`Wake::Drain`] once the drain's phase is past `seen`, or with
-    /// [`Wake::Pushed`] once something was pushed since the last time.
-    fn poll_wake(&self, cx: &mut Context<'_>, drain: &Drain, seen: drain::Phase) -> Poll<Wake> {
-        // Registers the waker before looking, so a push between the two is not missed either.
-        if let Some(phase) = drain.poll_past(&self.waker, cx, seen) {
-            Poll::Ready(Wake::Drain(phase))
-        } else if self.pushed.swap(false, Ordering::AcqRel) {
-            Poll::Ready(Wake::Pushed)
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-impl drain::Wakes for Outbox {
-    fn waker(&self) -> &AtomicWaker {
-        &self.waker
-    }
-}
-
-enum Wake {
-    Pushed,
-    Drain(drain::Phase),
-}
-
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Phase {
     /// Waiting for HELLO.
     Handshake,
     Ready,
-    /// GOAWAY sent: no more requests are read; in-flight ones finish.
-    Draining,
-    /// An error frame is queued: flush it and close.
-    Closing,
+    /// Reading has stopped (GOAWAY sent, EOF, or a protocol violation): the requests already
+    /// read finish and are answered, then `last` (an error frame and its request id) is
+    /// written and the connection closes.
+    Finishing {
+        last: Option<(u32, Message)>,
+        since: Instant,
+    },
 }
 
 struct Conn<'a> {
@@ -102,16 +62,25 @@ struct Conn<'a> {
     last_recv: Instant,
     last_write_progress: Instant,
     last_ping_sent: Instant,
-    highest_request_id: u32,
+    /// The id of the last request read: the next must come after it (serial-number order),
+    /// and GOAWAY reports it.
+    last_request_id: Option<u32>,
     pings_this_tick: u32,
     /// Reads since the last tick. A busy connection keeps its buffers between requests
     /// (allocating and freeing both per request was ~350 instructions of ~5,000 at depth 1);
     /// a quiet one frees them as soon as they drain.
     reads_this_tick: u32,
+    /// Which unanswered requests touch which documents.
+    order: Order,
+    /// Answers moved from the outbox into `out` so far.
+    moved: u64,
+    /// True when, at the last move, every dispatched request had been answered.
+    idle: bool,
+    /// Bytes written to the socket so far; `out` holds the ones after.
+    written: u64,
+    /// Budget reservations of large answers in `out`, with the offset their frame ends at.
+    permits: VecDeque<(u64, ResponsePermit)>,
 }
-
-/// Reads within one tick from which a connection counts as busy and keeps its buffers.
-const BUSY_READS: u32 = 8;
 
 /// Why a connection ended (for the debug log).
 enum End {
@@ -148,9 +117,14 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         last_recv: now,
         last_write_progress: now,
         last_ping_sent: now,
-        highest_request_id: 0,
+        last_request_id: None,
         pings_this_tick: 0,
         reads_this_tick: 0,
+        order: Order::default(),
+        moved: 0,
+        idle: true,
+        written: 0,
+        permits: VecDeque::new(),
     };
     let _registration = drain.register(conn.outbox.clone());
     let mut drain_seen = drain::Phase::Serving;
@@ -202,14 +176,23 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
 }
 
 impl Conn<'_> {
-    /// Moves finished responses into the output, decodes buffered frames the window allows,
+    /// Moves finished answers into the output, decodes buffered frames the window allows,
     /// and writes what the socket takes without blocking.
     fn step(&mut self) -> Result<(), End> {
-        {
-            let mut frames = self.outbox.frames.lock();
-            if !frames.is_empty() {
-                self.out.extend_from_slice(&frames);
-                *frames = BytesMut::new();
+        let written = self.written;
+        let permits = &mut self.permits;
+        let taken = self.outbox.take_into(&mut self.out, |end, permit| {
+            permits.push_back((written + end as u64, permit));
+        });
+        self.moved = taken.answered;
+        self.idle = taken.idle;
+        if taken.idle {
+            self.order.clear();
+            if let Phase::Finishing { last, .. } = &mut self.phase
+                && let Some((id, error)) = last.take()
+            {
+                // The error that ends the connection goes out after every answer.
+                error.encode(id, &mut self.out);
             }
         }
         self.process_buffered();
@@ -217,20 +200,17 @@ impl Conn<'_> {
     }
 
     fn finished(&self) -> bool {
-        let idle = self.out.is_empty() && self.outbox.in_flight.load(Ordering::Acquire) == 0;
-        match self.phase {
-            Phase::Closing => self.out.is_empty(),
-            Phase::Draining => idle,
-            _ => false,
-        }
+        matches!(self.phase, Phase::Finishing { last: None, .. })
+            && self.idle
+            && self.out.is_empty()
     }
 
     fn window_full(&self) -> bool {
-        self.outbox.in_flight.load(Ordering::Acquire) >= self.ctx.config.max_in_flight as usize
+        self.outbox.in_flight() >= self.ctx.config.max_in_flight as usize
     }
 
     /// Reading stops while the in-flight window is full or too much output is pending
-    /// (back-pressure), and for good once the connection drains or closes.
+    /// (back-pressure), and for good once the connection is finishing.
     fn may_read(&self) -> bool {
         matches!(self.phase, Phase::Handshake | Phase::Ready)
             && !self.window_full()
@@ -242,7 +222,7 @@ impl Conn<'_> {
             self.read_buf.reserve(READ_CHUNK);
         }
         match self.stream.try_read_buf(&mut self.read_buf) {
-            Ok(0) => return Err(End::PeerClosed),
+            Ok(0) => return self.peer_finished(),
             Ok(_) => {
                 self.last_recv = Instant::now();
                 self.reads_this_tick = self.reads_this_tick.saturating_add(1);
@@ -254,24 +234,71 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// EOF: the client sends nothing more. Requests already read are answered; a frame cut
+    /// off by the EOF is dropped.
+    fn peer_finished(&mut self) -> Result<(), End> {
+        if matches!(self.phase, Phase::Handshake) {
+            return Err(End::PeerClosed);
+        }
+        self.read_buf = BytesMut::new();
+        self.finish(None);
+        Ok(())
+    }
+
     fn process_buffered(&mut self) {
         while matches!(self.phase, Phase::Handshake | Phase::Ready) && !self.read_buf.is_empty() {
-            if self.phase == Phase::Ready && self.window_full() {
-                break; // resumes when responses have gone out
+            let ready = matches!(self.phase, Phase::Ready);
+            if ready && self.window_full() {
+                break; // resumes when answers have gone out
             }
-            let max_body = match self.phase {
-                Phase::Handshake => PRE_HANDSHAKE_MAX_BODY,
-                _ => self.ctx.config.max_frame_bytes,
+            let max_body = if ready {
+                self.ctx.config.max_frame_bytes
+            } else {
+                PRE_HANDSHAKE_MAX_BODY
             };
-            if self.phase == Phase::Ready && self.answer_cached_get(max_body) {
-                continue;
-            }
-            match decode(&mut self.read_buf, max_body) {
-                Ok(Some((header, message))) => self.on_frame(header, message),
+            let header = match check(&self.read_buf, max_body) {
+                Ok(Some(header)) => header,
                 Ok(None) => break,
-                Err(e) => self.violation(0, &e),
+                Err(e) => {
+                    let id = request_id_of(&self.read_buf).unwrap_or(0);
+                    self.violation(id, &e);
+                    break;
+                }
+            };
+            if ready && is_request(header.opcode) {
+                if let Err(detail) = self.accept_request_id(header.request_id) {
+                    self.fail(header.request_id, ErrorCode::ProtocolError, &detail);
+                    break;
+                }
+                if header.opcode == Opcode::Get && self.answer_cached_get(&header) {
+                    continue;
+                }
+            }
+            let mut frame = self.read_buf.split_to(header.frame_len());
+            let body = frame.split_off(HEADER_LEN).freeze();
+            match Message::decode(&header, body) {
+                Ok(message) => self.on_frame(header, message),
+                Err(e) => self.violation(header.request_id, &e),
             }
         }
+    }
+
+    /// Checks a request's id against the previous request's (docs/protocol.md, "Request ids")
+    /// and records it.
+    fn accept_request_id(&mut self, id: u32) -> Result<(), String> {
+        if id == 0 {
+            return Err("request id 0 is reserved for connection-level frames".to_string());
+        }
+        if let Some(previous) = self.last_request_id {
+            let step = id.wrapping_sub(previous);
+            if step == 0 || step >= 1 << 31 {
+                return Err(format!(
+                    "request id {id} does not come after the previous request's id {previous}"
+                ));
+            }
+        }
+        self.last_request_id = Some(id);
+        Ok(())
     }
 
     /// Quiet connections hold no buffer: empty ones are freed unless the connection is busy
@@ -288,21 +315,19 @@ impl Conn<'_> {
         }
     }
 
-    /// The hot path: a GET that L1 can answer (the document, or an error such as a cached
-    /// "missing") is answered from the buffered frame's borrowed fields, allocating nothing.
-    /// Anything else (another opcode, a miss, a malformed body) returns false and goes
-    /// through the full decoder; a GET arriving there is a miss and runs in a task.
-    fn answer_cached_get(&mut self, max_body: u32) -> bool {
-        let Ok(Some(header)) = check(&self.read_buf, max_body) else {
-            return false;
-        };
-        if header.opcode != Opcode::Get {
-            return false;
-        }
+    /// The hot path: a whole GET frame that L1 can answer (the document, or an error such as
+    /// a cached "missing") is answered from its borrowed fields, allocating nothing — unless an
+    /// earlier request on the same document is still unanswered. Anything else (a miss, a
+    /// malformed body, an earlier request pending) returns false and goes through the full
+    /// decoder; a GET arriving there runs in a task.
+    fn answer_cached_get(&mut self, header: &Header) -> bool {
         let body = &self.read_buf[HEADER_LEN..header.frame_len()];
         let Some((game, collection, id)) = get_fields(body) else {
             return false;
         };
+        if !self.order.is_free(game, collection, id, self.moved) {
+            return false;
+        }
         match self.ctx.service.get_cached(game, collection, id) {
             Some(Ok(read)) => encode_doc_frame(
                 &mut self.out,
@@ -315,15 +340,21 @@ impl Conn<'_> {
             Some(Err(e)) => dispatch::error_message(&e).encode(header.request_id, &mut self.out),
             None => return false,
         }
-        self.highest_request_id = self.highest_request_id.max(header.request_id);
         self.read_buf.advance(header.frame_len());
         true
     }
 
     fn on_frame(&mut self, header: Header, message: Message) {
         let id = header.request_id;
-        self.highest_request_id = self.highest_request_id.max(id);
         match (&self.phase, message) {
+            (Phase::Handshake, Message::Hello(hello)) => {
+                self.handshake(id, hello.version, &hello.client_name, &hello.credential)
+            }
+            (Phase::Handshake, _) => self.fail(
+                id,
+                ErrorCode::ProtocolError,
+                "the first frame must be HELLO (nothing else, PING included, before HELLO_OK)",
+            ),
             (_, Message::Ping(payload)) => {
                 self.pings_this_tick += 1;
                 if self.pings_this_tick <= MAX_PINGS_PER_TICK {
@@ -331,21 +362,13 @@ impl Conn<'_> {
                 }
             }
             (_, Message::Pong(_)) => {}
-            (Phase::Handshake, Message::Hello(hello)) => {
-                self.handshake(id, hello.version, &hello.client_name, &hello.credential)
-            }
-            (Phase::Handshake, _) => self.close_with(
-                id,
-                ErrorCode::ProtocolError,
-                "the first frame must be HELLO",
-            ),
             (_, Message::Hello(_)) => {
-                self.close_with(id, ErrorCode::ProtocolError, "HELLO was already received")
+                self.fail(id, ErrorCode::ProtocolError, "HELLO was already received")
             }
-            (_, message) if is_request(&message) => self.spawn(id, message),
+            (_, message) if is_request(message.opcode()) => self.dispatch(id, message),
             (_, message) => {
                 let detail = format!("{:?} is not sent by clients", message.opcode());
-                self.close_with(id, ErrorCode::UnknownOpcode, &detail);
+                self.fail(id, ErrorCode::UnknownOpcode, &detail);
             }
         }
     }
@@ -353,7 +376,7 @@ impl Conn<'_> {
     fn handshake(&mut self, id: u32, version: u8, client_name: &str, credential: &Credential) {
         if version < VERSION {
             let detail = format!("this server speaks protocol version {VERSION}");
-            return self.close_with(id, ErrorCode::UnsupportedVersion, &detail);
+            return self.fail(id, ErrorCode::UnsupportedVersion, &detail);
         }
         match self.ctx.auth.authenticate(client_name, credential) {
             Ok(principal) => {
@@ -372,49 +395,80 @@ impl Conn<'_> {
                 .encode(id, &mut self.out);
                 self.phase = Phase::Ready;
             }
-            Err(e) => self.close_with(id, e.code, &e.message),
+            Err(e) => self.fail(id, e.code, &e.message),
         }
     }
 
-    fn spawn(&mut self, id: u32, message: Message) {
-        self.outbox.in_flight.fetch_add(1, Ordering::AcqRel);
-        let outbox = self.outbox.clone();
+    /// Runs a request in its own task, after the earlier requests on its documents.
+    fn dispatch(&mut self, id: u32, message: Message) {
+        let request = Request::from_message(message);
+        let done = Arc::new(Done::default());
+        let waits = match touch(&request) {
+            Some(touch) => self.order.enter(&touch, &done, self.moved),
+            None => Vec::new(),
+        };
+        self.outbox.dispatched();
+        self.idle = false;
+        let answer = Answer::new(self.outbox.clone(), id, Some(done));
         let service = self.ctx.service.clone();
         tokio::spawn(async move {
-            let response = dispatch::handle(&service, message).await;
-            outbox.push(id, &response);
+            for earlier in &waits {
+                earlier.wait().await;
+            }
+            drop(waits);
+            let (response, permit) = dispatch::handle(&service, request).await;
+            answer.send(&response, permit);
         });
     }
 
     fn violation(&mut self, id: u32, e: &FrameError) {
-        self.close_with(id, e.code(), &e.to_string());
+        self.fail(id, e.code(), &e.to_string());
     }
 
-    /// Queues an error frame and closes once it is written.
-    fn close_with(&mut self, id: u32, code: ErrorCode, message: &str) {
-        Message::Error {
+    /// A protocol violation or a connection-level timeout: stop reading, answer what was read,
+    /// then send this error and close.
+    fn fail(&mut self, id: u32, code: ErrorCode, message: &str) {
+        let error = Message::Error {
             code: code.as_str().to_string(),
             message: message.to_string(),
             op_index: None,
-        }
-        .encode(id, &mut self.out);
-        self.phase = Phase::Closing;
+        };
         self.read_buf = BytesMut::new();
+        if self.idle {
+            // Nothing in flight (and so nothing left in the outbox): the error goes out now.
+            error.encode(id, &mut self.out);
+            self.finish(None);
+        } else {
+            // The last answer's push wakes the connection, whose `step` then writes the error.
+            self.finish(Some((id, error)));
+        }
+    }
+
+    /// Stops reading; the connection closes once every request read has been answered and
+    /// `last` has been written.
+    fn finish(&mut self, last: Option<(u32, Message)>) {
+        if !matches!(self.phase, Phase::Finishing { .. }) {
+            self.phase = Phase::Finishing {
+                last,
+                since: Instant::now(),
+            };
+        }
     }
 
     fn go_away(&mut self) {
         if matches!(self.phase, Phase::Handshake | Phase::Ready) {
             Message::GoAway {
-                last_request_id: self.highest_request_id,
+                last_request_id: self.last_request_id.unwrap_or(0),
                 message: "server shutting down: finish in-flight requests and reconnect elsewhere"
                     .into(),
             }
             .encode(0, &mut self.out);
-            self.phase = Phase::Draining;
+            self.finish(None);
         }
     }
 
-    /// Periodic checks: handshake deadline, heartbeats, stalled output, ping budget.
+    /// Periodic checks: handshake deadline, heartbeats, stalled output, ping budget, and the
+    /// bound on finishing.
     fn tick(&mut self) -> Result<(), End> {
         let now = Instant::now();
         let config = &self.ctx.config;
@@ -422,26 +476,33 @@ impl Conn<'_> {
         self.reads_this_tick = 0;
         // A connection that went quiet gives back what its busy period kept.
         self.release_empty_buffers();
-        if self.phase == Phase::Handshake {
-            self.close_with(
-                0,
-                ErrorCode::Timeout,
-                "no HELLO within the handshake timeout",
-            );
-            return Ok(());
-        }
         if !self.out.is_empty() && now - self.last_write_progress >= config.write_timeout {
             return Err(End::Stalled);
         }
-        let silent = now - self.last_recv;
-        if silent >= config.heartbeat_timeout {
-            self.close_with(0, ErrorCode::Timeout, "heartbeat timeout: nothing received");
-        } else if silent >= config.heartbeat_interval
-            && now - self.last_ping_sent >= config.heartbeat_interval
-            && self.phase == Phase::Ready
-        {
-            Message::Ping(0).encode(0, &mut self.out);
-            self.last_ping_sent = now;
+        match self.phase {
+            Phase::Handshake => {
+                self.fail(
+                    0,
+                    ErrorCode::Timeout,
+                    "no HELLO within the handshake timeout",
+                );
+            }
+            Phase::Finishing { since, .. } => {
+                if now - since >= config.write_timeout {
+                    return Err(End::Stalled);
+                }
+            }
+            Phase::Ready => {
+                let silent = now - self.last_recv;
+                if silent >= config.heartbeat_timeout() {
+                    self.fail(0, ErrorCode::Timeout, "heartbeat timeout: nothing received");
+                } else if silent >= config.heartbeat_interval
+                    && now - self.last_ping_sent >= config.heartbeat_interval
+                {
+                    Message::Ping(0).encode(0, &mut self.out);
+                    self.last_ping_sent = now;
+                }
+            }
         }
         Ok(())
     }
@@ -457,7 +518,15 @@ impl Conn<'_> {
                 Ok(0) => return Err(End::PeerClosed),
                 Ok(n) => {
                     self.out.advance(n);
+                    self.written += n as u64;
                     self.last_write_progress = Instant::now();
+                    while self
+                        .permits
+                        .front()
+                        .is_some_and(|(end, _)| *end <= self.written)
+                    {
+                        self.permits.pop_front();
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => return Err(End::Io(e)),
@@ -477,16 +546,52 @@ impl Conn<'_> {
     }
 }
 
-fn is_request(message: &Message) -> bool {
+/// Requests are the opcodes 0x10–0x17.
+fn is_request(opcode: Opcode) -> bool {
     matches!(
-        message,
-        Message::Get(_)
-            | Message::BatchGet { .. }
-            | Message::Put { .. }
-            | Message::Patch { .. }
-            | Message::Delete { .. }
-            | Message::List { .. }
-            | Message::Incr { .. }
-            | Message::Txn { .. }
+        opcode,
+        Opcode::Get
+            | Opcode::BatchGet
+            | Opcode::Put
+            | Opcode::Patch
+            | Opcode::Delete
+            | Opcode::List
+            | Opcode::Incr
+            | Opcode::Txn
     )
+}
+
+/// The documents a request touches, for the order rule (`None`: nothing to order, e.g. a TXN
+/// whose body failed to parse).
+fn touch(request: &Request) -> Option<Touch<'_>> {
+    Some(match request {
+        Request::Message(message) => match message {
+            Message::Get(doc)
+            | Message::Put { doc, .. }
+            | Message::Patch { doc, .. }
+            | Message::Delete { doc, .. }
+            | Message::Incr { doc, .. } => Touch::Docs(&doc.game, vec![(&doc.collection, &doc.id)]),
+            Message::BatchGet {
+                game,
+                collection,
+                ids,
+            } => Touch::Docs(
+                game,
+                ids.iter()
+                    .map(|id| (collection.as_str(), id.as_str()))
+                    .collect(),
+            ),
+            Message::List {
+                game, collection, ..
+            } => Touch::Collection(game, collection),
+            _ => return None,
+        },
+        Request::Txn { game, ops: Ok(ops) } => Touch::Docs(
+            game,
+            ops.iter()
+                .map(|op| (op.key.collection.as_str(), op.key.id.as_str()))
+                .collect(),
+        ),
+        Request::Txn { ops: Err(_), .. } => return None,
+    })
 }

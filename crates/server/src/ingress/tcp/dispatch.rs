@@ -8,14 +8,52 @@ use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
-use crate::service::{OpOutcome, Service, txn_results_json};
+use crate::service::{KeyedOp, OpOutcome, ResponsePermit, Service, txn_results_json};
+
+/// A request as the connection hands it over.
+pub enum Request {
+    Message(Message),
+    /// A TXN whose body the connection already parsed (it orders by the keys inside).
+    Txn {
+        game: String,
+        ops: Result<Vec<KeyedOp>, ServiceError>,
+    },
+}
+
+impl Request {
+    /// Parses a TXN body here, once; every other message passes as it is.
+    pub fn from_message(message: Message) -> Request {
+        match message {
+            Message::Txn { game, ops } => Request::Txn {
+                game,
+                ops: parse_json::<TxnRequest>(&ops).and_then(TxnRequest::into_ops),
+            },
+            other => Request::Message(other),
+        }
+    }
+}
+
+/// The answer to a request, with its share of the response budget when it holds several
+/// documents (released once the answer has been written).
+pub type Answer = (Message, Option<ResponsePermit>);
 
 /// Runs one request and returns its response message.
-pub async fn handle(service: &Service, request: Message) -> Message {
-    match run(service, request).await {
-        Ok(message) => message,
-        Err(e) => error_message(&e),
-    }
+pub async fn handle(service: &Service, request: Request) -> Answer {
+    let result = match request {
+        Request::Message(message) => run(service, message).await,
+        Request::Txn { game, ops } => txn(service, &game, ops).await,
+    };
+    result.unwrap_or_else(|e| (error_message(&e), None))
+}
+
+async fn txn(
+    service: &Service,
+    game: &str,
+    ops: Result<Vec<KeyedOp>, ServiceError>,
+) -> Result<Answer, ServiceError> {
+    let written = service.write(game, ops?).await?;
+    let results = txn_results_json(&written.outcomes);
+    Ok((Message::TxnResult { results }, written.permit))
 }
 
 /// The error frame for a service error.
@@ -27,8 +65,9 @@ pub fn error_message(e: &ServiceError) -> Message {
     }
 }
 
-async fn run(service: &Service, request: Message) -> Result<Message, ServiceError> {
-    Ok(match request {
+async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError> {
+    let mut permit = None;
+    let message = match request {
         Message::Get(doc) => {
             let read = service.get(&doc.game, &doc.collection, &doc.id).await?;
             Message::Doc {
@@ -43,10 +82,11 @@ async fn run(service: &Service, request: Message) -> Result<Message, ServiceErro
             collection,
             ids,
         } => {
-            let (docs, tier) = service.batch_get(&game, &collection, &ids).await?;
+            let batch = service.batch_get(&game, &collection, &ids).await?;
+            permit = Some(batch.permit);
             Message::Docs {
-                tier: wire_tier(tier),
-                docs,
+                tier: wire_tier(batch.tier),
+                docs: batch.docs,
                 next_cursor: None,
             }
         }
@@ -67,6 +107,7 @@ async fn run(service: &Service, request: Message) -> Result<Message, ServiceErro
                     limit,
                 )
                 .await?;
+            permit = Some(page.permit);
             Message::Docs {
                 tier: WireTier::Db,
                 docs: page.docs.into_iter().map(Some).collect(),
@@ -124,11 +165,8 @@ async fn run(service: &Service, request: Message) -> Result<Message, ServiceErro
             }
         }
         Message::Txn { game, ops } => {
-            let request: TxnRequest = parse_json(&ops)?;
-            let outcomes = service.write(&game, &request.into_ops()?).await?;
-            Message::TxnResult {
-                results: txn_results_json(&outcomes),
-            }
+            let ops = parse_json::<TxnRequest>(&ops).and_then(TxnRequest::into_ops);
+            return txn(service, &game, ops).await;
         }
         other => {
             return Err(ServiceError::new(
@@ -136,7 +174,8 @@ async fn run(service: &Service, request: Message) -> Result<Message, ServiceErro
                 format!("{:?} is not a request", other.opcode()),
             ));
         }
-    })
+    };
+    Ok((message, permit))
 }
 
 fn written(outcome: OpOutcome) -> Message {

@@ -5,6 +5,8 @@
 
 mod connection;
 mod dispatch;
+mod order;
+mod outbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -27,8 +27,13 @@ fn put(value: Value) -> WriteOp {
     WriteOp::Put { value, owner: None }
 }
 
+const RULES: Rules = Rules {
+    max_bytes: 1024,
+    float_counters: false,
+};
+
 fn run(op: &WriteOp, pre: Precondition, current: &StoredDoc) -> Result<Applied, ServiceError> {
-    apply(op, &pre, current, 1024, "t1")
+    apply(op, &pre, current, RULES, "t1")
 }
 
 #[test]
@@ -211,60 +216,119 @@ fn incr(path: &str, by: Value, min: Option<Value>, max: Option<Value>) -> Incr {
     serde_json::from_value(json!({"path": path, "by": by, "min": min, "max": max})).unwrap()
 }
 
+fn add(v: &mut Value, path: &str, by: Value) -> Result<(), ServiceError> {
+    increment(v, &incr(path, by, None, None), false)
+}
+
+fn code(result: Result<(), ServiceError>) -> ErrorCode {
+    result.unwrap_err().code
+}
+
 #[test]
 fn increments() {
-    let mut v = json!({"gold": 10, "f": 0.5, "s": "x", "nested": {"hp": 1}, "a~b": 1, "c/d": 2});
-    increment(&mut v, &incr("/gold", json!(-10), Some(json!(0)), None)).unwrap();
+    let mut v = json!({"gold": 10, "s": "x", "nested": {"hp": 1}, "a~b": 1, "c/d": 2});
+    increment(
+        &mut v,
+        &incr("/gold", json!(-10), Some(json!(0)), None),
+        false,
+    )
+    .unwrap();
     assert_eq!(v["gold"], 0);
+    let below = incr("/gold", json!(-1), Some(json!(0)), None);
     assert_eq!(
-        increment(&mut v, &incr("/gold", json!(-1), Some(json!(0)), None))
-            .unwrap_err()
-            .code,
+        code(increment(&mut v, &below, false)),
         ErrorCode::BoundViolation
     );
+    let above = incr("/gold", json!(5), None, Some(json!(4)));
     assert_eq!(
-        increment(&mut v, &incr("/gold", json!(5), None, Some(json!(4))))
-            .unwrap_err()
-            .code,
+        code(increment(&mut v, &above, false)),
         ErrorCode::BoundViolation
     );
-    increment(&mut v, &incr("/gold", json!(4), None, Some(json!(4)))).unwrap();
+    increment(
+        &mut v,
+        &incr("/gold", json!(4), None, Some(json!(4))),
+        false,
+    )
+    .unwrap();
     assert_eq!(v["gold"], 4, "a bound is inclusive");
-    increment(&mut v, &incr("/f", json!(1), None, None)).unwrap();
-    assert_eq!(v["f"], 1.5);
-    assert_eq!(
-        increment(&mut v, &incr("/s", json!(1), None, None))
-            .unwrap_err()
-            .code,
-        ErrorCode::NotANumber
-    );
-    increment(&mut v, &incr("/nested/mp", json!(3), None, None)).unwrap();
+    assert_eq!(code(add(&mut v, "/s", json!(1))), ErrorCode::NotANumber);
+    add(&mut v, "/nested/mp", json!(3)).unwrap();
     assert_eq!(v["nested"]["mp"], 3);
     assert_eq!(
-        increment(&mut v, &incr("/none/x", json!(1), None, None))
-            .unwrap_err()
-            .code,
+        code(add(&mut v, "/none/x", json!(1))),
         ErrorCode::NotANumber
     );
-    increment(&mut v, &incr("/a~0b", json!(1), None, None)).unwrap();
-    increment(&mut v, &incr("/c~1d", json!(1), None, None)).unwrap();
+    add(&mut v, "/a~0b", json!(1)).unwrap();
+    add(&mut v, "/c~1d", json!(1)).unwrap();
     assert_eq!((v["a~b"].clone(), v["c/d"].clone()), (json!(2), json!(3)));
-    increment(&mut v, &incr("/new~1member", json!(1), None, None)).unwrap();
+    add(&mut v, "/new~1member", json!(1)).unwrap();
     assert_eq!(v["new/member"], 1);
+    assert_eq!(code(add(&mut v, "", json!(1))), ErrorCode::BadRequest);
+    let mut big = json!({"n": i64::MAX, "m": i64::MIN});
     assert_eq!(
-        increment(&mut v, &incr("", json!(1), None, None))
-            .unwrap_err()
-            .code,
-        ErrorCode::BadRequest
+        code(add(&mut big, "/n", json!(1))),
+        ErrorCode::BoundViolation
     );
-    let mut big = json!({"n": i64::MAX});
     assert_eq!(
-        increment(&mut big, &incr("/n", json!(1), None, None))
-            .unwrap_err()
-            .code,
+        code(add(&mut big, "/m", json!(-1))),
         ErrorCode::BoundViolation
     );
     assert_eq!(big["n"], i64::MAX, "a refused increment changes nothing");
+}
+
+/// Integer counters are exact or refused: nothing is ever silently rounded.
+#[test]
+fn integer_counters_refuse_what_they_cannot_add_exactly() {
+    let parse = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
+    let mut v = parse(
+        r#"{"f": 0.5, "e": 1e16, "huge": 123456789012345678901234567890, "u": 18446744073709551615, "n": 10}"#,
+    );
+    for target in ["/f", "/e", "/huge", "/u"] {
+        assert_eq!(
+            code(add(&mut v, target, json!(1))),
+            ErrorCode::NotANumber,
+            "{target}"
+        );
+    }
+    for by in [
+        parse("0.1"),
+        parse("1e2"),
+        parse("1.0"),
+        parse("9223372036854775808"),
+    ] {
+        assert_eq!(
+            code(add(&mut v, "/n", by.clone())),
+            ErrorCode::BadRequest,
+            "by {by}"
+        );
+    }
+    let fractional_bound = incr("/n", json!(1), Some(parse("0.5")), None);
+    assert_eq!(
+        code(increment(&mut v, &fractional_bound, false)),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        v,
+        parse(
+            r#"{"f": 0.5, "e": 1e16, "huge": 123456789012345678901234567890, "u": 18446744073709551615, "n": 10}"#
+        ),
+        "refused increments change nothing, and every number keeps its text"
+    );
+    add(&mut v, "/n", json!(9_223_372_036_854_775_797_i64)).unwrap();
+    assert_eq!(v["n"], i64::MAX);
+}
+
+#[test]
+fn float_counters_add_fractions_and_keep_integers_exact() {
+    let mut v = json!({"f": 10, "big": 9_007_199_254_740_993_i64});
+    increment(&mut v, &incr("/f", json!(0.1), None, None), true).unwrap();
+    increment(&mut v, &incr("/f", json!(0.2), None, None), true).unwrap();
+    assert_eq!(v["f"].as_f64(), Some(10.299999999999999));
+    increment(&mut v, &incr("/big", json!(2), None, None), true).unwrap();
+    assert_eq!(
+        v["big"], 9_007_199_254_740_995_i64,
+        "integers stay exact beyond 2^53"
+    );
 }
 
 #[test]
@@ -273,7 +337,10 @@ fn the_document_size_limit_applies_to_results() {
         &put(json!({"s": "x".repeat(100)})),
         &Precondition::default(),
         &StoredDoc::absent(),
-        50,
+        Rules {
+            max_bytes: 50,
+            ..RULES
+        },
         "t",
     )
     .unwrap_err();

@@ -1,0 +1,297 @@
+//! Write transactions: prepare (validate, lock order), plan (the rules applied under the row
+//! locks) and settle (the cache follows the outcome, then the caller gets its answer).
+//!
+//! A write runs to its end in a task of its own, whatever happens to the request that asked
+//! for it: a client that disconnects, or an HTTP request future dropped by hyper, must not stop
+//! the cache step after a commit, or L1 would keep serving the version before it. The caller
+//! only waits for the task's answer.
+//!
+//! When the store time budget runs out, the caller is answered `timeout` (outcome unknown) and
+//! the keys are dropped from L1 at once, so reads go to the store. If the COMMIT had not been
+//! sent, the transaction is abandoned (its connection is closed, so the database rolls it
+//! back). If it had, the database decides without us: the task keeps waiting for its verdict
+//! (up to [`SETTLE_LIMIT`]) and then updates or drops the keys again, so that a read that
+//! refilled L1 meanwhile with the older version cannot outlive the commit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::ops::{self, Applied, Rules};
+use super::{KeyedOp, OpOutcome, Service, cache_key, store_error, to_cached, ttl_for};
+use crate::cache::l1::Ticket;
+use crate::config::DOCUMENT_ENVELOPE_BYTES;
+use crate::error::{ErrorCode, ServiceError};
+use crate::model::{StoredDoc, check_id, encode_document, now_rfc3339};
+use crate::store::{DocKey, Planned, StoreError, TxnError};
+
+/// How long a write whose COMMIT was sent is followed after its time budget ran out.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// A validated write, owned by its task.
+pub(super) struct Prepared {
+    pub game: String,
+    pub ops: Vec<KeyedOp>,
+    /// The rules of each op's collection.
+    pub rules: Vec<Rules>,
+    /// Sorted, unique: the lock order.
+    pub keys: Vec<DocKey>,
+    /// For each op, its key's index in `keys`.
+    pub slot_of: Vec<usize>,
+    /// L1 key of each entry of `keys`.
+    pub cache_keys: Vec<String>,
+    /// Most bytes of documents the answer may hold.
+    pub max_answer_bytes: usize,
+}
+
+type Answer = oneshot::Sender<Result<Vec<OpOutcome>, ServiceError>>;
+
+impl Service {
+    /// Validates `ops` of game `game_name` into a [`Prepared`] write.
+    pub(super) fn prepare(
+        &self,
+        game_name: &str,
+        ops: Vec<KeyedOp>,
+    ) -> Result<Prepared, ServiceError> {
+        let game = self.game(game_name)?;
+        if ops.is_empty() || ops.len() > super::MAX_TXN_OPS {
+            return Err(ServiceError::bad_request(format!(
+                "a transaction has 1-{} operations",
+                super::MAX_TXN_OPS
+            )));
+        }
+        let mut rules = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            let config = self
+                .collection(game, &op.key.collection)
+                .map_err(|e| e.at_op(index))?;
+            check_id(&op.key.id, "id").map_err(|e| e.at_op(index))?;
+            rules.push(Rules {
+                max_bytes: config.max_document_bytes,
+                float_counters: config.float_counters,
+            });
+        }
+        let mut keys: Vec<DocKey> = ops.iter().map(|op| op.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let slot_of = ops
+            .iter()
+            .map(|op| keys.binary_search(&op.key).unwrap_or_default())
+            .collect();
+        let cache_keys = keys
+            .iter()
+            .map(|k| cache_key(game_name, &k.collection, &k.id))
+            .collect();
+        Ok(Prepared {
+            game: game_name.to_string(),
+            ops,
+            rules,
+            keys,
+            slot_of,
+            cache_keys,
+            max_answer_bytes: self.inner.budget.max_bytes,
+        })
+    }
+
+    /// The most bytes of documents the answer to `prepared` can hold (for the response budget).
+    pub(super) fn worst_answer_bytes(prepared: &Prepared) -> usize {
+        let docs: usize = prepared
+            .ops
+            .iter()
+            .zip(&prepared.rules)
+            .filter(|(op, _)| op.op.returns_document())
+            .map(|(_, rules)| rules.max_bytes + DOCUMENT_ENVELOPE_BYTES)
+            .sum();
+        docs.min(prepared.max_answer_bytes)
+    }
+
+    /// Runs `prepared` to its end in its own task and returns its answer (see the module
+    /// documentation for why the task is not the caller's).
+    pub(super) async fn run_write(
+        &self,
+        prepared: Prepared,
+    ) -> Result<Vec<OpOutcome>, ServiceError> {
+        let (answer, answered) = oneshot::channel();
+        let service = self.clone();
+        tokio::spawn(async move { service.write_to_end(prepared, answer).await });
+        answered.await.unwrap_or_else(|_| {
+            Err(ServiceError::internal(
+                "a write task ended without answering",
+            ))
+        })
+    }
+
+    async fn write_to_end(&self, p: Prepared, answer: Answer) {
+        let Ok(game) = self.game(&p.game) else {
+            let _ = answer.send(Err(ServiceError::internal("a prepared game vanished")));
+            return;
+        };
+        let l1 = &self.inner.l1;
+        let tickets: Vec<Ticket> = p.cache_keys.iter().map(|k| l1.ticket(k)).collect();
+        let mut plan = |current: &[StoredDoc]| plan(&p, current);
+        let committing = AtomicBool::new(false);
+        let transaction = game
+            .store
+            .transact(&p.game, &p.keys, &mut plan, &committing);
+        tokio::pin!(transaction);
+        let budget = tokio::time::sleep(self.inner.store_timeout);
+        tokio::pin!(budget);
+        let finished = tokio::select! {
+            result = &mut transaction => Some(result),
+            () = &mut budget => None,
+        };
+        if let Some(result) = finished {
+            let committing = committing.load(Ordering::Acquire);
+            let _ = answer.send(self.settle(&p, tickets, result, committing));
+            return;
+        }
+        // Out of time: the outcome is unknown to the caller, and L1 must not vouch for the
+        // old version while it is.
+        self.forget(&p.cache_keys);
+        let _ = answer.send(Err(ServiceError::new(
+            ErrorCode::Timeout,
+            "the store did not answer in time; the write may or may not have been applied: read the document back",
+        )));
+        if !committing.load(Ordering::Acquire) {
+            return; // dropping the transaction closes its connection: the database rolls back
+        }
+        match tokio::time::timeout(SETTLE_LIMIT, &mut transaction).await {
+            Ok(result) => {
+                let _ = self.settle(&p, tickets, result, true);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    game = %p.game,
+                    "a COMMIT got no answer within the settle limit; its keys are dropped from L1"
+                );
+                self.forget(&p.cache_keys);
+            }
+        }
+    }
+
+    /// Applies the outcome to L1 and maps it to the caller's result.
+    fn settle(
+        &self,
+        p: &Prepared,
+        tickets: Vec<Ticket>,
+        result: Result<Planned<Vec<OpOutcome>>, TxnError<ServiceError>>,
+        committing: bool,
+    ) -> Result<Vec<OpOutcome>, ServiceError> {
+        let l1 = &self.inner.l1;
+        match result {
+            Ok((new_rows, outcomes)) => {
+                self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                let game = self.game(&p.game)?;
+                for ((key, row), (cache_key, ticket)) in p
+                    .keys
+                    .iter()
+                    .zip(new_rows)
+                    .zip(p.cache_keys.iter().zip(tickets))
+                {
+                    let Some(row) = row else { continue };
+                    let cached = to_cached(&key.id, Some(&row));
+                    let ttl = game
+                        .collections
+                        .get(&key.collection)
+                        .map_or(std::time::Duration::ZERO, |c| ttl_for(c, &cached));
+                    l1.complete_write(cache_key, ticket, cached, ttl);
+                }
+                Ok(outcomes)
+            }
+            Err(TxnError::Plan(e)) => {
+                if matches!(
+                    e.code,
+                    ErrorCode::VersionConflict | ErrorCode::AlreadyExists
+                ) {
+                    // The store disagreed with what the caller (maybe from our cache) expected:
+                    // drop our copies so the next read fetches the store's truth.
+                    self.forget(&p.cache_keys);
+                }
+                Err(e)
+            }
+            Err(TxnError::Store(e)) => {
+                self.forget(&p.cache_keys);
+                Err(write_failure(e, committing))
+            }
+        }
+    }
+
+    pub(super) fn forget(&self, cache_keys: &[String]) {
+        cache_keys.iter().for_each(|k| self.inner.l1.invalidate(k));
+    }
+}
+
+/// The error a failed write transaction answers.
+fn write_failure(e: StoreError, committing: bool) -> ServiceError {
+    if e.is_connection_lost() && committing {
+        tracing::warn!(error = %e, "the store connection was lost while a write was committing; its outcome is unknown");
+        ServiceError::new(
+            ErrorCode::Timeout,
+            "the connection to the store was lost while the write was committing; it may or may not have been applied: read the document back",
+        )
+    } else if e.is_connection_lost() {
+        tracing::warn!(error = %e, "the store connection was lost before a write committed; nothing was written");
+        ServiceError::new(
+            ErrorCode::Overloaded,
+            "the connection to the store was lost; nothing was written: retry later",
+        )
+    } else {
+        store_error(e)
+    }
+}
+
+/// The plan: applies every op in order to in-memory copies of the locked rows. Runs inside
+/// the transaction, possibly more than once (retries).
+fn plan(p: &Prepared, current: &[StoredDoc]) -> Result<Planned<Vec<OpOutcome>>, ServiceError> {
+    let now = now_rfc3339();
+    let mut state: Vec<StoredDoc> = current.to_vec();
+    let mut changed = vec![false; p.keys.len()];
+    let mut outcomes = Vec::with_capacity(p.ops.len());
+    let mut answer_bytes = 0;
+    for (index, op) in p.ops.iter().enumerate() {
+        let slot = p.slot_of[index];
+        let Applied { row, created } =
+            ops::apply(&op.op, &op.pre, &state[slot], p.rules[index], &now)
+                .map_err(|e| e.at_op(index))?;
+        let doc = match row {
+            Some(row) => {
+                let doc = row.value.as_deref().map(|value| {
+                    encode_document(
+                        &op.key.id,
+                        row.owner.as_deref(),
+                        row.version,
+                        &row.updated_at,
+                        value,
+                    )
+                });
+                state[slot] = row;
+                changed[slot] = true;
+                doc
+            }
+            None => None,
+        };
+        answer_bytes += doc.as_ref().map_or(0, |d| d.len());
+        outcomes.push(OpOutcome {
+            doc,
+            version: state[slot].version,
+            created,
+        });
+    }
+    if answer_bytes > p.max_answer_bytes {
+        return Err(ServiceError::new(
+            ErrorCode::ResponseTooLarge,
+            format!(
+                "the transaction's results would hold {answer_bytes} bytes of documents, over \
+                 responses.max_bytes ({}); nothing was written",
+                p.max_answer_bytes
+            ),
+        ));
+    }
+    let new_rows = state
+        .into_iter()
+        .zip(changed)
+        .map(|(row, changed)| changed.then_some(row))
+        .collect();
+    Ok((new_rows, outcomes))
+}
