@@ -3,7 +3,7 @@
 //!
 //! Backends: SQLite always (a temporary file); PostgreSQL when `DATAMIDDLEWARE_TEST_POSTGRES_URL` is set;
 //! MySQL/MariaDB when `DATAMIDDLEWARE_TEST_MYSQL_URL` is set (`scripts/test.sh` sets both after starting
-//! the servers). A missing backend is a skip with a printed line, except under `CI=true`,
+//! the servers). A missing backend is a skip with a printed line, except under CI (`CI=true`, `1`, …),
 //! where it fails the test.
 #![allow(dead_code)]
 
@@ -43,8 +43,8 @@ impl Backend {
         };
         match std::env::var(var) {
             Ok(url) if !url.is_empty() => Some(url),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("{var} is not set, and CI=true forbids skipping the {self:?} suite")
+            _ if in_ci() => {
+                panic!("{var} is not set, and CI forbids skipping the {self:?} suite")
             }
             _ => {
                 announce_skip(self, var);
@@ -53,6 +53,15 @@ impl Backend {
         }
     }
 }
+
+/// True under CI (`CI` set to anything but empty, `0` or `false`): skipping is then a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// How long a test waits for any one HTTP answer: a server that stops answering fails the
+/// test instead of hanging the suite.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Says once per test binary and backend that its suite is skipped. Writes to the stderr
 /// handle directly: libtest captures `eprintln!` of passing tests, and the point is to be seen.
@@ -136,7 +145,13 @@ impl TestServer {
 
     /// A second server for the same game and store (another instance of the middleware).
     pub async fn sibling(&self) -> TestServer {
-        let config = config(&self.game, &self.store_url);
+        self.sibling_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::sibling`], with the configuration changed by `tweak`.
+    pub async fn sibling_with(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = config(&self.game, &self.store_url);
+        tweak(&mut config);
         Self::start_config(config, self.game.clone(), self.store_url.clone(), None).await
     }
 
@@ -254,7 +269,8 @@ impl Http {
             .expect("request sent")
     }
 
-    /// Like [`Http::send`], but `None` when the connection fails (the server died).
+    /// Like [`Http::send`], but `None` when the connection fails (the server died). Panics
+    /// when no answer comes within [`REQUEST_TIMEOUT`].
     pub async fn try_send(
         &self,
         method: Method,
@@ -278,9 +294,15 @@ impl Http {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
             .unwrap();
-        let response = self.client.request(request).await.ok()?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.ok()?.to_bytes();
+        let exchange = async {
+            let response = self.client.request(request).await.ok()?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.ok()?.to_bytes();
+            Some((parts, body))
+        };
+        let (parts, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("no answer within {REQUEST_TIMEOUT:?}"))?;
         Some(Reply {
             status: parts.status,
             headers: parts.headers,
