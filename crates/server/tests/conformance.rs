@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use hyper::{Method, StatusCode};
@@ -105,9 +106,11 @@ async fn preconditions(backend: Backend) {
         let path = path.clone();
         async move { c.send(Method::PUT, &path, &headers, Some(body)).await }
     };
+    let r = put(vec![("if-match", "*")], r#"{"value":{}}"#).await;
     assert_eq!(
-        put(vec![("if-match", "*")], r#"{"value":{}}"#).await.code(),
-        "version_conflict"
+        (r.status, r.code()),
+        (StatusCode::PRECONDITION_FAILED, "version_conflict".into()),
+        "README: version_conflict is 412"
     );
     assert_eq!(
         put(vec![("if-match", "\"1\"")], r#"{"value":{}}"#)
@@ -598,31 +601,66 @@ async fn list_by_owner_with_cursor(backend: Backend) {
 
 async fn cold_key_is_read_once_for_1000_concurrent_gets(backend: Backend) {
     let s = server!(backend);
-    s.client
-        .put(&s.path("players/hot"), r#"{"value":{"hot":true}}"#)
-        .await;
-    let cold = Arc::new(s.sibling().await);
-    let before = cold.store_reads();
-    let gets = (0..1000).map(|_| {
+    for id in ["hot", "blocker"] {
+        s.client
+            .put(
+                &s.path(&format!("players/{id}")),
+                r#"{"value":{"hot":true}}"#,
+            )
+            .await;
+    }
+    // The cold instance has one store connection, kept busy by a write that waits on a lock:
+    // the first read of `hot` waits for the connection, so the 1000 GETs below all arrive
+    // while it is still pending — the concurrency is forced, not hoped for.
+    let cold = Arc::new(
+        s.sibling_with(|config| config.store.max_connections = 1)
+            .await,
+    );
+    let lock = s.lock_for_writes("players", "blocker").await;
+    let blocked_write = {
         let cold = cold.clone();
-        tokio::spawn(async move { cold.client.get(&cold.path("players/hot")).await })
-    });
+        tokio::spawn(async move {
+            cold.client
+                .put(&cold.path("players/blocker"), r#"{"value":{"hot":false}}"#)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = cold.store_reads();
+    let started = tokio::time::Instant::now();
+    let gets: Vec<_> = (0..1000)
+        .map(|_| {
+            let cold = cold.clone();
+            tokio::spawn(async move {
+                let reply = cold.client.get(&cold.path("players/hot")).await;
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let released_at = started.elapsed();
+    lock.release().await;
     let replies: Vec<_> = join_all(gets)
         .await
         .into_iter()
         .map(Result::unwrap)
         .collect();
+    assert_eq!(blocked_write.await.unwrap().status, StatusCode::OK);
     assert!(
         replies
             .iter()
-            .all(|r| r.status == StatusCode::OK && r.json()["value"]["hot"] == true)
+            .all(|(r, _)| r.status == StatusCode::OK && r.json()["value"]["hot"] == true)
+    );
+    let parked = replies.iter().filter(|(_, at)| *at >= released_at).count();
+    assert!(
+        parked >= 900,
+        "only {parked} GETs were still waiting when the store was released: not concurrent"
     );
     assert_eq!(
         cold.store_reads() - before,
         1,
-        "exactly one store read for 1000 concurrent misses"
+        "exactly one store read for {parked} concurrent misses"
     );
-    assert!(replies.iter().any(|r| r.header("x-cache") == Some("DB")));
 }
 
 async fn missing_ids_are_negatively_cached(backend: Backend) {
@@ -654,20 +692,58 @@ async fn writes_on_another_instance_are_seen_after_ttl_only_but_own_writes_at_on
 ) {
     // Documents the consistency model without an invalidation bus (a later issue): another
     // instance's L1 keeps its copy until its TTL; this instance always sees its own writes.
-    let s = server!(backend);
-    let other = s.sibling().await;
+    const TTL: Duration = Duration::from_millis(800);
+    let short_ttl = |config: &mut datamiddleware::config::Config| {
+        for game in config.games.values_mut() {
+            for collection in game.collections.values_mut() {
+                collection.l1_ttl = TTL;
+            }
+        }
+    };
+    let s = match TestServer::start_with(backend, short_ttl).await {
+        Some(server) => server,
+        None => return,
+    };
+    let other = s.sibling_with(short_ttl).await;
     let path = s.path("players/shared");
     s.client.put(&path, r#"{"value":{"v":1}}"#).await;
     assert_eq!(other.client.get(&path).await.json()["value"]["v"], 1);
-    other.client.put(&path, r#"{"value":{"v":2}}"#).await;
-    assert_eq!(other.client.get(&path).await.json()["value"]["v"], 2);
+    s.client.put(&path, r#"{"value":{"v":2}}"#).await;
+    let own = s.client.get(&path).await;
+    assert_eq!(
+        (own.header("x-cache"), own.json()["value"]["v"].clone()),
+        (Some("L1"), json!(2)),
+        "the writing instance serves its own write at once"
+    );
+    let stale = other.client.get(&path).await;
+    assert_eq!(
+        (stale.header("x-cache"), stale.json()["value"]["v"].clone()),
+        (Some("L1"), json!(1)),
+        "the other instance still serves its copy within its TTL"
+    );
+    // TTL ± 10 % jitter: past 1.1 × TTL the copy has expired.
+    tokio::time::sleep(TTL.mul_f64(1.15)).await;
+    let fresh = other.client.get(&path).await;
+    assert_eq!(
+        (fresh.header("x-cache"), fresh.json()["value"]["v"].clone()),
+        (Some("DB"), json!(2)),
+        "after its TTL the other instance reads the store"
+    );
+    // Make the other instance stale again, then write through it conditionally.
+    s.client.put(&path, r#"{"value":{"v":1}}"#).await; // version 3
+    other.client.put(&path, r#"{"value":{"v":2}}"#).await; // version 4; `s` still holds 3
+    let s_copy = s.client.get(&path).await;
+    assert_eq!(
+        (s_copy.header("x-cache"), s_copy.json()["version"].clone()),
+        (Some("L1"), json!(3))
+    );
     // A conditional write on the stale instance is still checked against the store.
     let r = s
         .client
         .send(
             Method::PUT,
             &path,
-            &[("if-match", "\"1\"")],
+            &[("if-match", "\"3\"")],
             Some(r#"{"value":{"v":3}}"#),
         )
         .await;
@@ -675,18 +751,18 @@ async fn writes_on_another_instance_are_seen_after_ttl_only_but_own_writes_at_on
     // The conflict proved the cached copy stale, so it was dropped: the next read is fresh.
     let r = s.client.get(&path).await;
     assert_eq!(
-        (r.header("x-cache"), r.json()["value"]["v"].clone()),
-        (Some("DB"), json!(2))
+        (r.header("x-cache"), r.json()["version"].clone()),
+        (Some("DB"), json!(4))
     );
     let r = s
         .client
         .send(
             Method::PUT,
             &path,
-            &[("if-match", "\"2\"")],
-            Some(r#"{"value":{"v":3}}"#),
+            &[("if-match", "\"4\"")],
+            Some(r#"{"value":{"v":5}}"#),
         )
         .await;
-    assert_eq!(r.json()["version"], 3);
-    assert_eq!(s.client.get(&path).await.json()["value"]["v"], 3);
+    assert_eq!(r.json()["version"], 5);
+    assert_eq!(s.client.get(&path).await.json()["value"]["v"], 5);
 }

@@ -211,6 +211,54 @@ impl WriteLock {
     }
 }
 
+/// A lock that makes the server's next write of this game wait: SQLite's write lock, or on
+/// PostgreSQL / MySQL a row lock (`FOR UPDATE` in an open transaction) on `collection/id`,
+/// which must exist.
+pub enum StoreLock {
+    Sqlite(WriteLock),
+    Row(sqlx::AnyConnection),
+}
+
+impl TestServer {
+    pub async fn lock_for_writes(&self, collection: &str, id: &str) -> StoreLock {
+        use sqlx::Connection;
+        if self.store_url.starts_with("sqlite:") {
+            return StoreLock::Sqlite(self.hold_sqlite_write_lock().await);
+        }
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.store_url).await.unwrap();
+        let sql = if self.store_url.starts_with("postgres") {
+            "SELECT version FROM dmw_documents WHERE game = $1 AND collection = $2 AND id = $3 FOR UPDATE"
+        } else {
+            "SELECT version FROM dmw_documents WHERE game = ? AND collection = ? AND id = ? FOR UPDATE"
+        };
+        sqlx::query("BEGIN").execute(&mut connection).await.unwrap();
+        let locked = sqlx::query(sql)
+            .bind(self.game.as_str())
+            .bind(collection)
+            .bind(id)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(locked.len(), 1, "{collection}/{id} must exist to be locked");
+        StoreLock::Row(connection)
+    }
+}
+
+impl StoreLock {
+    pub async fn release(self) {
+        match self {
+            StoreLock::Sqlite(lock) => lock.release().await,
+            StoreLock::Row(mut connection) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 /// A response, with the body parsed as JSON when it is JSON.
 #[derive(Debug, Clone)]
 pub struct Reply {

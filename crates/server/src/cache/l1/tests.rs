@@ -94,22 +94,61 @@ async fn concurrent_misses_share_one_load() {
     assert_eq!((hit, tier), (doc(7), Tier::L1));
 }
 
+/// Fails the test instead of hanging it when a future never completes.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not complete within 5 s"))
+}
+
+fn flights(l1: &L1, key: &str) -> usize {
+    let stripe = l1.stripe_of(key);
+    l1.inner.stripes[stripe].lock().inflight.len()
+}
+
 #[tokio::test]
 async fn a_cancelled_leader_hands_the_load_to_a_waiter() {
     let l1 = L1::new(1 << 20);
-    let slow = || async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok(doc(1))
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = |value: u64, stall: bool| {
+        let loads = loads.clone();
+        move || {
+            let loads = loads.clone();
+            async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                Ok(doc(value))
+            }
+        }
     };
-    let fast = || async { Ok(doc(2)) };
-    let leader = l1.get_or_load("k", |_| TTL, slow);
+    // The leader starts the store read and stalls in it.
+    let leader = tokio::spawn({
+        let (l1, load) = (l1.clone(), load(1, true));
+        async move { l1.get_or_load("k", |_| TTL, load).await }
+    });
+    while loads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // A waiter joins the same flight: it must not start a read of its own while the leader runs.
+    let waiter = tokio::spawn({
+        let (l1, load) = (l1.clone(), load(2, false));
+        async move { l1.get_or_load("k", |_| TTL, load).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(10), leader)
-            .await
-            .is_err()
+        !waiter.is_finished(),
+        "the waiter waits for the leader's read"
     );
-    let (value, _) = l1.get_or_load("k", |_| TTL, fast).await.unwrap();
-    assert_eq!(value, doc(2));
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The leader's caller goes away: the parked waiter takes the load over, exactly once.
+    leader.abort();
+    let (value, tier) = within("the waiter", waiter).await.unwrap().unwrap();
+    assert_eq!((value, tier), (doc(2), Tier::Db));
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(flights(&l1, "k"), 0, "a finished flight leaves its stripe");
+    assert_eq!(l1.get("k"), Some(doc(2)), "and its result is cached");
 }
 
 #[tokio::test]
@@ -141,13 +180,18 @@ async fn a_write_detaches_reads_in_flight() {
     l1.complete_write("k", write, doc(2), TTL);
     l1.inner.entries.remove("k");
     // A read after the write must not join the old flight.
-    let (value, _) = l1
-        .get_or_load("k", |_| TTL, || async { Ok(doc(2)) })
-        .await
-        .unwrap();
+    let (value, _) = within(
+        "a read after the write",
+        l1.get_or_load("k", |_| TTL, || async { Ok(doc(2)) }),
+    )
+    .await
+    .unwrap();
     assert_eq!(value, doc(2));
     gate.notify_one();
-    assert_eq!(old_read.await.unwrap().unwrap().0, doc(1));
+    assert_eq!(
+        within("the old read", old_read).await.unwrap().unwrap().0,
+        doc(1)
+    );
     assert_eq!(l1.get("k"), Some(doc(2)), "the old read did not overwrite");
 }
 
