@@ -83,7 +83,7 @@ async fn abandoned_writes_leave_no_stale_cache(backend: Backend) {
                 stream.write_all(request.as_bytes()).await.unwrap();
                 // Vanish while the write is (probably) being committed: a reset, not a close.
                 tokio::time::sleep(Duration::from_micros(fastrand::u64(0..4000))).await;
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                let _ = stream.set_zero_linger();
                 drop(stream);
             })
         });
