@@ -334,7 +334,8 @@ impl Message {
                 let kind = r.u8()?;
                 let secret = r.str16()?;
                 let credential = match kind {
-                    0 => Credential::None,
+                    0 if secret.is_empty() => Credential::None,
+                    0 => return Err(r.malformed("credential must be empty with credential_kind 0")),
                     1 => Credential::ApiKey(secret),
                     2 => Credential::Token(secret),
                     _ => return Err(r.malformed("unknown credential kind")),

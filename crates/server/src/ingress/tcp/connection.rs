@@ -80,6 +80,9 @@ struct Conn<'a> {
     written: u64,
     /// Budget reservations of large answers in `out`, with the offset their frame ends at.
     permits: VecDeque<(u64, ResponsePermit)>,
+    /// Set when the handshake completes: the timer, armed for the handshake deadline, must
+    /// start ticking for heartbeats now rather than at that deadline.
+    handshake_done: bool,
 }
 
 /// Why a connection ended (for the debug log).
@@ -125,6 +128,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         idle: true,
         written: 0,
         permits: VecDeque::new(),
+        handshake_done: false,
     };
     let _registration = drain.register(conn.outbox.clone());
     let mut drain_seen = drain::Phase::Serving;
@@ -136,6 +140,9 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         }
         if conn.finished() {
             break End::Finished;
+        }
+        if std::mem::take(&mut conn.handshake_done) {
+            timer.as_mut().reset(Instant::now() + conn.tick_period());
         }
         let can_read = conn.may_read();
         let wants_write = !conn.out.is_empty();
@@ -171,7 +178,8 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_FLUSH, conn.flush_all()).await;
+    let peer_gone = matches!(end, End::PeerClosed | End::Io(_));
+    let _ = tokio::time::timeout(CLOSE_FLUSH, conn.close(!peer_gone)).await;
     tracing::debug!(%end, "TCP connection closed");
 }
 
@@ -394,6 +402,7 @@ impl Conn<'_> {
                 })
                 .encode(id, &mut self.out);
                 self.phase = Phase::Ready;
+                self.handshake_done = true;
             }
             Err(e) => self.fail(id, e.code, &e.message),
         }
@@ -536,11 +545,34 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// Best-effort flush of the last frames before closing.
-    async fn flush_all(&mut self) {
+    /// Writes the last frames, then (with `linger`) ends the connection without a reset: the
+    /// sending side is shut down, and what the peer still sends is read and discarded until
+    /// it closes too (the caller bounds all of it by CLOSE_FLUSH). Closing a socket with unread
+    /// input makes the kernel send RST, which can destroy frames the peer has not read yet.
+    async fn close(&mut self, linger: bool) {
         while !self.out.is_empty() {
             if self.stream.writable().await.is_err() || self.try_write().is_err() {
                 return;
+            }
+        }
+        if !linger {
+            return;
+        }
+        use tokio::io::AsyncWriteExt;
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            self.read_buf.clear();
+            if self.stream.readable().await.is_err() {
+                return;
+            }
+            match self.stream.try_read_buf(&mut self.read_buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     }
