@@ -76,11 +76,13 @@ impl Raw {
             .expect("a frame")
     }
 
-    /// Expects an error frame with `code`, then the connection closing.
-    async fn expect_error_then_close(&mut self, code: &str) {
-        let (_, message) = self.recv().await;
+    /// Expects an error frame with `code` and request id `id`, then the connection closing.
+    async fn expect_error_then_close(&mut self, code: &str, id: u32) {
+        let (header, message) = self.recv().await;
         match message {
-            Message::Error { code: got, .. } => assert_eq!(got, code),
+            Message::Error { code: got, .. } => {
+                assert_eq!((got.as_str(), header.request_id), (code, id))
+            }
             other => panic!("expected error {code}, got {other:?}"),
         }
         self.expect_closed().await;
@@ -290,7 +292,7 @@ async fn every_opcode() {
 
     // A server-to-client opcode sent by a client: an error, then close.
     c.send(13, Message::Done { version: 1 }).await;
-    c.expect_error_then_close("unknown_opcode").await;
+    c.expect_error_then_close("unknown_opcode", 13).await;
 }
 
 #[tokio::test]
@@ -362,14 +364,28 @@ async fn a_frame_delivered_one_byte_at_a_time() {
 }
 
 #[tokio::test]
-async fn a_truncated_frame_then_eof_applies_nothing() {
+async fn a_truncated_frame_then_eof_applies_nothing_but_what_came_before_is_answered() {
     let s = server().await;
     let mut c = Raw::ready(&s).await;
-    let mut frame = BytesMut::new();
-    put(&s, "half", json!({"x": 1}), Precondition::None).encode(2, &mut frame);
-    c.send_bytes(&frame[..frame.len() - 3]).await;
+    let mut frames = BytesMut::new();
+    put(&s, "whole", json!({"x": 1}), Precondition::None).encode(2, &mut frames);
+    let whole = frames.len();
+    put(&s, "half", json!({"x": 1}), Precondition::None).encode(3, &mut frames);
+    // The whole PUT and all but the last 3 bytes of the second, then EOF.
+    c.send_bytes(&frames[..frames.len() - 3]).await;
     c.stream.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (header, message) = c.recv().await;
+    assert_eq!(header.request_id, 2);
+    assert!(
+        matches!(message, Message::Doc { created: true, .. }),
+        "{message:?}"
+    );
+    c.expect_closed().await;
+    assert!(whole < frames.len() - 3);
+    assert_eq!(
+        s.client.get(&s.path("players/whole")).await.status,
+        hyper::StatusCode::OK
+    );
     assert_eq!(
         s.client.get(&s.path("players/half")).await.code(),
         "not_found"
@@ -379,43 +395,49 @@ async fn a_truncated_frame_then_eof_applies_nothing() {
 #[tokio::test]
 async fn bad_headers_get_an_error_frame_then_close() {
     let s = server().await;
-    let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "protocol_error"),
-        ([b"DX".as_slice(), &[0; 14]].concat(), "protocol_error"),
+    // (code, the request id the error must carry: 0 only when the magic is wrong)
+    let cases: Vec<(Vec<u8>, &str, u32)> = vec![
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "protocol_error", 0),
+        ([b"DX".as_slice(), &[0; 14]].concat(), "protocol_error", 0),
         (
             {
-                let mut h = header_bytes(0x01, 1, 0);
+                let mut h = header_bytes(0x01, 4, 0);
                 h[2] = 2;
                 h
             },
             "unsupported_version",
+            4,
         ),
-        (header_bytes(0x42, 1, 0), "unknown_opcode"),
-        (header_bytes(0x01, 1, u32::MAX), "frame_too_large"),
-        (header_bytes(0x01, 1, 5000), "frame_too_large"), // over the 4 KiB pre-handshake limit
+        (header_bytes(0x42, 5, 0), "unknown_opcode", 5),
+        (header_bytes(0x01, 6, u32::MAX), "frame_too_large", 6),
+        (header_bytes(0x01, 7, 5000), "frame_too_large", 7), // over the 4 KiB pre-handshake limit
         (
             {
-                let mut h = header_bytes(0x01, 1, 0);
+                let mut h = header_bytes(0x01, 8, 0);
                 h[7] = 1;
                 h
             },
             "protocol_error",
+            8,
         ),
-        (header_bytes(0x10, 1, 0), "protocol_error"), // a request before HELLO
     ];
-    for (bytes, code) in cases {
+    for (bytes, code, id) in cases {
         let mut c = Raw::connect(&s).await;
         c.send_bytes(&bytes).await;
-        c.expect_error_then_close(code).await;
+        c.expect_error_then_close(code, id).await;
     }
-    // After the handshake the limit is tcp.max_frame_bytes; a malformed body is refused too.
+    // A well-formed request before HELLO is refused by the handshake rule, not the decoder.
+    let mut c = Raw::connect(&s).await;
+    c.send(9, Message::Get(doc(&s, "players", "p"))).await;
+    c.expect_error_then_close("protocol_error", 9).await;
+    // After the handshake a malformed body is refused with the frame's id.
     let mut c = Raw::ready(&s).await;
     c.send_bytes(&header_bytes(Opcode::Get as u8, 5, 3)).await;
     c.send_bytes(&[9, b'a', b'b']).await;
-    c.expect_error_then_close("protocol_error").await;
+    c.expect_error_then_close("protocol_error", 5).await;
     let mut c = Raw::ready(&s).await;
     c.send(2, hello()).await;
-    c.expect_error_then_close("protocol_error").await;
+    c.expect_error_then_close("protocol_error", 2).await;
     // The server still serves.
     let mut c = Raw::ready(&s).await;
     c.send(2, Message::Ping(1)).await;
@@ -431,7 +453,39 @@ async fn garbage_after_a_valid_frame() {
     bytes.extend_from_slice(b"\x00garbage");
     c.send_bytes(&bytes).await;
     assert_eq!(c.recv().await.1, Message::Pong(5));
-    c.expect_error_then_close("protocol_error").await;
+    c.expect_error_then_close("protocol_error", 0).await;
+}
+
+/// Heartbeats start when the handshake completes, not at the handshake deadline: with the
+/// default 5 s handshake timeout, a 200 ms interval still pings within a few hundred ms.
+#[tokio::test]
+async fn heartbeats_start_right_after_the_handshake() {
+    let s = server_with(|c| {
+        c.tcp.heartbeat_interval = Duration::from_millis(200);
+        c.tcp.heartbeat_timeout = Some(Duration::from_millis(600));
+    })
+    .await;
+    let mut c = Raw::ready(&s).await;
+    let started = Instant::now();
+    let (header, message) = c.recv().await;
+    assert_eq!((header.request_id, message), (0, Message::Ping(0)));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    loop {
+        match c.recv().await.1 {
+            Message::Ping(_) => {}
+            Message::Error { code, .. } => break assert_eq!(code, "timeout"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after {:?}, the silence timeout is 600 ms",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -444,7 +498,7 @@ async fn handshake_and_heartbeat_timeouts() {
     .await;
     let started = Instant::now();
     let mut silent = Raw::connect(&s).await;
-    silent.expect_error_then_close("timeout").await;
+    silent.expect_error_then_close("timeout", 0).await;
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let mut c = Raw::ready(&s).await;
@@ -455,9 +509,10 @@ async fn handshake_and_heartbeat_timeouts() {
         (0, Message::Ping(0)),
         "the server pings a silent peer"
     );
+    let mut pings = 1;
     loop {
         match c.recv().await.1 {
-            Message::Ping(_) => continue, // at most one per interval
+            Message::Ping(_) => pings += 1,
             Message::Error { code, .. } => {
                 assert_eq!(code, "timeout");
                 break;
@@ -471,6 +526,8 @@ async fn handshake_and_heartbeat_timeouts() {
         elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(3),
         "{elapsed:?}"
     );
+    // At most one PING per 200 ms interval of the 700 ms of silence (plus the tick's slack).
+    assert!(pings <= 4, "{pings} PINGs in {elapsed:?}");
 
     // A peer that answers keeps its connection.
     let mut alive = Raw::ready(&s).await;
@@ -509,13 +566,15 @@ async fn a_peer_that_never_reads_is_disconnected() {
     c.recv().await; // cached now
     // Send GETs and never read: responses pile up in the kernel buffers, then in the server's
     // bounded output; then the server stops reading us, and after the write timeout it hangs up.
-    let mut frames = BytesMut::new();
-    for id in 0..2000 {
-        Message::Get(doc(&s, "players", "big")).encode(id, &mut frames);
-    }
     let started = Instant::now();
     let mut sent_all = true;
-    for _ in 0..100 {
+    for batch in 0..100 {
+        // Request ids must keep increasing (else the server closes for a protocol error,
+        // and writes would fail for the wrong reason).
+        let mut frames = BytesMut::new();
+        for id in 0..2000 {
+            Message::Get(doc(&s, "players", "big")).encode(2 + batch * 2000 + id, &mut frames);
+        }
         if tokio::time::timeout(Duration::from_secs(2), c.stream.write_all(&frames))
             .await
             .map_or(true, |r| r.is_err())
@@ -557,7 +616,7 @@ async fn connections_over_the_limit_are_refused() {
     let _a = Raw::ready(&s).await;
     let mut b = Raw::ready(&s).await;
     let mut over = Raw::connect(&s).await;
-    over.expect_error_then_close("overloaded").await;
+    over.expect_error_then_close("overloaded", 0).await;
     assert_eq!(
         s.running
             .service
@@ -579,7 +638,7 @@ async fn auth_enabled_without_credentials_store_refuses() {
     let s = server_with(|c| c.auth.enabled = true).await;
     let mut c = Raw::connect(&s).await;
     c.send(1, hello()).await;
-    c.expect_error_then_close("unauthorized").await;
+    c.expect_error_then_close("unauthorized", 1).await;
 }
 
 /// A request still running when the shutdown grace period ends does not hold the server up:
@@ -595,7 +654,17 @@ async fn connections_still_busy_when_the_grace_period_ends_are_closed() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stop = tokio::spawn(s.running.stop());
     let (_, message) = c.recv().await;
-    assert!(matches!(message, Message::GoAway { .. }), "{message:?}");
+    // The PUT was read (so the grace period had a request to wait for), and never answered.
+    assert!(
+        matches!(
+            message,
+            Message::GoAway {
+                last_request_id: 7,
+                ..
+            }
+        ),
+        "{message:?}"
+    );
     c.expect_closed().await;
     tokio::time::timeout(Duration::from_secs(5), stop)
         .await
