@@ -89,3 +89,35 @@ pub fn with_etag(mut response: Response<Full<Bytes>>, version: u64) -> Response<
     response.headers_mut().insert(ETAG, etag(version));
     response
 }
+
+/// The README's error table is the contract: every code an HTTP client can see is listed with
+/// the status it gets, and the TCP-only codes are not.
+#[cfg(test)]
+#[test]
+fn statuses_are_the_readme_error_table() {
+    let readme = include_str!("../../../../../README.md");
+    let mut documented = std::collections::HashMap::new();
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Ok(status) = cells[2].parse::<u16>() else {
+            continue;
+        };
+        for code in cells[1].split('`').skip(1).step_by(2) {
+            documented.insert(code.to_string(), status);
+        }
+    }
+    let tcp_only = [
+        ErrorCode::ProtocolError,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownOpcode,
+        ErrorCode::FrameTooLarge,
+    ];
+    for code in ErrorCode::ALL {
+        let listed = documented.get(code.as_str()).copied();
+        if tcp_only.contains(&code) {
+            assert_eq!(listed, None, "{code} is TCP-only but in the README table");
+        } else {
+            assert_eq!(listed, Some(code.http_status()), "{code}");
+        }
+    }
+}
