@@ -84,3 +84,9 @@ store = "$3"
 [games.$2.collections.players]
 CONF
 }
+
+ensure_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    apt_install golang-go
+  fi
+}

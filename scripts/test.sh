@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against SQLite and real PostgreSQL and MySQL/MariaDB servers.
+# Runs the whole test suite against SQLite and real PostgreSQL and MySQL/MariaDB servers, then
+# the Go client's tests (installing golang-go when absent) against the server binary.
 # Starts a server that is down, installing it from Debian packages when absent (needs root),
 # then exports DATAMIDDLEWARE_TEST_POSTGRES_URL / DATAMIDDLEWARE_TEST_MYSQL_URL for the backend suites.
 # Extra arguments go to the test runner (cargo nextest run, or cargo test without nextest).
@@ -13,10 +14,22 @@ ensure_postgres
 ensure_mysql
 log "PostgreSQL: ${DATAMIDDLEWARE_TEST_POSTGRES_URL}  MySQL: ${DATAMIDDLEWARE_TEST_MYSQL_URL}"
 
+ensure_go
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doc tests: run those first, so the nextest summary closes the output.
   cargo test --workspace --doc --quiet
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# The Go client's suite (clients/go) runs against the server binary the Rust tests just built.
+log "Go client: go test ./... against target/debug/datamiddleware"
+cargo build --quiet --bin datamiddleware
+(
+  cd clients/go
+  DATAMIDDLEWARE_BIN="$PWD/../../target/debug/datamiddleware" CI="${CI:-}" \
+    GOFLAGS=-mod=mod GOPROXY=off go test -count=1 ./...
+) || status=$?
+exit "$status"

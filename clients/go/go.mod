@@ -1,0 +1,3 @@
+module datamiddleware/clients/go
+
+go 1.19
