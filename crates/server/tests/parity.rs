@@ -35,6 +35,21 @@ trait Api {
     async fn txn(&self, ops: Value) -> Outcome;
     async fn batch(&self, ids: &[&str]) -> Outcome;
     async fn list(&self, owner: &str) -> Outcome;
+    /// A GET in another game or collection (`None`: this test's game).
+    async fn get_in(&self, game: Option<&str>, collection: &str, id: &str) -> Outcome;
+    /// A PUT whose `value` is the given JSON text, valid or not.
+    async fn put_text(&self, id: &str, value: &str) -> Outcome;
+    /// An increment of `path` by one.
+    async fn incr_path(&self, id: &str, path: &str) -> Outcome;
+}
+
+/// Where a read came from, as both protocols name it.
+fn tier_name(tier: datamiddleware_client::Tier) -> &'static str {
+    match tier {
+        datamiddleware_client::Tier::L1 => "L1",
+        datamiddleware_client::Tier::Db => "DB",
+        other => panic!("a read from {other:?}"),
+    }
 }
 
 struct OverHttp<'a>(&'a TestServer);
@@ -53,12 +68,53 @@ impl OverHttp<'_> {
     }
 }
 
+impl OverHttp<'_> {
+    /// A read's outcome with the tier its `X-Cache` header names.
+    fn read(reply: support::Reply) -> Outcome {
+        let tier = reply.header("x-cache").map(str::to_string);
+        Self::outcome(reply).map(|body| json!({"body": body, "tier": tier}))
+    }
+}
+
 impl Api for OverHttp<'_> {
     async fn get(&self, id: &str) -> Outcome {
-        Self::outcome(
+        Self::read(
             self.0
                 .client
                 .get(&self.0.path(&format!("players/{id}")))
+                .await,
+        )
+    }
+
+    async fn get_in(&self, game: Option<&str>, collection: &str, id: &str) -> Outcome {
+        let game = game.unwrap_or(&self.0.game);
+        Self::read(
+            self.0
+                .client
+                .get(&format!("/api/v1/{game}/{collection}/{id}"))
+                .await,
+        )
+    }
+
+    async fn put_text(&self, id: &str, value: &str) -> Outcome {
+        let path = self.0.path(&format!("players/{id}"));
+        Self::outcome(
+            self.0
+                .client
+                .put(&path, &format!(r#"{{"value":{value}}}"#))
+                .await,
+        )
+    }
+
+    async fn incr_path(&self, id: &str, path: &str) -> Outcome {
+        let body = json!({"path": path, "by": 1});
+        Self::outcome(
+            self.0
+                .client
+                .post(
+                    &self.0.path(&format!("players/{id}/_incr")),
+                    &body.to_string(),
+                )
                 .await,
         )
     }
@@ -115,12 +171,16 @@ impl Api for OverHttp<'_> {
         let etag = if_version.map(|v| format!("\"{v}\""));
         let headers: Vec<_> = etag.iter().map(|e| ("if-match", e.as_str())).collect();
         let path = self.0.path(&format!("players/{id}"));
-        Self::outcome(
-            self.0
-                .client
-                .send(Method::DELETE, &path, &headers, None)
-                .await,
-        )
+        let reply = self
+            .0
+            .client
+            .send(Method::DELETE, &path, &headers, None)
+            .await;
+        // The tombstone's version is the ETag.
+        let version = reply
+            .header("etag")
+            .map(|etag| etag.trim_matches('"').parse::<u64>().unwrap());
+        Self::outcome(reply).map(|_| json!({ "version": version }))
     }
 
     async fn txn(&self, ops: Value) -> Outcome {
@@ -135,7 +195,7 @@ impl Api for OverHttp<'_> {
 
     async fn batch(&self, ids: &[&str]) -> Outcome {
         let body = json!({ "ids": ids });
-        Self::outcome(
+        Self::read(
             self.0
                 .client
                 .post(&self.0.path("players/_batch_get"), &body.to_string())
@@ -145,7 +205,7 @@ impl Api for OverHttp<'_> {
     }
 
     async fn list(&self, owner: &str) -> Outcome {
-        Self::outcome(
+        Self::read(
             self.0
                 .client
                 .get(&self.0.path(&format!("players?owner={owner}")))
@@ -175,8 +235,8 @@ fn tcp_err<T>(result: Result<T, Error>) -> Result<T, String> {
     })
 }
 
-fn docs_value(docs: datamiddleware_client::Docs) -> Value {
-    let docs: Vec<Value> = docs
+fn docs_value(page: datamiddleware_client::Docs) -> Value {
+    let docs: Vec<Value> = page
         .docs
         .iter()
         .map(|d| {
@@ -185,19 +245,29 @@ fn docs_value(docs: datamiddleware_client::Docs) -> Value {
             })
         })
         .collect();
-    json!({ "docs": docs })
+    json!({ "body": { "docs": docs, "next_cursor": page.next_cursor }, "tier": tier_name(page.tier) })
 }
 
-fn strip_docs(mut page: Value) -> Value {
-    let docs: Vec<Value> = page["docs"]
+/// A batch or list read over HTTP, in the shape of [`docs_value`].
+fn strip_docs(read: Value) -> Value {
+    let docs: Vec<Value> = read["body"]["docs"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .into_iter()
         .map(normalize)
         .collect();
-    page = json!({ "docs": docs });
-    page
+    let next_cursor = read["body"]
+        .get("next_cursor")
+        .cloned()
+        .unwrap_or(Value::Null);
+    json!({ "body": { "docs": docs, "next_cursor": next_cursor }, "tier": read["tier"] })
+}
+
+/// A single-document read over TCP, in the shape of `OverHttp::read`.
+fn tcp_read(result: Result<datamiddleware_client::Doc, Error>) -> Outcome {
+    let tier = result.as_ref().ok().map(|doc| tier_name(doc.tier));
+    tcp_outcome(result).map(|body| json!({ "body": body, "tier": tier }))
 }
 
 fn strip_results(mut results: Value) -> Value {
@@ -212,7 +282,49 @@ fn strip_results(mut results: Value) -> Value {
 
 impl Api for OverTcp<'_> {
     async fn get(&self, id: &str) -> Outcome {
-        tcp_outcome(self.client.get(&self.server.game, "players", id).await)
+        tcp_read(self.client.get(&self.server.game, "players", id).await)
+    }
+
+    async fn get_in(&self, game: Option<&str>, collection: &str, id: &str) -> Outcome {
+        let game = game.unwrap_or(&self.server.game);
+        tcp_read(self.client.get(game, collection, id).await)
+    }
+
+    async fn put_text(&self, id: &str, value: &str) -> Outcome {
+        let request = datamiddleware_protocol::Message::Put {
+            doc: datamiddleware_protocol::DocRef {
+                game: self.server.game.clone(),
+                collection: "players".into(),
+                id: id.into(),
+            },
+            pre: Precondition::None,
+            owner: OwnerChange::Keep,
+            value: bytes::Bytes::from(value.to_string()),
+        };
+        match self.client.request(request).await {
+            Ok(datamiddleware_protocol::Message::Doc { doc, .. }) => {
+                Ok(normalize(serde_json::from_slice(&doc).unwrap()))
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => tcp_err::<()>(Err(e)).map(|()| Value::Null),
+        }
+    }
+
+    async fn incr_path(&self, id: &str, path: &str) -> Outcome {
+        tcp_outcome(
+            self.client
+                .incr(
+                    &self.server.game,
+                    "players",
+                    id,
+                    path,
+                    1,
+                    None,
+                    None,
+                    Precondition::None,
+                )
+                .await,
+        )
     }
 
     async fn put(
@@ -272,7 +384,7 @@ impl Api for OverTcp<'_> {
                 .delete(&self.server.game, "players", id, pre)
                 .await,
         )
-        .map(|_| Value::Null)
+        .map(|version| json!({ "version": version }))
     }
 
     async fn txn(&self, ops: Value) -> Outcome {
@@ -364,6 +476,33 @@ async fn script(api: &impl Api) -> Vec<(String, Outcome)> {
         "recreate",
         api.put("a", json!({"value": {}}), None, false).await,
     );
+    // Reads from L1 name the same tier over both protocols: a cached document, a batch of it
+    // and of an id L1 remembers as missing, and a list (always the store).
+    record("get cached", api.get("a").await);
+    record("batch cached", api.batch(&["a", "zz"]).await);
+    record("list again", api.list("acc").await);
+    // More of the shared error table.
+    record(
+        "unknown game",
+        api.get_in(Some("nosuchgame"), "players", "a").await,
+    );
+    record(
+        "unknown collection",
+        api.get_in(None, "monsters", "a").await,
+    );
+    record("invalid json", api.put_text("j", "{bad").await);
+    record(
+        "too large",
+        api.put_text("big", &json!({"s": "x".repeat(5000)}).to_string())
+            .await,
+    );
+    record(
+        "exact numbers",
+        api.put_text("n", r#"{"big":123456789012345678901234567890,"gold":"x"}"#)
+            .await,
+    );
+    record("not a number", api.incr_path("n", "/gold").await);
+    record("not an integer", api.incr_path("n", "/big").await);
     log
 }
 
@@ -404,7 +543,13 @@ async fn same_results_over_http_and_tcp(backend: Backend) {
             "version_conflict",
             "not_found",
             "version_conflict",
-            "not_found"
+            "not_found",
+            "unknown_game",
+            "unknown_collection",
+            "invalid_json",
+            "payload_too_large",
+            "not_a_number",
+            "not_a_number"
         ]
     );
 }
