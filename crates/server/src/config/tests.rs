@@ -146,3 +146,72 @@ fn printed_config_loads_back_identically() {
     let reloaded = load_toml(&printed).unwrap();
     assert_eq!(reloaded.to_toml(), printed);
 }
+
+#[test]
+fn the_heartbeat_timeout_follows_the_interval_unless_set() {
+    let config = load_toml("[tcp]\nheartbeat_interval = \"1m\"\n").unwrap();
+    assert_eq!(
+        config.tcp.heartbeat_timeout().as_secs(),
+        180,
+        "3 x the interval"
+    );
+    let config =
+        load_toml("[tcp]\nheartbeat_interval = \"10s\"\nheartbeat_timeout = \"25s\"\n").unwrap();
+    assert_eq!(config.tcp.heartbeat_timeout().as_secs(), 25);
+    assert_eq!(Config::default().tcp.heartbeat_timeout().as_secs(), 90);
+    // A timeout not above the interval is refused, naming the key.
+    let err = problem("[tcp]\nheartbeat_interval = \"10s\"\nheartbeat_timeout = \"10s\"\n");
+    assert!(err.contains("tcp.heartbeat_timeout"), "{err}");
+    // Unset, it is not printed (so a printed config keeps following the interval).
+    assert!(!Config::default().to_toml().contains("heartbeat_timeout"));
+}
+
+/// README: durations are a number with a unit, several may follow each other, in files and in
+/// `DMW_` variables alike; a bare number is refused with the key named.
+#[test]
+fn durations_are_written_with_units_in_files_and_variables() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("DMW_TCP__HEARTBEAT_TIMEOUT", "1m 30s");
+        jail.set_env("DMW_STORE__TIMEOUT", "1500ms");
+        jail.set_env("DMW_HTTP__HEADER_READ_TIMEOUT", "2h");
+        let config = Config::load(None, &CliOverrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(config.tcp.heartbeat_timeout().as_secs(), 90);
+        assert_eq!(config.store.timeout.as_millis(), 1500);
+        assert_eq!(config.http.header_read_timeout.as_secs(), 7200);
+        jail.set_env("DMW_STORE__TIMEOUT", "5");
+        let err = Config::load(None, &CliOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.to_lowercase().contains("store.timeout"), "{err}");
+        Ok(())
+    });
+}
+
+/// Flags win over the environment, which wins over the file.
+#[test]
+fn flags_win_over_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("dmw.toml", "[tcp]\nlisten = \"127.0.0.1:7001\"\n")?;
+        jail.set_env("DMW_TCP__LISTEN", "127.0.0.1:7002");
+        let from_env = Config::load(Some(Path::new("dmw.toml")), &CliOverrides::default())
+            .map_err(|e| e.to_string())?;
+        assert_eq!(from_env.tcp.listen.port(), 7002);
+        let cli = CliOverrides {
+            listen: None,
+            tcp_listen: Some("127.0.0.1:7003".parse().unwrap()),
+        };
+        let from_flag =
+            Config::load(Some(Path::new("dmw.toml")), &cli).map_err(|e| e.to_string())?;
+        assert_eq!(from_flag.tcp.listen.port(), 7003);
+        Ok(())
+    });
+}
+
+#[test]
+fn response_limits_are_validated() {
+    let err = problem("[responses]\nmax_bytes = 100000\nmax_total_bytes = 50000\n");
+    assert!(err.contains("responses.max_total_bytes"), "{err}");
+    // One document (256 KiB by default) must fit an answer.
+    let err = problem("[responses]\nmax_bytes = 100000\n");
+    assert!(err.contains("responses.max_bytes"), "{err}");
+}
