@@ -169,6 +169,7 @@ fn the_heartbeat_timeout_follows_the_interval_unless_set() {
 /// README: durations are a number with a unit, several may follow each other, in files and in
 /// `DMW_` variables alike; a bare number is refused with the key named.
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 fn durations_are_written_with_units_in_files_and_variables() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("DMW_TCP__HEARTBEAT_TIMEOUT", "1m 30s");
@@ -189,6 +190,7 @@ fn durations_are_written_with_units_in_files_and_variables() {
 
 /// Flags win over the environment, which wins over the file.
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 fn flags_win_over_the_environment() {
     figment::Jail::expect_with(|jail| {
         jail.create_file("dmw.toml", "[tcp]\nlisten = \"127.0.0.1:7001\"\n")?;
