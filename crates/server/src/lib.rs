@@ -4,9 +4,12 @@
 //! # Layout
 //! Requests flow down this list; each layer calls only the next one.
 //! - [`ingress`]: front ends. [`ingress::http`] decodes HTTP requests, calls the service and
-//!   encodes responses and problem documents. (The TCP protocol joins here.)
+//!   encodes responses and problem documents; [`ingress::tcp`] does the same for the binary
+//!   protocol (handshake, per-document order, window, heartbeats).
+//! - [`auth`]: who is calling (the TCP handshake; HTTP refuses everyone while it is enabled).
 //! - [`service`]: the one API both front ends call: get, batch get, list, and write
-//!   transactions (put, patch, delete, incr, check). Rules live here ([`service::ops`]).
+//!   transactions (put, patch, delete, incr, check), run to their end in their own task.
+//!   Rules live here ([`service::ops`]), and so does the bound on large answers.
 //! - [`cache`]: read-through tiers; [`cache::l1`] is the in-process, bytes-bounded,
 //!   version-guarded cache with single-flight misses and negative entries.
 //! - [`store`]: the SQL database through sqlx, one implementation for three dialects,

@@ -151,7 +151,7 @@ impl Service {
         self.forget(&p.cache_keys);
         let _ = answer.send(Err(ServiceError::new(
             ErrorCode::Timeout,
-            "the store did not answer in time; the write may or may not have been applied: read the document back",
+            "the store did not answer in time; the outcome of the write is unknown: read the document back",
         )));
         if !committing.load(Ordering::Acquire) {
             return; // dropping the transaction closes its connection: the database rolls back
@@ -228,7 +228,7 @@ fn write_failure(e: StoreError, committing: bool) -> ServiceError {
         tracing::warn!(error = %e, "the store connection was lost while a write was committing; its outcome is unknown");
         ServiceError::new(
             ErrorCode::Timeout,
-            "the connection to the store was lost while the write was committing; it may or may not have been applied: read the document back",
+            "the connection to the store was lost while the write was committing; its outcome is unknown: read the document back",
         )
     } else if e.is_connection_lost() {
         tracing::warn!(error = %e, "the store connection was lost before a write committed; nothing was written");
