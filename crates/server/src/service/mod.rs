@@ -1,12 +1,14 @@
 //! The one API both ingresses call: get, batch get, list and write transactions (put, patch,
 //! delete, incr, check), over the L1 cache and the games' stores.
 //!
-//! Read path: L1 hit → encoded bytes as-is; miss → one single-flighted store read whose result
-//! (document or "missing", with its version) fills L1. Write path: lock the keys and commit in
-//! the store → update L1 with the committed version → acknowledge. A write whose outcome is
-//! unknown (timeout, store failure) drops the keys from L1 so no stale entry survives it.
+//! Read path (here): L1 hit → encoded bytes as-is; miss → one single-flighted store read whose
+//! result (document or "missing", with its version) fills L1. Batch gets and list pages are in
+//! [`many`], bounded by [`budget`]. Write path ([`write`]): lock the keys and commit in the
+//! store → update L1 with the committed version → acknowledge, run to its end in a task of its
+//! own; a write whose outcome is unknown drops the keys from L1 so no stale entry survives it.
 
 pub mod budget;
+mod many;
 pub mod ops;
 pub mod request;
 mod write;
@@ -19,7 +21,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::l1::{Cached, L1, Tier};
-use crate::config::DOCUMENT_ENVELOPE_BYTES;
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{StoredDoc, check_id, encode_document};
@@ -294,166 +295,6 @@ impl Service {
             .await
     }
 
-    /// Reads many documents of one collection; `None` where an id has no document. Hits come
-    /// from L1; all misses are read with one store query and fill L1. An answer over
-    /// `responses.max_bytes` is refused with `response_too_large` before it is assembled.
-    pub async fn batch_get(
-        &self,
-        game_name: &str,
-        collection: &str,
-        ids: &[String],
-    ) -> Result<BatchDocs, ServiceError> {
-        let game = self.game(game_name)?;
-        let config = self.collection(game, collection)?;
-        if ids.len() > MAX_BATCH_IDS {
-            return Err(ServiceError::bad_request(format!(
-                "at most {MAX_BATCH_IDS} ids per batch"
-            )));
-        }
-        for id in ids {
-            check_id(id, "every id")?;
-        }
-        let l1 = &self.inner.l1;
-        let budget = &self.inner.budget;
-        let mut found: Vec<Option<Cached>> = ids
-            .iter()
-            .map(|id| l1.get(&cache_key(game_name, collection, id)))
-            .collect();
-        let hit_bytes = documents_bytes(found.iter().flatten());
-        if hit_bytes > budget.max_bytes {
-            return Err(answer_too_large(hit_bytes, budget.max_bytes));
-        }
-        let mut misses: Vec<&str> = ids
-            .iter()
-            .zip(&found)
-            .filter(|(_, hit)| hit.is_none())
-            .map(|(id, _)| id.as_str())
-            .collect();
-        misses.sort_unstable();
-        misses.dedup();
-        if misses.is_empty() {
-            let permit = budget.reserve(hit_bytes).await?;
-            return Ok(BatchDocs {
-                docs: bodies(found),
-                tier: Tier::L1,
-                permit,
-            });
-        }
-        // The store is asked for no more than what still fits (plus one value), and this
-        // request holds the most it can receive until the read is done.
-        let room = budget.max_bytes - hit_bytes;
-        let worst = (misses.len() * (config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
-            .min(room + config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
-        let mut permit = budget.reserve(hit_bytes + worst).await?;
-        let tickets: Vec<_> = misses
-            .iter()
-            .map(|id| l1.ticket(&cache_key(game_name, collection, id)))
-            .collect();
-        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-        let many = self
-            .budget(game.store.get_many(game_name, collection, &misses, room))
-            .await?;
-        if many.value_bytes > room {
-            // Some rows were left out: none of them may be taken for "missing".
-            return Err(answer_too_large(
-                hit_bytes + many.value_bytes,
-                budget.max_bytes,
-            ));
-        }
-        let mut loaded = HashMap::with_capacity(misses.len());
-        for (id, ticket) in misses.iter().zip(tickets) {
-            let cached = to_cached(id, many.rows.get(*id));
-            l1.fill(
-                &cache_key(game_name, collection, id),
-                ticket,
-                cached.clone(),
-                ttl_for(config, &cached),
-            );
-            loaded.insert(*id, cached);
-        }
-        for (id, slot) in ids.iter().zip(found.iter_mut()) {
-            if slot.is_none() {
-                *slot = loaded.get(id.as_str()).cloned();
-            }
-        }
-        let bytes = documents_bytes(found.iter().flatten());
-        if bytes > budget.max_bytes {
-            return Err(answer_too_large(bytes, budget.max_bytes));
-        }
-        permit.shrink_to(bytes);
-        Ok(BatchDocs {
-            docs: bodies(found),
-            tier: Tier::Db,
-            permit,
-        })
-    }
-
-    /// Lists live documents ordered by id, optionally those of one owner. `cursor` is the
-    /// `next_cursor` of the previous page. A page ends early (with a cursor) when its
-    /// documents reach `responses.max_bytes`.
-    pub async fn list(
-        &self,
-        game_name: &str,
-        collection: &str,
-        owner: Option<&str>,
-        cursor: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<ListPage, ServiceError> {
-        let game = self.game(game_name)?;
-        let config = self.collection(game, collection)?;
-        if let Some(owner) = owner {
-            check_id(owner, "owner")?;
-        }
-        if let Some(cursor) = cursor {
-            check_id(cursor, "cursor")?;
-        }
-        let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
-        if limit == 0 || limit > MAX_LIST_LIMIT {
-            return Err(ServiceError::bad_request(format!(
-                "limit must be 1-{MAX_LIST_LIMIT}"
-            )));
-        }
-        let budget = &self.inner.budget;
-        let per_doc = config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES;
-        let worst = ((limit + 1) * per_doc).min(budget.max_bytes + per_doc);
-        let mut permit = budget.reserve(worst).await?;
-        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-        let page = self
-            .budget(game.store.list(
-                game_name,
-                collection,
-                owner,
-                cursor,
-                limit + 1,
-                budget.max_bytes,
-            ))
-            .await?;
-        let mut rows = page.rows;
-        let mut more = page.cut || rows.len() > limit;
-        rows.truncate(limit);
-        let mut docs = Vec::with_capacity(rows.len());
-        let mut bytes = 0;
-        let mut last = None;
-        for (id, row) in &rows {
-            let Cached::Doc { body, .. } = to_cached(id, Some(row)) else {
-                continue;
-            };
-            if bytes + body.len() > budget.max_bytes && !docs.is_empty() {
-                more = true;
-                break;
-            }
-            bytes += body.len();
-            docs.push(body);
-            last = Some(id);
-        }
-        permit.shrink_to(bytes);
-        Ok(ListPage {
-            docs,
-            next_cursor: if more { last.cloned() } else { None },
-            permit,
-        })
-    }
-
     /// Applies write operations atomically: all commit, or none does and the first failing
     /// operation's error (with its index) is returned. The write runs to its end even if the
     /// caller goes away (see `write.rs`).
@@ -524,36 +365,6 @@ impl Service {
             .pop()
             .ok_or_else(|| ServiceError::internal("write returned no outcome"))
     }
-}
-
-/// Bytes of the documents among `cached` (what an answer assembles from them).
-fn documents_bytes<'a>(cached: impl Iterator<Item = &'a Cached>) -> usize {
-    cached
-        .map(|c| match c {
-            Cached::Doc { body, .. } => body.len(),
-            Cached::Missing { .. } => 0,
-        })
-        .sum()
-}
-
-fn bodies(found: Vec<Option<Cached>>) -> Vec<Option<Bytes>> {
-    found
-        .into_iter()
-        .map(|c| match c {
-            Some(Cached::Doc { body, .. }) => Some(body),
-            _ => None,
-        })
-        .collect()
-}
-
-fn answer_too_large(bytes: usize, max: usize) -> ServiceError {
-    ServiceError::new(
-        ErrorCode::ResponseTooLarge,
-        format!(
-            "the answer would hold at least {bytes} bytes of documents, over responses.max_bytes \
-             ({max}); ask for fewer ids"
-        ),
-    )
 }
 
 /// What a single-document read returns for a cached entry.
