@@ -414,6 +414,10 @@ impl Config {
                 return invalid(key, "must be greater than 0");
             }
         }
+        // HELLO_OK announces the interval in whole milliseconds, and never as 0.
+        if self.tcp.heartbeat_interval < Duration::from_millis(1) {
+            return invalid("tcp.heartbeat_interval", "must be at least 1ms");
+        }
         if self.tcp.heartbeat_timeout() <= self.tcp.heartbeat_interval {
             return invalid(
                 "tcp.heartbeat_timeout",

@@ -162,6 +162,8 @@ fn the_heartbeat_timeout_follows_the_interval_unless_set() {
     // A timeout not above the interval is refused, naming the key.
     let err = problem("[tcp]\nheartbeat_interval = \"10s\"\nheartbeat_timeout = \"10s\"\n");
     assert!(err.contains("tcp.heartbeat_timeout"), "{err}");
+    let err = problem("[tcp]\nheartbeat_interval = \"500us\"\n");
+    assert!(err.contains("tcp.heartbeat_interval"), "{err}");
     // Unset, it is not printed (so a printed config keeps following the interval).
     assert!(!Config::default().to_toml().contains("heartbeat_timeout"));
 }

@@ -3,7 +3,7 @@
 //!
 //! Read path (here): L1 hit → encoded bytes as-is; miss → one single-flighted store read whose
 //! result (document or "missing", with its version) fills L1. Batch gets and list pages are in
-//! [`many`], bounded by [`budget`]. Write path ([`write`]): lock the keys and commit in the
+//! `many.rs`, bounded by [`budget`]. Write path (`write.rs`): lock the keys and commit in the
 //! store → update L1 with the committed version → acknowledge, run to its end in a task of its
 //! own; a write whose outcome is unknown drops the keys from L1 so no stale entry survives it.
 
