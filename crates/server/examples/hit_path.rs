@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "42",
             WriteOp::Put { value, owner: None },
             Precondition::default(),
+            None,
         )
         .await?;
     let started = Instant::now();

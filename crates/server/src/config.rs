@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::is_valid_name;
+use crate::model::{DOCUMENT_ENVELOPE_BYTES, is_valid_name};
 
 /// The whole configuration. Every section has defaults, so an empty file is valid.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -203,6 +203,9 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
     pub sqlite_synchronous: SqliteSync,
+    /// Writes in progress at once, over both front ends — a write whose client went away still
+    /// runs to its end and counts until then; beyond, 503 `overloaded`.
+    pub max_pending_writes: usize,
 }
 
 impl Default for StoreConfig {
@@ -213,6 +216,7 @@ impl Default for StoreConfig {
             idle_timeout: Duration::from_secs(3 * 60),
             max_lifetime: Duration::from_secs(30 * 60),
             sqlite_synchronous: SqliteSync::Full,
+            max_pending_writes: 4096,
         }
     }
 }
@@ -297,9 +301,6 @@ impl GameConfig {
     }
 }
 
-/// Room for a document's envelope (`id`, `owner`, `version`, `updated_at`) around its value.
-pub const DOCUMENT_ENVELOPE_BYTES: usize = 512;
-
 /// The store of the built-in `default` game.
 pub const DEFAULT_STORE_URL: &str = "sqlite://data/default.db";
 
@@ -382,6 +383,7 @@ impl Config {
                 self.http.http2_max_streams as usize,
             ),
             ("store.max_connections", self.store.max_connections as usize),
+            ("store.max_pending_writes", self.store.max_pending_writes),
             ("tcp.max_connections", self.tcp.max_connections),
             ("tcp.max_in_flight", self.tcp.max_in_flight as usize),
             ("tcp.max_output_bytes", self.tcp.max_output_bytes),

@@ -11,6 +11,10 @@ use crate::error::{ErrorCode, ServiceError};
 pub const MAX_ID_LEN: usize = 128;
 /// Maximum length of a game or collection name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Room for a document's envelope (`id`, `owner`, `version`, `updated_at` and the JSON around
+/// them) beyond its value, in [`encode_document`]'s form: the bound on large answers counts
+/// with it.
+pub const DOCUMENT_ENVELOPE_BYTES: usize = 512;
 
 /// Checks a game or collection name: `[a-z][a-z0-9_]{0,63}`.
 pub fn is_valid_name(name: &str) -> bool {
@@ -145,6 +149,18 @@ mod tests {
         assert!(!is_valid_id("é"));
         assert!(is_valid_id(&"x".repeat(128)));
         assert!(!is_valid_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn the_largest_envelope_fits_its_allowance() {
+        let id = "i".repeat(MAX_ID_LEN);
+        let owner = "o".repeat(MAX_ID_LEN);
+        let body = encode_document(&id, Some(&owner), u64::MAX, &now_rfc3339(), "{}");
+        assert!(
+            body.len() - 2 <= DOCUMENT_ENVELOPE_BYTES,
+            "{} bytes",
+            body.len() - 2
+        );
     }
 
     #[test]

@@ -1195,3 +1195,54 @@ async fn an_internal_error_answers_internal_and_leaks_nothing() {
     .unwrap();
     assert_eq!(row, (1, Some("{broken".to_string())));
 }
+
+/// A write answered `timeout` after its COMMIT was sent is still landing: a read of the same
+/// document pipelined behind it on the connection must not run before the database decided
+/// (protocol.md: same-document requests are applied in send order). The commit here takes
+/// 2 s (a deferred trigger), the store budget 800 ms: the PUT answers `timeout` at ~0.8 s, and
+/// the GET only after the commit, with the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_timed_out_write_waits_until_the_commit_has_landed() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let game = unique_game();
+    let mut config = support::config(&game, &url);
+    config.store.timeout = Duration::from_millis(800);
+    let running = datamiddleware::app::start(config).await.unwrap();
+    let mut tcp = Raw::ready(running.tcp_addr.unwrap()).await;
+    tcp.send(2, tcp_put(&game, "p1", &json!({"n": 1}))).await;
+    assert!(matches!(
+        tcp.recv().await.1,
+        Message::Doc { version: 1, .. }
+    ));
+    let slow = slow_commits_for(&url, &game).await;
+    let started = Instant::now();
+    let mut frames = BytesMut::new();
+    tcp_put(&game, "p1", &json!({"n": 2})).encode(3, &mut frames);
+    Message::Get(doc_ref(&game, "players", "p1")).encode(4, &mut frames);
+    tcp.stream.write_all(&frames).await.unwrap();
+    let (header, message) = tcp.recv().await;
+    let timed_out = started.elapsed();
+    assert_eq!(header.request_id, 3);
+    assert!(
+        matches!(&message, Message::Error { code, .. } if code == "timeout"),
+        "{message:?}"
+    );
+    let (header, message) = tcp.recv().await;
+    let read_at = started.elapsed();
+    drop(slow);
+    assert_eq!(header.request_id, 4);
+    assert!(
+        read_at >= Duration::from_millis(1800),
+        "the GET ran at {read_at:?}, before the COMMIT (2 s) landed (the PUT timed out at {timed_out:?})"
+    );
+    match message {
+        Message::Doc { version, doc, .. } => {
+            let doc: Value = serde_json::from_slice(&doc).unwrap();
+            assert_eq!((version, doc["value"].clone()), (2, json!({"n": 2})));
+        }
+        other => panic!("GET: {other:?}"),
+    }
+    running.stop().await.unwrap();
+}

@@ -59,6 +59,20 @@ impl ResponseBudget {
         }
     }
 
+    /// Grows `permit` to hold `bytes` when it holds less (an answer bigger than its estimate:
+    /// an id asked for twice, a document stored before `max_document_bytes` was lowered).
+    pub async fn grow(
+        &self,
+        permit: &mut ResponsePermit,
+        bytes: usize,
+    ) -> Result<(), ServiceError> {
+        if let Some(more) = bytes.checked_sub(permit.bytes()).filter(|b| *b > 0) {
+            let extra = self.reserve(more).await?;
+            permit.0.merge(extra.0);
+        }
+        Ok(())
+    }
+
     /// Bytes reserved by answers right now.
     pub fn reserved_bytes(&self) -> usize {
         (self.total_units - self.permits.available_permits()) * UNIT
@@ -101,8 +115,13 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::Overloaded);
         first.shrink_to(UNIT + 1);
         assert_eq!(first.bytes(), 2 * UNIT);
-        let second = budget.reserve(4 * UNIT).await.unwrap();
+        let mut second = budget.reserve(4 * UNIT).await.unwrap();
         assert_eq!(budget.reserved_bytes(), 6 * UNIT);
+        budget.grow(&mut second, 6 * UNIT).await.unwrap();
+        assert_eq!(
+            (second.bytes(), budget.reserved_bytes()),
+            (6 * UNIT, 8 * UNIT)
+        );
         drop((first, second));
         assert_eq!(budget.reserved_bytes(), 0);
     }

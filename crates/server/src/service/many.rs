@@ -13,9 +13,8 @@ use super::{
     to_cached, ttl_for,
 };
 use crate::cache::l1::{Cached, Tier};
-use crate::config::DOCUMENT_ENVELOPE_BYTES;
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::check_id;
+use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id};
 
 impl Service {
     /// Reads many documents of one collection; `None` where an id has no document. Hits come
@@ -104,6 +103,7 @@ impl Service {
         if bytes > budget.max_bytes {
             return Err(answer_too_large(bytes, budget.max_bytes));
         }
+        budget.grow(&mut permit, bytes).await?;
         permit.shrink_to(bytes);
         Ok(BatchDocs {
             docs: bodies(found),
@@ -170,6 +170,7 @@ impl Service {
             docs.push(body);
             last = Some(id);
         }
+        budget.grow(&mut permit, bytes).await?;
         permit.shrink_to(bytes);
         Ok(ListPage {
             docs,

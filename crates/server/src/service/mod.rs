@@ -28,7 +28,7 @@ use crate::store::{DocKey, Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
-pub use write::SETTLE_LIMIT;
+pub use write::{SETTLE_LIMIT, Settled};
 
 /// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -143,6 +143,8 @@ struct Inner {
     store_timeout: Duration,
     stats: Stats,
     budget: ResponseBudget,
+    /// Writes in progress, whether their callers wait or went away (`store.max_pending_writes`).
+    pending_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -174,6 +176,9 @@ impl Service {
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),
+                pending_writes: Arc::new(tokio::sync::Semaphore::new(
+                    config.store.max_pending_writes,
+                )),
             }),
         })
     }
@@ -297,8 +302,13 @@ impl Service {
 
     /// Applies write operations atomically: all commit, or none does and the first failing
     /// operation's error (with its index) is returned. The write runs to its end even if the
-    /// caller goes away (see `write.rs`).
-    pub async fn write(&self, game_name: &str, ops: Vec<KeyedOp>) -> Result<Written, ServiceError> {
+    /// caller goes away (see `write.rs`); `settled` is dropped once it has settled.
+    pub async fn write(
+        &self,
+        game_name: &str,
+        ops: Vec<KeyedOp>,
+        settled: Option<Settled>,
+    ) -> Result<Written, ServiceError> {
         let prepared = self.prepare(game_name, ops)?;
         let mut permit = if prepared.ops.len() > 1 {
             Some(
@@ -310,7 +320,7 @@ impl Service {
         } else {
             None
         };
-        let outcomes = self.run_write(prepared).await?;
+        let outcomes = self.run_write(prepared, settled).await?;
         if let Some(permit) = &mut permit {
             permit.shrink_to(
                 outcomes
@@ -347,6 +357,7 @@ impl Service {
         id: &str,
         op: WriteOp,
         pre: Precondition,
+        settled: Option<Settled>,
     ) -> Result<OpOutcome, ServiceError> {
         let op = KeyedOp {
             key: DocKey {
@@ -356,7 +367,7 @@ impl Service {
             op,
             pre,
         };
-        let mut written = self.write(game, vec![op]).await.map_err(|mut e| {
+        let mut written = self.write(game, vec![op], settled).await.map_err(|mut e| {
             e.op_index = None;
             e
         })?;

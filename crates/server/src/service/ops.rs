@@ -280,17 +280,21 @@ pub fn increment(value: &mut Value, incr: &Incr, float_counters: bool) -> Result
             ),
         ));
     }
-    let overflow = || {
-        ServiceError::new(
-            ErrorCode::BoundViolation,
-            "the result is outside the signed 64-bit range",
-        )
-    };
     let result = match (current.as_i64(), incr.by.as_i64()) {
-        (Some(a), Some(b)) => Number::from(a.checked_add(b).ok_or_else(overflow)?),
+        (Some(a), Some(b)) => Number::from(a.checked_add(b).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::BoundViolation,
+                "the result is outside the signed 64-bit range",
+            )
+        })?),
         _ => {
             let sum = current.as_f64().unwrap_or(f64::NAN) + incr.by.as_f64().unwrap_or(f64::NAN);
-            Number::from_f64(sum).ok_or_else(overflow)?
+            Number::from_f64(sum).ok_or_else(|| {
+                ServiceError::new(
+                    ErrorCode::BoundViolation,
+                    "the result is not a finite number",
+                )
+            })?
         }
     };
     if let Some(min) = &incr.min

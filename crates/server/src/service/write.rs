@@ -21,9 +21,8 @@ use tokio::sync::oneshot;
 use super::ops::{self, Applied, Rules};
 use super::{KeyedOp, OpOutcome, Service, cache_key, store_error, to_cached, ttl_for};
 use crate::cache::l1::Ticket;
-use crate::config::DOCUMENT_ENVELOPE_BYTES;
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{StoredDoc, check_id, encode_document, now_rfc3339};
+use crate::model::{DOCUMENT_ENVELOPE_BYTES, StoredDoc, check_id, encode_document, now_rfc3339};
 use crate::store::{DocKey, Planned, StoreError, TxnError};
 
 /// How long a write whose COMMIT was sent is followed after its time budget ran out.
@@ -45,7 +44,14 @@ pub(super) struct Prepared {
     pub max_answer_bytes: usize,
 }
 
-type Answer = oneshot::Sender<Result<Vec<OpOutcome>, ServiceError>>;
+/// Where the write task sends the caller's answer.
+type ReplyTo = oneshot::Sender<Result<Vec<OpOutcome>, ServiceError>>;
+
+/// Dropped by the write task once the write has *settled*: committed or not, and L1 following
+/// it. That is when the caller's answer is sent, except after a `timeout` whose COMMIT was on
+/// its way (up to [`SETTLE_LIMIT`] later). The TCP front end holds back later requests on the
+/// same documents until then.
+pub type Settled = oneshot::Sender<()>;
 
 impl Service {
     /// Validates `ops` of game `game_name` into a [`Prepared`] write.
@@ -107,14 +113,25 @@ impl Service {
     }
 
     /// Runs `prepared` to its end in its own task and returns its answer (see the module
-    /// documentation for why the task is not the caller's).
+    /// documentation for why the task is not the caller's). Writes in progress — their callers
+    /// gone or not — are bounded by `store.max_pending_writes`.
     pub(super) async fn run_write(
         &self,
         prepared: Prepared,
+        settled: Option<Settled>,
     ) -> Result<Vec<OpOutcome>, ServiceError> {
+        let Ok(pending) = self.inner.pending_writes.clone().try_acquire_owned() else {
+            return Err(ServiceError::new(
+                ErrorCode::Overloaded,
+                "too many writes in progress; retry later",
+            ));
+        };
         let (answer, answered) = oneshot::channel();
         let service = self.clone();
-        tokio::spawn(async move { service.write_to_end(prepared, answer).await });
+        tokio::spawn(async move {
+            service.write_to_end(prepared, answer, settled).await;
+            drop(pending);
+        });
         answered.await.unwrap_or_else(|_| {
             Err(ServiceError::internal(
                 "a write task ended without answering",
@@ -122,14 +139,14 @@ impl Service {
         })
     }
 
-    async fn write_to_end(&self, p: Prepared, answer: Answer) {
+    async fn write_to_end(&self, p: Prepared, answer: ReplyTo, settled: Option<Settled>) {
         let Ok(game) = self.game(&p.game) else {
             let _ = answer.send(Err(ServiceError::internal("a prepared game vanished")));
             return;
         };
         let l1 = &self.inner.l1;
         let tickets: Vec<Ticket> = p.cache_keys.iter().map(|k| l1.ticket(k)).collect();
-        let mut plan = |current: &[StoredDoc]| plan(&p, current);
+        let mut plan = |current: &[StoredDoc]| apply_ops(&p, current);
         let committing = AtomicBool::new(false);
         let transaction = game
             .store
@@ -138,12 +155,24 @@ impl Service {
         let budget = tokio::time::sleep(self.inner.store_timeout);
         tokio::pin!(budget);
         let finished = tokio::select! {
+            // A transaction that finished in time wins over a budget that ran out with it.
+            biased;
             result = &mut transaction => Some(result),
             () = &mut budget => None,
         };
         if let Some(result) = finished {
             let committing = committing.load(Ordering::Acquire);
+            let lost_while_committing =
+                committing && matches!(&result, Err(TxnError::Store(e)) if e.is_connection_lost());
             let _ = answer.send(self.settle(&p, tickets, result, committing));
+            drop(settled);
+            if lost_while_committing {
+                // The database may still commit what it received (a partition, a slow disk):
+                // a read in between can refill L1 with the older version, so the keys are
+                // dropped once more, which bounds that window to SETTLE_LIMIT.
+                tokio::time::sleep(SETTLE_LIMIT).await;
+                self.forget(&p.cache_keys);
+            }
             return;
         }
         // Out of time: the outcome is unknown to the caller, and L1 must not vouch for the
@@ -243,7 +272,7 @@ fn write_failure(e: StoreError, committing: bool) -> ServiceError {
 
 /// The plan: applies every op in order to in-memory copies of the locked rows. Runs inside
 /// the transaction, possibly more than once (retries).
-fn plan(p: &Prepared, current: &[StoredDoc]) -> Result<Planned<Vec<OpOutcome>>, ServiceError> {
+fn apply_ops(p: &Prepared, current: &[StoredDoc]) -> Result<Planned<Vec<OpOutcome>>, ServiceError> {
     let now = now_rfc3339();
     let mut state: Vec<StoredDoc> = current.to_vec();
     let mut changed = vec![false; p.keys.len()];

@@ -138,14 +138,15 @@ impl Dialect {
     }
 
     /// Rows of `count` ids (placeholders 3..), cut once their values pass a byte cap (the last
-    /// placeholder): every row whose preceding values (in id order) stay under the cap, so at
-    /// most the cap plus one value is read. Columns: id, the four document columns, and the
+    /// placeholder): every row whose preceding values (in id order) stay within the cap, so the
+    /// database sends at most the cap plus one value (it still reads them all), and leaves a
+    /// row out only when the total is over the cap. Columns: id, the four document columns, and the
     /// value bytes of all the requested rows (cut or not).
     pub fn select_many(self, count: usize) -> String {
         let list: Vec<String> = (0..count).map(|i| self.placeholder(i + 3)).collect();
         format!(
             "SELECT id, {COLUMNS}, total FROM (SELECT id, {COLUMNS}, {running} AS running, {total} AS total, {len} AS len \
-             FROM dmw_documents WHERE game = {} AND collection = {} AND id IN ({})) t WHERE running - len < {}",
+             FROM dmw_documents WHERE game = {} AND collection = {} AND id IN ({})) t WHERE running - len <= {}",
             self.placeholder(1),
             self.placeholder(2),
             list.join(", "),
@@ -183,7 +184,7 @@ impl Dialect {
         };
         format!(
             "SELECT id, {COLUMNS}, page_rows FROM (SELECT id, {COLUMNS}, {running} AS running, {len} AS len, {rows} AS page_rows \
-             FROM ({page}) page) t WHERE running - len < {} ORDER BY id",
+             FROM ({page}) page) t WHERE running - len <= {} ORDER BY id",
             next(),
             running = self.sum("ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"),
             len = self.value_bytes(),
@@ -256,17 +257,17 @@ mod tests {
             "{list}"
         );
         assert!(
-            list.ends_with("WHERE running - len < $6 ORDER BY id"),
+            list.ends_with("WHERE running - len <= $6 ORDER BY id"),
             "{list}"
         );
         assert!(
             Dialect::MySql
                 .select_many(3)
-                .contains("id IN (?, ?, ?)) t WHERE running - len < ?")
+                .contains("id IN (?, ?, ?)) t WHERE running - len <= ?")
         );
         let many = Dialect::Postgres.select_many(2);
         assert!(
-            many.contains("id IN ($3, $4)) t WHERE running - len < $5"),
+            many.contains("id IN ($3, $4)) t WHERE running - len <= $5"),
             "{many}"
         );
         assert!(

@@ -169,9 +169,9 @@ impl Store {
         row.map(|r| decode_doc(&r, 0)).transpose()
     }
 
-    /// Reads many rows of one collection in one query. At most `max_value_bytes` of values
-    /// (plus one value) are read: rows beyond that are left out, and [`Many::value_bytes`]
-    /// says whether they were.
+    /// Reads many rows of one collection in one query. The database sends at most
+    /// `max_value_bytes` of values (plus one value): rows beyond that are left out, and
+    /// [`Many::value_bytes`] says whether they were.
     pub async fn get_many(
         &self,
         game: &str,

@@ -195,16 +195,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.headers().contains_key(TRANSFER_ENCODING) {
-        // Framing by Transfer-Encoding — or by it and Content-Length at once, which hyper
-        // resolves silently in favour of the former — is how requests get smuggled past
-        // proxies that read the other one: refused, and the connection with it.
-        let mut response = problem::response(&ServiceError::bad_request(
-            "Transfer-Encoding is not accepted on requests: send the body with Content-Length",
-        ));
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return Ok(response);
+        return Ok(Box::pin(refuse_transfer_encoding(&state, req)).await);
     }
     let Some(_slot) = state.in_flight.try_enter() else {
         return Ok(problem::response(&ServiceError::new(
@@ -215,6 +206,29 @@ async fn handle(
     Ok(routes::route(&state, req)
         .await
         .unwrap_or_else(|e| problem::response(&e)))
+}
+
+/// Framing by Transfer-Encoding — or by it and Content-Length at once, which hyper resolves
+/// silently in favour of the former — is how requests get smuggled past proxies that read the
+/// other one: refused, and the connection with it. The body is read and dropped first (within
+/// the usual limits), so the close is not a reset that could destroy the answer.
+async fn refuse_transfer_encoding(
+    state: &HttpState,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = http_body_util::Limited::new(req.into_body(), state.config.max_body_bytes);
+    let _ = tokio::time::timeout(
+        state.config.header_read_timeout,
+        http_body_util::BodyExt::collect(body),
+    )
+    .await;
+    let mut response = problem::response(&ServiceError::bad_request(
+        "Transfer-Encoding is not accepted on requests: send the body with Content-Length",
+    ));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// hyper moves each request's future into place: keep the one for the hit path small by

@@ -152,7 +152,7 @@ async fn write_document(
             require_json(&req, &["application/json"])?;
             let body: PutBody = parse_json(&read_body(state, req).await?)?;
             let outcome = service
-                .write_one(game, collection, id, body.into_op()?, pre)
+                .write_one(game, collection, id, body.into_op()?, pre, None)
                 .await?;
             Ok(written(outcome))
         }
@@ -167,7 +167,7 @@ async fn write_document(
             }
             let patch: serde_json::Value = parse_json(&read_body(state, req).await?)?;
             let outcome = service
-                .write_one(game, collection, id, WriteOp::Patch { patch }, pre)
+                .write_one(game, collection, id, WriteOp::Patch { patch }, pre, None)
                 .await?;
             Ok(written(outcome))
         }
@@ -175,7 +175,7 @@ async fn write_document(
             let mut pre = Precondition::version(if_match(&req)?);
             pre.if_exists = if_match_any(&req);
             let outcome = service
-                .write_one(game, collection, id, WriteOp::Delete, pre)
+                .write_one(game, collection, id, WriteOp::Delete, pre, None)
                 .await?;
             let mut response = with_etag(Response::new(Full::new(Bytes::new())), outcome.version);
             *response.status_mut() = StatusCode::NO_CONTENT;
@@ -203,7 +203,7 @@ async fn incr(
     let incr: Incr = parse_json(&read_body(state, req).await?)?;
     let outcome = state
         .service
-        .write_one(game, collection, id, WriteOp::Incr(incr), pre)
+        .write_one(game, collection, id, WriteOp::Incr(incr), pre, None)
         .await?;
     Ok(written(outcome))
 }
@@ -277,7 +277,7 @@ async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) ->
 async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
-    let written = state.service.write(game, request.into_ops()?).await?;
+    let written = state.service.write(game, request.into_ops()?, None).await?;
     let body = txn_results_json(&written.outcomes);
     drop(written.outcomes);
     Ok(json(

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::TcpContext;
 use super::dispatch::{self, Request};
-use super::order::{Order, Touch};
+use super::order::{Order, Touch, Waits};
 use super::outbox::{Answer, Done, Outbox, Wake};
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
@@ -178,6 +178,8 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
             }
         }
     };
+    // Answers still to come are dropped with their budget reservations from now on.
+    conn.outbox.close();
     let peer_gone = matches!(end, End::PeerClosed | End::Io(_));
     let _ = tokio::time::timeout(CLOSE_FLUSH, conn.close(!peer_gone)).await;
     tracing::debug!(%end, "TCP connection closed");
@@ -258,6 +260,10 @@ impl Conn<'_> {
             let ready = matches!(self.phase, Phase::Ready);
             if ready && self.window_full() {
                 break; // resumes when answers have gone out
+            }
+            if self.out.len() >= self.ctx.config.max_output_bytes {
+                // Inline hits are answered into `out` too: bounded like everything else.
+                break; // resumes when the socket takes some of it
             }
             let max_body = if ready {
                 self.ctx.config.max_frame_bytes
@@ -408,25 +414,41 @@ impl Conn<'_> {
         }
     }
 
-    /// Runs a request in its own task, after the earlier requests on its documents.
+    /// Runs a request in its own task, ordered against the earlier requests on its documents
+    /// (see [`super::order`]).
     fn dispatch(&mut self, id: u32, message: Message) {
         let request = Request::from_message(message);
         let done = Arc::new(Done::default());
         let waits = match touch(&request) {
             Some(touch) => self.order.enter(&touch, &done, self.moved),
-            None => Vec::new(),
+            None => Waits::default(),
         };
         self.outbox.dispatched();
         self.idle = false;
-        let answer = Answer::new(self.outbox.clone(), id, Some(done));
+        let outbox = self.outbox.clone();
+        let answer = Answer::new(outbox.clone(), id, done);
         let service = self.ctx.service.clone();
         tokio::spawn(async move {
-            for earlier in &waits {
+            for earlier in &waits.before_start {
+                earlier.wait().await;
+            }
+            if outbox.is_closed() {
+                // The connection ended while this request waited: nobody reads an answer,
+                // and a write nobody waits for need not start (its outcome was unknown).
+                answer.skip();
+                return;
+            }
+            let (settled, settling) = tokio::sync::oneshot::channel::<()>();
+            let (response, permit) = dispatch::handle(&service, request, Some(settled)).await;
+            for earlier in &waits.before_answer {
                 earlier.wait().await;
             }
             drop(waits);
-            let (response, permit) = dispatch::handle(&service, request).await;
-            answer.send(&response, permit);
+            let pushed = answer.send(&response, permit);
+            // A write answered `timeout` after its COMMIT was sent is done only once the
+            // database has decided (dropping `pushed` tells the requests after it).
+            let _ = settling.await;
+            drop(pushed);
         });
     }
 
@@ -596,34 +618,43 @@ fn is_request(opcode: Opcode) -> bool {
 /// The documents a request touches, for the order rule (`None`: nothing to order, e.g. a TXN
 /// whose body failed to parse).
 fn touch(request: &Request) -> Option<Touch<'_>> {
+    let write = request.writes();
     Some(match request {
         Request::Message(message) => match message {
             Message::Get(doc)
             | Message::Put { doc, .. }
             | Message::Patch { doc, .. }
             | Message::Delete { doc, .. }
-            | Message::Incr { doc, .. } => Touch::Docs(&doc.game, vec![(&doc.collection, &doc.id)]),
+            | Message::Incr { doc, .. } => Touch::Docs {
+                game: &doc.game,
+                docs: vec![(&doc.collection, &doc.id)],
+                write,
+            },
             Message::BatchGet {
                 game,
                 collection,
                 ids,
-            } => Touch::Docs(
+            } => Touch::Docs {
                 game,
-                ids.iter()
+                docs: ids
+                    .iter()
                     .map(|id| (collection.as_str(), id.as_str()))
                     .collect(),
-            ),
+                write,
+            },
             Message::List {
                 game, collection, ..
             } => Touch::Collection(game, collection),
             _ => return None,
         },
-        Request::Txn { game, ops: Ok(ops) } => Touch::Docs(
+        Request::Txn { game, ops: Ok(ops) } => Touch::Docs {
             game,
-            ops.iter()
+            docs: ops
+                .iter()
                 .map(|op| (op.key.collection.as_str(), op.key.id.as_str()))
                 .collect(),
-        ),
+            write,
+        },
         Request::Txn { ops: Err(_), .. } => return None,
     })
 }

@@ -8,7 +8,7 @@ use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
-use crate::service::{KeyedOp, OpOutcome, ResponsePermit, Service, txn_results_json};
+use crate::service::{KeyedOp, OpOutcome, ResponsePermit, Service, Settled, txn_results_json};
 
 /// A request as the connection hands it over.
 pub enum Request {
@@ -33,15 +33,33 @@ impl Request {
     }
 }
 
-/// The answer to a request, with its share of the response budget when it holds several
-/// documents (released once the answer has been written).
-pub type Answer = (Message, Option<ResponsePermit>);
+impl Request {
+    /// True for the requests that may change documents (for the order rule).
+    pub fn writes(&self) -> bool {
+        match self {
+            Request::Txn { .. } => true,
+            Request::Message(message) => matches!(
+                message,
+                Message::Put { .. }
+                    | Message::Patch { .. }
+                    | Message::Delete { .. }
+                    | Message::Incr { .. }
+                    | Message::Txn { .. }
+            ),
+        }
+    }
+}
 
-/// Runs one request and returns its response message.
-pub async fn handle(service: &Service, request: Request) -> Answer {
+/// The response to a request, with its share of the response budget when it holds several
+/// documents (released once the response has been written).
+pub type Response = (Message, Option<ResponsePermit>);
+
+/// Runs one request and returns its response message. A write drops `settled` once it has
+/// settled (which may be after its response); any other request drops it at once.
+pub async fn handle(service: &Service, request: Request, settled: Option<Settled>) -> Response {
     let result = match request {
-        Request::Message(message) => run(service, message).await,
-        Request::Txn { game, ops } => txn(service, &game, ops).await,
+        Request::Message(message) => run(service, message, settled).await,
+        Request::Txn { game, ops } => txn(service, &game, ops, settled).await,
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
 }
@@ -50,8 +68,9 @@ async fn txn(
     service: &Service,
     game: &str,
     ops: Result<Vec<KeyedOp>, ServiceError>,
-) -> Result<Answer, ServiceError> {
-    let written = service.write(game, ops?).await?;
+    settled: Option<Settled>,
+) -> Result<Response, ServiceError> {
+    let written = service.write(game, ops?, settled).await?;
     let results = txn_results_json(&written.outcomes);
     Ok((Message::TxnResult { results }, written.permit))
 }
@@ -65,7 +84,11 @@ pub fn error_message(e: &ServiceError) -> Message {
     }
 }
 
-async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError> {
+async fn run(
+    service: &Service,
+    request: Message,
+    settled: Option<Settled>,
+) -> Result<Response, ServiceError> {
     let mut permit = None;
     let message = match request {
         Message::Get(doc) => {
@@ -128,7 +151,14 @@ async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError
             let op = put_op(parse_json(&value)?, owner)?;
             written(
                 service
-                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .write_one(
+                        &doc.game,
+                        &doc.collection,
+                        &doc.id,
+                        op,
+                        precondition(pre),
+                        settled,
+                    )
                     .await?,
             )
         }
@@ -138,7 +168,14 @@ async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError
             };
             written(
                 service
-                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .write_one(
+                        &doc.game,
+                        &doc.collection,
+                        &doc.id,
+                        op,
+                        precondition(pre),
+                        settled,
+                    )
                     .await?,
             )
         }
@@ -146,7 +183,14 @@ async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError
             let op = WriteOp::Incr(parse_json::<Incr>(&incr)?);
             written(
                 service
-                    .write_one(&doc.game, &doc.collection, &doc.id, op, precondition(pre))
+                    .write_one(
+                        &doc.game,
+                        &doc.collection,
+                        &doc.id,
+                        op,
+                        precondition(pre),
+                        settled,
+                    )
                     .await?,
             )
         }
@@ -158,6 +202,7 @@ async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError
                     &doc.id,
                     WriteOp::Delete,
                     precondition(pre),
+                    settled,
                 )
                 .await?;
             Message::Done {
@@ -166,7 +211,7 @@ async fn run(service: &Service, request: Message) -> Result<Answer, ServiceError
         }
         Message::Txn { game, ops } => {
             let ops = parse_json::<TxnRequest>(&ops).and_then(TxnRequest::into_ops);
-            return txn(service, &game, ops).await;
+            return txn(service, &game, ops, settled).await;
         }
         other => {
             return Err(ServiceError::new(

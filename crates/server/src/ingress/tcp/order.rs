@@ -2,12 +2,22 @@
 //! answers"): such requests are applied and answered in the order they were sent, while
 //! requests on different documents run concurrently.
 //!
-//! The table remembers, per document, the last request read that touches it, and per
-//! collection the last LIST and the document requests read since. A new request waits for
-//! those predecessors' answers (each of which waited for its own), so the chain is ordered
-//! without any lock between request tasks. Keys are 64-bit hashes: a collision only makes two
-//! unrelated requests wait for each other, never reorders anything. Entries whose answers are
-//! already in the output are dropped, all of them when nothing is in flight.
+//! Two waits per request, both on earlier requests only (so there can be no cycle):
+//! - **before it starts**: a write waits for every earlier request on its documents (a read
+//!   sent before it must not see it); a read waits only for the earlier *writes* (reads of one
+//!   document run side by side — ten GETs of one missing document share one store read instead
+//!   of stacking ten store timeouts);
+//! - **before it answers**: every earlier request on its documents, so answers keep send order.
+//!
+//! A write counts as done only once it has *settled* (see `service/write.rs`: a write answered
+//! `timeout` after its COMMIT was sent is followed until the database decides), so a later read
+//! cannot slip in before a commit that is still landing.
+//!
+//! The table remembers, per document, the last request and the last write that touch it, and
+//! per collection the last LIST, the document requests since it and the pending writes (a LIST
+//! touches every document of its collection). Keys are 64-bit hashes: a collision only makes
+//! unrelated requests wait for each other, never reorders anything. Entries whose requests are
+//! done (answered, settled and in the output) are pruned, all of them when nothing is in flight.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -17,10 +27,33 @@ use super::outbox::Done;
 
 /// What a request touches.
 pub(super) enum Touch<'a> {
-    /// Documents of one game, each `(collection, id)`.
-    Docs(&'a str, Vec<(&'a str, &'a str)>),
-    /// Every document of a collection (a LIST).
+    /// Documents of one game, each `(collection, id)`; `write` when the request may change them.
+    Docs {
+        game: &'a str,
+        docs: Vec<(&'a str, &'a str)>,
+        write: bool,
+    },
+    /// Every document of a collection (a LIST, which only reads).
     Collection(&'a str, &'a str),
+}
+
+/// The earlier requests a new one waits for.
+#[derive(Default)]
+pub(super) struct Waits {
+    pub before_start: Vec<Arc<Done>>,
+    pub before_answer: Vec<Arc<Done>>,
+}
+
+#[cfg(test)]
+impl Waits {
+    pub fn is_empty(&self) -> bool {
+        self.before_start.is_empty() && self.before_answer.is_empty()
+    }
+}
+
+struct DocOrder {
+    last: Arc<Done>,
+    last_write: Option<Arc<Done>>,
 }
 
 #[derive(Default)]
@@ -28,15 +61,17 @@ struct CollectionOrder {
     /// The last LIST of the collection.
     list: Option<Arc<Done>>,
     /// Document requests read since that LIST.
-    members: Vec<Arc<Done>>,
+    since_list: Vec<Arc<Done>>,
+    /// Writes not known to be done, whenever they came.
+    writes: Vec<Arc<Done>>,
 }
 
 /// The order table of one connection; owned by the connection task.
 pub(super) struct Order {
-    docs: HashMap<u64, Arc<Done>>,
+    docs: HashMap<u64, DocOrder>,
     collections: HashMap<u64, CollectionOrder>,
     hasher: foldhash::fast::RandomState,
-    /// Size at which answered entries are pruned next (amortises the pruning).
+    /// Size at which done entries are pruned next (amortises the pruning).
     prune_at: usize,
 }
 
@@ -50,6 +85,17 @@ impl Default for Order {
             hasher: Default::default(),
             prune_at: MIN_PRUNE_AT,
         }
+    }
+}
+
+/// Adds `done` to `list` unless it is `me` (a TXN may name a document twice), already done, or
+/// already there.
+fn add(list: &mut Vec<Arc<Done>>, done: &Arc<Done>, me: &Arc<Done>, moved: u64) {
+    if !Arc::ptr_eq(done, me)
+        && !done.answered_within(moved)
+        && !list.iter().any(|w| Arc::ptr_eq(w, done))
+    {
+        list.push(done.clone());
     }
 }
 
@@ -76,7 +122,7 @@ impl Order {
     }
 
     /// True when a GET of the document may be answered right now, inline: no earlier request
-    /// touching it is still without an answer in the output (`moved`: answers in the output).
+    /// touching it is still not done (`moved`: answers in the output).
     pub fn is_free(&self, game: &str, collection: &str, id: &str, moved: u64) -> bool {
         if self.is_empty() {
             return true;
@@ -87,52 +133,67 @@ impl Order {
             .collections
             .get(&self.collection_key(game, collection))
             .and_then(|c| c.list.as_ref());
-        !doc.is_some_and(pending) && !list.is_some_and(pending)
+        !doc.is_some_and(|d| pending(&d.last)) && !list.is_some_and(pending)
     }
 
-    /// Records a request that touches `touch` and returns the earlier requests whose answers
-    /// it must wait for (none that are already in the output).
-    pub fn enter(&mut self, touch: &Touch<'_>, me: &Arc<Done>, moved: u64) -> Vec<Arc<Done>> {
-        let mut waits: Vec<Arc<Done>> = Vec::new();
-        let mut wait_for = |done: &Arc<Done>| {
-            // A TXN may name a document twice: it never waits for itself.
-            if !Arc::ptr_eq(done, me)
-                && !done.answered_within(moved)
-                && !waits.iter().any(|w| Arc::ptr_eq(w, done))
-            {
-                waits.push(done.clone());
-            }
-        };
+    /// Records a request that touches `touch` and returns what it must wait for.
+    pub fn enter(&mut self, touch: &Touch<'_>, me: &Arc<Done>, moved: u64) -> Waits {
+        let mut waits = Waits::default();
         match touch {
-            Touch::Docs(game, docs) => {
+            Touch::Docs { game, docs, write } => {
                 for (collection, id) in docs {
                     let key = self.doc_key(game, collection, id);
-                    if let Some(previous) = self.docs.insert(key, me.clone()) {
-                        wait_for(&previous);
+                    let previous = self.docs.remove(&key);
+                    if let Some(previous) = &previous {
+                        add(&mut waits.before_answer, &previous.last, me, moved);
+                        let start = if *write {
+                            Some(&previous.last)
+                        } else {
+                            previous.last_write.as_ref()
+                        };
+                        if let Some(start) = start {
+                            add(&mut waits.before_start, start, me, moved);
+                        }
                     }
+                    let last_write = match (write, previous) {
+                        (true, _) => Some(me.clone()),
+                        (false, previous) => previous.and_then(|p| p.last_write),
+                    };
+                    self.docs.insert(
+                        key,
+                        DocOrder {
+                            last: me.clone(),
+                            last_write,
+                        },
+                    );
                     let key = self.collection_key(game, collection);
                     let entry = self.collections.entry(key).or_default();
                     if let Some(list) = &entry.list {
-                        wait_for(list);
+                        add(&mut waits.before_answer, list, me, moved);
+                        if *write {
+                            // The LIST must read before this write applies.
+                            add(&mut waits.before_start, list, me, moved);
+                        }
                     }
-                    if !entry.members.last().is_some_and(|m| Arc::ptr_eq(m, me)) {
-                        entry.members.push(me.clone());
+                    if !entry.since_list.iter().any(|m| Arc::ptr_eq(m, me)) {
+                        entry.since_list.push(me.clone());
+                    }
+                    if *write && !entry.writes.iter().any(|w| Arc::ptr_eq(w, me)) {
+                        entry.writes.push(me.clone());
                     }
                 }
             }
             Touch::Collection(game, collection) => {
                 let key = self.collection_key(game, collection);
-                let previous = self.collections.insert(
-                    key,
-                    CollectionOrder {
-                        list: Some(me.clone()),
-                        members: Vec::new(),
-                    },
-                );
-                if let Some(previous) = previous {
-                    previous.list.iter().for_each(&mut wait_for);
-                    previous.members.iter().for_each(&mut wait_for);
+                let entry = self.collections.entry(key).or_default();
+                for write in &entry.writes {
+                    add(&mut waits.before_start, write, me, moved);
                 }
+                for earlier in entry.list.iter().chain(&entry.since_list) {
+                    add(&mut waits.before_answer, earlier, me, moved);
+                }
+                entry.list = Some(me.clone());
+                entry.since_list.clear();
             }
         }
         if self.docs.len() + self.collections.len() > self.prune_at {
@@ -141,15 +202,17 @@ impl Order {
         waits
     }
 
-    /// Drops entries whose answers are in the output.
+    /// Drops entries whose requests are done.
     fn prune(&mut self, moved: u64) {
-        self.docs.retain(|_, done| !done.answered_within(moved));
+        let done = |d: &Arc<Done>| d.answered_within(moved);
+        self.docs.retain(|_, d| !done(&d.last));
         self.collections.retain(|_, c| {
-            c.members.retain(|done| !done.answered_within(moved));
-            if c.list.as_ref().is_some_and(|l| l.answered_within(moved)) {
+            c.since_list.retain(|d| !done(d));
+            c.writes.retain(|d| !done(d));
+            if c.list.as_ref().is_some_and(done) {
                 c.list = None;
             }
-            c.list.is_some() || !c.members.is_empty()
+            c.list.is_some() || !c.since_list.is_empty() || !c.writes.is_empty()
         });
         self.prune_at = (2 * (self.docs.len() + self.collections.len())).max(MIN_PRUNE_AT);
     }
@@ -163,43 +226,70 @@ mod tests {
         Arc::new(Done::default())
     }
 
+    fn docs<'a>(ids: &[&'a str], write: bool) -> Touch<'a> {
+        Touch::Docs {
+            game: "g",
+            docs: ids.iter().map(|id| ("p", *id)).collect(),
+            write,
+        }
+    }
+
+    fn same(list: &[Arc<Done>], expected: &[&Arc<Done>]) -> bool {
+        list.len() == expected.len()
+            && expected
+                .iter()
+                .all(|e| list.iter().any(|l| Arc::ptr_eq(l, e)))
+    }
+
     #[test]
-    fn same_document_waits_different_documents_do_not() {
+    fn writes_wait_for_everything_earlier_reads_only_for_writes() {
         let mut order = Order::default();
-        let (a, b, c) = (done(), done(), done());
+        let (r1, r2, w3, r4, w5) = (done(), done(), done(), done(), done());
         assert!(order.is_free("g", "p", "1", 0));
-        assert!(
-            order
-                .enter(&Touch::Docs("g", vec![("p", "1")]), &a, 0)
-                .is_empty()
-        );
+        assert!(order.enter(&docs(&["1"], false), &r1, 0).is_empty());
         assert!(!order.is_free("g", "p", "1", 0));
         assert!(order.is_free("g", "p", "2", 0));
-        let waits = order.enter(&Touch::Docs("g", vec![("p", "1")]), &b, 0);
-        assert_eq!(waits.len(), 1);
-        assert!(Arc::ptr_eq(&waits[0], &a));
-        assert!(
-            order
-                .enter(&Touch::Docs("g", vec![("p", "2"), ("p", "2")]), &c, 0)
-                .is_empty(),
-            "naming a document twice does not wait for itself"
-        );
+        // A second read starts at once but answers after the first.
+        let waits = order.enter(&docs(&["1"], false), &r2, 0);
+        assert!(waits.before_start.is_empty());
+        assert!(same(&waits.before_answer, &[&r1]));
+        // A write starts only after the last request (which answers after the one before).
+        let waits = order.enter(&docs(&["1"], true), &w3, 0);
+        assert!(same(&waits.before_start, &[&r2]) && same(&waits.before_answer, &[&r2]));
+        // A read after a write starts after it.
+        let waits = order.enter(&docs(&["1"], false), &r4, 0);
+        assert!(same(&waits.before_start, &[&w3]) && same(&waits.before_answer, &[&w3]));
+        // A TXN naming a document twice never waits for itself; other documents are free.
+        let waits = order.enter(&docs(&["9", "9"], true), &w5, 0);
+        assert!(waits.is_empty());
     }
 
     #[test]
     fn a_list_orders_against_its_whole_collection() {
         let mut order = Order::default();
-        let (a, b, list, after) = (done(), done(), done(), done());
-        order.enter(&Touch::Docs("g", vec![("p", "1")]), &a, 0);
-        order.enter(&Touch::Docs("g", vec![("q", "1")]), &b, 0);
-        let waits = order.enter(&Touch::Collection("g", "p"), &list, 0);
-        assert_eq!(waits.len(), 1, "only the request on collection p");
-        assert!(Arc::ptr_eq(&waits[0], &a));
-        assert!(
-            !order.is_free("g", "p", "9", 0),
-            "a GET after the LIST waits"
+        let (w1, other, list1, list2, after) = (done(), done(), done(), done(), done());
+        order.enter(&docs(&["1"], true), &w1, 0);
+        order.enter(
+            &Touch::Docs {
+                game: "g",
+                docs: vec![("q", "1")],
+                write: true,
+            },
+            &other,
+            0,
         );
-        let waits = order.enter(&Touch::Docs("g", vec![("p", "9")]), &after, 0);
-        assert!(waits.iter().any(|w| Arc::ptr_eq(w, &list)));
+        let waits = order.enter(&Touch::Collection("g", "p"), &list1, 0);
+        assert!(
+            same(&waits.before_start, &[&w1]),
+            "only the write on collection p"
+        );
+        assert!(same(&waits.before_answer, &[&w1]));
+        // A second LIST still starts after that write, and answers after the first LIST.
+        let waits = order.enter(&Touch::Collection("g", "p"), &list2, 0);
+        assert!(same(&waits.before_start, &[&w1]));
+        assert!(same(&waits.before_answer, &[&list1]));
+        assert!(!order.is_free("g", "p", "9", 0), "a GET after a LIST waits");
+        let waits = order.enter(&docs(&["9"], true), &after, 0);
+        assert!(same(&waits.before_start, &[&list2]) && same(&waits.before_answer, &[&list2]));
     }
 }

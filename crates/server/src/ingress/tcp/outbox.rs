@@ -1,10 +1,12 @@
 //! Answers finished by request tasks, waiting for the connection task to write them, and the
 //! bookkeeping that lets requests wait for earlier ones (see [`super::order`]).
 //!
-//! Every answer pushed here gets the next *answer number*. A request that other requests must
-//! wait for carries a [`Done`], which learns its answer number when its answer is pushed; the
-//! connection task records how many answers it has moved into its output buffer, so it can
-//! tell whether an earlier request's answer is already ahead of anything it writes inline.
+//! Every answer pushed here gets the next *answer number*. Each dispatched request carries a
+//! [`Done`], marked with its answer number once the request is done (answered, and for a write
+//! settled); the connection task records how many answers it has moved into its output buffer,
+//! so it can tell whether an earlier request's answer is already ahead of anything it writes
+//! inline. Once the connection has ended, pushes are dropped (with their budget reservations)
+//! and tasks that have not started skip their work.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +35,8 @@ pub(super) struct Outbox {
     in_flight: AtomicUsize,
     pushed: AtomicBool,
     waker: AtomicWaker,
+    /// Set when the connection task has ended: nobody will write what is pushed.
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -52,8 +56,7 @@ pub(super) struct Taken {
     pub idle: bool,
 }
 
-/// Set once a request's answer has been pushed: later requests touching the same document
-/// wait for it.
+/// Set once a request is done: later requests touching the same document wait for it.
 #[derive(Default)]
 pub(super) struct Done {
     /// The answer number, 0 while unanswered.
@@ -69,7 +72,13 @@ impl Done {
         answer != 0 && answer <= moved
     }
 
-    /// Completes once the answer has been pushed.
+    /// Marks the request done with the number its answer got.
+    fn mark(&self, answer: u64) {
+        self.answer.store(answer, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes once the request is done.
     pub async fn wait(&self) {
         let notified = self.notify.notified();
         tokio::pin!(notified);
@@ -92,32 +101,44 @@ impl Outbox {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Queues the answer to `request_id` and wakes the connection task.
-    pub fn push(
+    /// Queues the answer to `request_id`, wakes the connection task, and returns the answer's
+    /// number.
+    fn push(
         &self,
         request_id: u32,
-        response: &Message,
-        done: Option<&Done>,
+        response: Option<&Message>,
         permit: Option<ResponsePermit>,
-    ) {
-        {
+    ) -> u64 {
+        let answer = {
             let mut pending = self.state.lock();
-            response.encode(request_id, &mut pending.frames);
+            if let Some(response) = response
+                && !self.closed.load(Ordering::Acquire)
+            {
+                response.encode(request_id, &mut pending.frames);
+                if let Some(permit) = permit {
+                    let end = pending.frames.len();
+                    pending.permits.push((end, permit));
+                }
+            }
             pending.answered += 1;
-            if let Some(done) = done {
-                done.answer.store(pending.answered, Ordering::Release);
-            }
-            if let Some(permit) = permit {
-                let end = pending.frames.len();
-                pending.permits.push((end, permit));
-            }
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Some(done) = done {
-            done.notify.notify_waiters();
-        }
+            pending.answered
+        };
         self.pushed.store(true, Ordering::Release);
         self.waker.wake();
+        answer
+    }
+
+    /// The connection has ended: drops what waits to be written (and its reservations).
+    pub fn close(&self) {
+        let mut pending = self.state.lock();
+        self.closed.store(true, Ordering::Release);
+        pending.frames = BytesMut::new();
+        pending.permits.clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Moves every pushed answer to the end of `out`; `on_permit` gets each reservation with
@@ -130,7 +151,12 @@ impl Outbox {
         let mut pending = self.state.lock();
         if !pending.frames.is_empty() {
             let base = out.len();
-            out.extend_from_slice(&pending.frames);
+            if out.is_empty() {
+                // No copy of what may be a large answer: the buffers trade places.
+                std::mem::swap(out, &mut pending.frames);
+            } else {
+                out.extend_from_slice(&pending.frames);
+            }
             pending.frames = BytesMut::new();
             for (end, permit) in pending.permits.drain(..) {
                 on_permit(base + end, permit);
@@ -172,12 +198,25 @@ pub(super) enum Wake {
 pub(super) struct Answer {
     outbox: Arc<Outbox>,
     request_id: u32,
-    done: Option<Arc<Done>>,
+    done: Arc<Done>,
     sent: bool,
 }
 
+/// An answer pushed for a request that may not be done yet (a write still settling): marks
+/// the request done when dropped.
+pub(super) struct Pushed {
+    done: Arc<Done>,
+    answer: u64,
+}
+
+impl Drop for Pushed {
+    fn drop(&mut self) {
+        self.done.mark(self.answer);
+    }
+}
+
 impl Answer {
-    pub fn new(outbox: Arc<Outbox>, request_id: u32, done: Option<Arc<Done>>) -> Answer {
+    pub fn new(outbox: Arc<Outbox>, request_id: u32, done: Arc<Done>) -> Answer {
         Answer {
             outbox,
             request_id,
@@ -186,10 +225,21 @@ impl Answer {
         }
     }
 
-    pub fn send(mut self, response: &Message, permit: Option<ResponsePermit>) {
+    pub fn send(mut self, response: &Message, permit: Option<ResponsePermit>) -> Pushed {
         self.sent = true;
-        self.outbox
-            .push(self.request_id, response, self.done.as_deref(), permit);
+        let answer = self.outbox.push(self.request_id, Some(response), permit);
+        Pushed {
+            done: self.done.clone(),
+            answer,
+        }
+    }
+
+    /// The connection ended before the request started: nothing is run or written, but the
+    /// window slot and the requests waiting for this one are released.
+    pub fn skip(mut self) {
+        self.sent = true;
+        let answer = self.outbox.push(self.request_id, None, None);
+        self.done.mark(answer);
     }
 }
 
@@ -205,8 +255,8 @@ impl Drop for Answer {
                 message: "internal error".to_string(),
                 op_index: None,
             };
-            self.outbox
-                .push(self.request_id, &error, self.done.as_deref(), None);
+            let answer = self.outbox.push(self.request_id, Some(&error), None);
+            self.done.mark(answer);
         }
     }
 }
