@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Two builds of the server side by side in one run (A B A B …), with one load generator, so a
-# change's cost is a ratio measured under the same noise, not two numbers from different days:
+# Two builds of the server side by side in one run, with one load generator, so a change's cost
+# is a ratio measured under the same noise, not two numbers from different days. The order
+# alternates (A B, then B A, …): whichever runs first in a pair measured consistently faster on
+# the PostgreSQL rows here (a warmer database), which an A B A B order books as a difference.
 #   HTTP GET of a cached document (64 connections), TCP GET at depth 1 and 16 (50 connections),
 #   and through PostgreSQL: cold reads (95 % L1 misses) and PUTs (16 connections).
 # The load generator is B's `datamiddleware bench`, for both.
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 a_bin=$(realpath "$1")
 b_bin=$(realpath "$2")
 secs=${3:-6}
-rounds=${4:-3}
+rounds=${4:-4}
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 ensure_postgres
@@ -49,6 +51,7 @@ start() { # NAME BINARY HTTP TCP ARGS… → the pid
 }
 
 doc='{"value":{"name":"Aria","level":42,"class":"mage","guild":"northwind","gold":18250,"hp":930,"mp":1200,"zone":"ember-coast"}}'
+order() { if [ $(($1 % 2)) -eq 1 ]; then echo "a b"; else echo "b a"; fi; }
 start a "$a_bin" 18580 17580
 start b "$b_bin" 18590 17590
 for port in 18580 18590; do
@@ -56,12 +59,12 @@ for port in 18580 18590; do
 done
 for round in $(seq "$rounds"); do
   echo "== round $round: cache hits" >&2
-  for side in a b; do
+  for side in $(order "$round"); do
     port=$([ "$side" = a ] && echo 8580 || echo 8590)
     run_bench "http_$side" --target http --addr "127.0.0.1:1$port" --keys 1 --no-load -c 64
   done
   for depth in 1 16; do
-    for side in a b; do
+    for side in $(order "$round"); do
       port=$([ "$side" = a ] && echo 7580 || echo 7590)
       run_bench "tcp_d${depth}_$side" --target tcp --addr "127.0.0.1:1$port" --keys 1 --no-load -c 50 -d "$depth"
     done
@@ -80,11 +83,11 @@ start b "$b_bin" 18590 17590 --config "$work/pg.toml"
 psql "$pg_url" -qc CHECKPOINT
 for round in $(seq "$rounds"); do
   echo "== round $round: PostgreSQL" >&2
-  for side in a b; do
+  for side in $(order "$round"); do
     port=$([ "$side" = a ] && echo 18580 || echo 18590)
     run_bench "cold_$side" --target http --addr "127.0.0.1:$port" --game "$game" --keys 50000 --no-load -c 16
   done
-  for side in a b; do
+  for side in $(order "$round"); do
     port=$([ "$side" = a ] && echo 18580 || echo 18590)
     run_bench "put_$side" --target http --addr "127.0.0.1:$port" --game "$game" --keys 50000 --workload mixed --write-ratio 1 --no-load -c 16
   done
