@@ -74,6 +74,11 @@ impl Opcode {
     pub fn from_u8(byte: u8) -> Option<Opcode> {
         Self::ALL.into_iter().find(|op| *op as u8 == byte)
     }
+
+    /// The requests, `0x10`–`0x17`: what carries a request id of the request-id sequence.
+    pub fn is_request(self) -> bool {
+        (0x10..=0x17).contains(&(self as u8))
+    }
 }
 
 /// A decoded frame header.

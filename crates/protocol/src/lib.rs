@@ -27,9 +27,15 @@ pub fn decode(buf: &mut BytesMut, max_body: u32) -> Result<Option<(Header, Messa
     let Some(header) = check(buf, max_body)? else {
         return Ok(None);
     };
+    decode_checked(buf, &header).map(|message| Some((header, message)))
+}
+
+/// Step two alone: takes the whole frame `header` describes (as [`check`] returned it) off the
+/// front of `buf` and decodes its body. For a caller that needs the header before decoding.
+pub fn decode_checked(buf: &mut BytesMut, header: &Header) -> Result<Message, FrameError> {
     let mut frame = buf.split_to(header.frame_len());
     let body = frame.split_off(HEADER_LEN).freeze();
-    Message::decode(&header, body).map(|message| Some((header, message)))
+    Message::decode(header, body)
 }
 
 #[cfg(test)]

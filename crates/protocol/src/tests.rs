@@ -354,3 +354,13 @@ fn a_get_frame_matches_the_documented_bytes() {
         )
     );
 }
+
+#[test]
+fn requests_are_exactly_the_opcodes_0x10_to_0x17() {
+    let requests: Vec<u8> = Opcode::ALL
+        .into_iter()
+        .filter(|op| op.is_request())
+        .map(|op| op as u8)
+        .collect();
+    assert_eq!(requests, (0x10..=0x17).collect::<Vec<u8>>());
+}

@@ -18,7 +18,7 @@ use bytes::{Buf, BytesMut};
 use datamiddleware_protocol::message::{encode_doc_frame, get_fields};
 use datamiddleware_protocol::{
     Credential, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
-    PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, request_id_of,
+    PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, decode_checked, request_id_of,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -279,7 +279,7 @@ impl Conn<'_> {
                     break;
                 }
             };
-            if ready && is_request(header.opcode) {
+            if ready && header.opcode.is_request() {
                 if let Err(detail) = self.accept_request_id(header.request_id) {
                     self.fail(header.request_id, ErrorCode::ProtocolError, &detail);
                     break;
@@ -288,9 +288,7 @@ impl Conn<'_> {
                     continue;
                 }
             }
-            let mut frame = self.read_buf.split_to(header.frame_len());
-            let body = frame.split_off(HEADER_LEN).freeze();
-            match Message::decode(&header, body) {
+            match decode_checked(&mut self.read_buf, &header) {
                 Ok(message) => self.on_frame(header, message),
                 Err(e) => self.violation(header.request_id, &e),
             }
@@ -379,7 +377,7 @@ impl Conn<'_> {
             (_, Message::Hello(_)) => {
                 self.fail(id, ErrorCode::ProtocolError, "HELLO was already received")
             }
-            (_, message) if is_request(message.opcode()) => self.dispatch(id, message),
+            (_, message) if message.opcode().is_request() => self.dispatch(id, message),
             (_, message) => {
                 let detail = format!("{:?} is not sent by clients", message.opcode());
                 self.fail(id, ErrorCode::UnknownOpcode, &detail);
@@ -598,21 +596,6 @@ impl Conn<'_> {
             }
         }
     }
-}
-
-/// Requests are the opcodes 0x10–0x17.
-fn is_request(opcode: Opcode) -> bool {
-    matches!(
-        opcode,
-        Opcode::Get
-            | Opcode::BatchGet
-            | Opcode::Put
-            | Opcode::Patch
-            | Opcode::Delete
-            | Opcode::List
-            | Opcode::Incr
-            | Opcode::Txn
-    )
 }
 
 /// The documents a request touches, for the order rule (`None`: nothing to order, e.g. a TXN

@@ -2,7 +2,9 @@
 //! The same service calls and the same error codes as the HTTP routes: only the encoding
 //! differs.
 
-use datamiddleware_protocol::{Message, OwnerChange, Precondition as WirePre, Tier as WireTier};
+use datamiddleware_protocol::{
+    DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
+};
 
 use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
@@ -44,7 +46,6 @@ impl Request {
                     | Message::Patch { .. }
                     | Message::Delete { .. }
                     | Message::Incr { .. }
-                    | Message::Txn { .. }
             ),
         }
     }
@@ -84,6 +85,7 @@ pub fn error_message(e: &ServiceError) -> Message {
     }
 }
 
+/// Every request but TXN (which arrives parsed, as [`Request::Txn`]).
 async fn run(
     service: &Service,
     request: Message,
@@ -149,69 +151,23 @@ async fn run(
                 OwnerChange::Clear => Some(None),
             };
             let op = put_op(parse_json(&value)?, owner)?;
-            written(
-                service
-                    .write_one(
-                        &doc.game,
-                        &doc.collection,
-                        &doc.id,
-                        op,
-                        precondition(pre),
-                        settled,
-                    )
-                    .await?,
-            )
+            written(write_doc(service, &doc, op, pre, settled).await?)
         }
         Message::Patch { doc, pre, patch } => {
             let op = WriteOp::Patch {
                 patch: parse_json(&patch)?,
             };
-            written(
-                service
-                    .write_one(
-                        &doc.game,
-                        &doc.collection,
-                        &doc.id,
-                        op,
-                        precondition(pre),
-                        settled,
-                    )
-                    .await?,
-            )
+            written(write_doc(service, &doc, op, pre, settled).await?)
         }
         Message::Incr { doc, pre, incr } => {
             let op = WriteOp::Incr(parse_json::<Incr>(&incr)?);
-            written(
-                service
-                    .write_one(
-                        &doc.game,
-                        &doc.collection,
-                        &doc.id,
-                        op,
-                        precondition(pre),
-                        settled,
-                    )
-                    .await?,
-            )
+            written(write_doc(service, &doc, op, pre, settled).await?)
         }
         Message::Delete { doc, pre } => {
-            let outcome = service
-                .write_one(
-                    &doc.game,
-                    &doc.collection,
-                    &doc.id,
-                    WriteOp::Delete,
-                    precondition(pre),
-                    settled,
-                )
-                .await?;
+            let outcome = write_doc(service, &doc, WriteOp::Delete, pre, settled).await?;
             Message::Done {
                 version: outcome.version,
             }
-        }
-        Message::Txn { game, ops } => {
-            let ops = parse_json::<TxnRequest>(&ops).and_then(TxnRequest::into_ops);
-            return txn(service, &game, ops, settled).await;
         }
         other => {
             return Err(ServiceError::new(
@@ -221,6 +177,26 @@ async fn run(
         }
     };
     Ok((message, permit))
+}
+
+/// A single-document write, as every write opcode but TXN sends it.
+async fn write_doc(
+    service: &Service,
+    doc: &DocRef,
+    op: WriteOp,
+    pre: WirePre,
+    settled: Option<Settled>,
+) -> Result<OpOutcome, ServiceError> {
+    service
+        .write_one(
+            &doc.game,
+            &doc.collection,
+            &doc.id,
+            op,
+            precondition(pre),
+            settled,
+        )
+        .await
 }
 
 fn written(outcome: OpOutcome) -> Message {
