@@ -28,14 +28,6 @@ backend_tests!(kill_9_at_random_moments_loses_no_acknowledged_write);
 const KILLS: usize = 3;
 const KILL_AFTER_MS: std::ops::Range<u64> = 200..1500;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The real binary, killed on drop unless it has exited.
 struct Server {
     child: Child,
@@ -61,7 +53,7 @@ impl Server {
 }
 
 async fn spawn_server(config_path: &std::path::Path) -> Server {
-    let (http_port, tcp_port) = (free_port(), free_port());
+    let (http_port, tcp_port) = (support::free_port(), support::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_datamiddleware"))
         .arg("--config")
         .arg(config_path)

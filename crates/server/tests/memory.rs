@@ -20,13 +20,6 @@ use tokio::process::{Child, Command};
 const DOCS: usize = 200;
 const DOC_BYTES: usize = 250 * 1000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 async fn spawn(config: &std::path::Path, port: u16) -> (Child, Http) {
     let child = Command::new(env!("CARGO_BIN_EXE_datamiddleware"))
         .arg("--config")
@@ -68,7 +61,7 @@ fn memory(pid: u32, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_batch_answers_are_refused_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = support::free_port();
     let config = dir.path().join("dmw.toml");
     std::fs::write(
         &config,

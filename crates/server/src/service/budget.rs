@@ -59,17 +59,15 @@ impl ResponseBudget {
         }
     }
 
-    /// Grows `permit` to hold `bytes` when it holds less (an answer bigger than its estimate:
-    /// an id asked for twice, a document stored before `max_document_bytes` was lowered).
-    pub async fn grow(
-        &self,
-        permit: &mut ResponsePermit,
-        bytes: usize,
-    ) -> Result<(), ServiceError> {
+    /// Makes `permit` hold what the assembled answer really takes, `bytes`: it gives back the
+    /// rest of the estimate, or grows when the answer is bigger than estimated (an id asked
+    /// for twice, a document stored before `max_document_bytes` was lowered).
+    pub async fn fit(&self, permit: &mut ResponsePermit, bytes: usize) -> Result<(), ServiceError> {
         if let Some(more) = bytes.checked_sub(permit.bytes()).filter(|b| *b > 0) {
             let extra = self.reserve(more).await?;
             permit.0.merge(extra.0);
         }
+        permit.shrink_to(bytes);
         Ok(())
     }
 
@@ -113,11 +111,11 @@ mod tests {
         assert_eq!(budget.reserved_bytes(), 8 * UNIT);
         let refused = budget.reserve(4 * UNIT).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::Overloaded);
-        first.shrink_to(UNIT + 1);
+        budget.fit(&mut first, UNIT + 1).await.unwrap();
         assert_eq!(first.bytes(), 2 * UNIT);
         let mut second = budget.reserve(4 * UNIT).await.unwrap();
         assert_eq!(budget.reserved_bytes(), 6 * UNIT);
-        budget.grow(&mut second, 6 * UNIT).await.unwrap();
+        budget.fit(&mut second, 6 * UNIT).await.unwrap();
         assert_eq!(
             (second.bytes(), budget.reserved_bytes()),
             (6 * UNIT, 8 * UNIT)

@@ -103,8 +103,7 @@ impl Service {
         if bytes > budget.max_bytes {
             return Err(answer_too_large(bytes, budget.max_bytes));
         }
-        budget.grow(&mut permit, bytes).await?;
-        permit.shrink_to(bytes);
+        budget.fit(&mut permit, bytes).await?;
         Ok(BatchDocs {
             docs: bodies(found),
             tier: Tier::Db,
@@ -170,8 +169,7 @@ impl Service {
             docs.push(body);
             last = Some(id);
         }
-        budget.grow(&mut permit, bytes).await?;
-        permit.shrink_to(bytes);
+        budget.fit(&mut permit, bytes).await?;
         Ok(ListPage {
             docs,
             next_cursor: if more { last.cloned() } else { None },

@@ -322,13 +322,13 @@ impl Service {
         };
         let outcomes = self.run_write(prepared, settled).await?;
         if let Some(permit) = &mut permit {
-            permit.shrink_to(
-                outcomes
-                    .iter()
-                    .filter_map(|o| o.doc.as_ref())
-                    .map(Bytes::len)
-                    .sum(),
-            );
+            let bytes = outcomes
+                .iter()
+                .filter_map(|o| o.doc.as_ref())
+                .map(Bytes::len)
+                .sum();
+            // Never an error after the commit: the reservation was the worst case.
+            permit.shrink_to(bytes);
         }
         Ok(Written { outcomes, permit })
     }

@@ -79,6 +79,14 @@ fn announce_skip(backend: Backend, var: &str) {
     });
 }
 
+/// A port free on 127.0.0.1 right now, for a server process a test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
 /// A unique game name, so tests sharing one database never see each other's rows.
 pub fn unique_game() -> String {
     format!("t{:016x}", fastrand::u64(..))
