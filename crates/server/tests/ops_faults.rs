@@ -39,14 +39,6 @@ use tokio::task::JoinHandle;
 /// How long a test waits for any one TCP frame.
 const FRAME_WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A raw TCP protocol connection (frames encoded and decoded by `datamiddleware_protocol`).
 struct Raw {
     stream: TcpStream,
@@ -143,6 +135,9 @@ async fn wait_refused(addr: SocketAddr, within: Duration, what: &str) {
     loop {
         match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            // A connect that landed in the backlog as the listener closed is reset by the
+            // kernel: not served, but not yet the refusal either; try again.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Ok(Err(e)) => panic!("{what}: unexpected connect error {e}"),
             Ok(Ok(_)) | Err(_) => {}
         }
@@ -441,7 +436,7 @@ async fn signal_drains_and_exits(signal: &str) {
         ),
     )
     .unwrap();
-    let (http_port, tcp_port) = (free_port(), free_port());
+    let (http_port, tcp_port) = (support::free_port(), support::free_port());
     let http_addr: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
     let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_datamiddleware"))
