@@ -397,6 +397,71 @@ async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
     assert!(answer.contains("did not arrive"), "{answer}");
 }
 
+/// README: writes in progress, their clients gone or not, are bounded by
+/// `store.max_pending_writes`; beyond, 503 `overloaded`. The one allowed write waits on the
+/// SQLite lock, and its client goes away: it still counts until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_progress_are_bounded_even_when_their_clients_left() {
+    let s = server_with(|c| c.store.max_pending_writes = 1).await;
+    let lock = s.hold_sqlite_write_lock().await;
+    let body = r#"{"value":{}}"#;
+    let mut gone = TcpStream::connect(s.running.addr).await.unwrap();
+    let request = format!(
+        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        s.path("players/first"),
+        body.len()
+    );
+    gone.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = s.client.put(&s.path("players/second"), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code(), r.header("retry-after")),
+        (503, "overloaded".to_string(), Some("1"))
+    );
+    lock.release().await;
+    // The abandoned write ran to its end; then writes are accepted again.
+    let mut first = s.client.get(&s.path("players/first")).await;
+    for _ in 0..50 {
+        if first.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first = s.client.get(&s.path("players/first")).await;
+    }
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "the abandoned write was applied"
+    );
+    assert_eq!(
+        s.client.put(&s.path("players/second"), body).await.status,
+        StatusCode::CREATED
+    );
+}
+
+/// README: `auth.enabled = true` refuses everyone until a credential store exists — over HTTP
+/// too (401 with a challenge, nothing written); `/healthz` stays open for load balancers.
+#[tokio::test]
+async fn auth_enabled_refuses_every_api_request_over_http() {
+    let s = server_with(|c| c.auth.enabled = true).await;
+    let c = &s.client;
+    for reply in [
+        c.get(&s.path("players/p")).await,
+        c.put(&s.path("players/p"), r#"{"value":{}}"#).await,
+        c.post(&s.path("_txn"), r#"{"ops":[]}"#).await,
+        c.get("/api/players/p").await,
+    ] {
+        assert_eq!(
+            (reply.status.as_u16(), reply.code()),
+            (401, "unauthorized".to_string())
+        );
+        assert!(reply.header("www-authenticate").is_some());
+    }
+    assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn in_flight_limit_sheds_with_503() {
     let s = server_with(|c| c.http.max_in_flight = 1).await;
