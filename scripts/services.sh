@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shared by scripts/test.sh and bench/compare.sh (source it): make sure PostgreSQL and MariaDB
-# run, installing them from Debian packages when absent, and export their URLs as
-# DATAMIDDLEWARE_TEST_POSTGRES_URL and DATAMIDDLEWARE_TEST_MYSQL_URL.
+# Shared by scripts/test.sh and bench/compare.sh (source it): make sure PostgreSQL, MariaDB,
+# a standalone Redis and a Redis Cluster run, installing them from Debian packages when absent,
+# and export their URLs as DATAMIDDLEWARE_TEST_POSTGRES_URL, DATAMIDDLEWARE_TEST_MYSQL_URL,
+# DATAMIDDLEWARE_TEST_REDIS_URL and DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES.
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -70,6 +71,111 @@ ensure_mysql() {
     url=mysql://dmw:dmw@127.0.0.1:3306/test
   fi
   export DATAMIDDLEWARE_TEST_MYSQL_URL=$url
+}
+
+# redis-cli waits forever on a server that accepts connections but hangs (e.g. stopped): bound it.
+rcli() { timeout 3 redis-cli -h 127.0.0.1 "$@"; }
+redis_ping() { [ "$(rcli -p "$1" ping 2>/dev/null)" = PONG ]; }
+redis_down() { ! redis_ping "$1"; }
+need_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server
+  fi
+}
+
+# A standalone Redis on 127.0.0.1:6379, started daemonized (not through systemd) when down.
+ensure_redis() {
+  need_redis
+  if ! redis_ping 6379; then
+    local dir=${TMPDIR:-/tmp}/dmw-redis
+    log "starting Redis on 127.0.0.1:6379"
+    mkdir -p "$dir"
+    redis-server --port 6379 --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
+      --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" >/dev/null
+    wait_for Redis redis_ping 6379
+  fi
+  export DATAMIDDLEWARE_TEST_REDIS_URL=redis://127.0.0.1:6379/0
+}
+
+# Is there a healthy Redis Cluster on the ports $@: every node answers, says cluster_state:ok
+# and knows exactly 6 nodes, and the first one sees all these ports as 3 slot-serving masters,
+# each with a connected replica?
+redis_cluster_healthy() {
+  local p info nodes
+  for p in "$@"; do
+    redis_ping "$p" || return 1
+    info=$(rcli -p "$p" cluster info 2>/dev/null | tr -d '\r') || return 1
+    grep -qx 'cluster_state:ok' <<<"$info" || return 1
+    grep -qx 'cluster_known_nodes:6' <<<"$info" || return 1
+    grep -qx 'cluster_slots_ok:16384' <<<"$info" || return 1
+  done
+  nodes=$(rcli -p "$1" cluster nodes 2>/dev/null | tr -d '\r') || return 1
+  for p in "$@"; do grep -q " 127\.0\.0\.1:$p@" <<<"$nodes" || return 1; done
+  # Fields: id addr flags master-id ping-sent pong-recv epoch link-state slots…
+  awk '
+    $3 ~ /fail|handshake|noaddr/ || $8 != "connected" { bad = 1 }
+    $3 ~ /master/ && NF > 8 { masters[$1] = 1; nmasters++ }
+    $3 ~ /slave/ { replica_of[$4] = 1; nreplicas++ }
+    END {
+      if (bad || nmasters != 3 || nreplicas != 3) exit 1
+      for (m in masters) if (!(m in replica_of)) exit 1
+    }' <<<"$nodes"
+}
+
+# Stops whatever redis-server serves port $1: the process that INFO names and any redis-server
+# whose title (default "redis-server 127.0.0.1:PORT [cluster]") names that port. Nothing else.
+stop_redis_on_port() {
+  local port=$1 pid comm args pids=()
+  pid=$(rcli -p "$port" info server 2>/dev/null | tr -d '\r' \
+    | sed -n 's/^process_id://p') || true
+  if [ -n "$pid" ]; then pids+=("$pid"); fi
+  while read -r pid comm args; do
+    if [ "$comm" = redis-server ] && [[ " $args " == *":$port "* ]]; then pids+=("$pid"); fi
+  done < <(ps -eo pid=,comm=,args=)
+  for pid in "${pids[@]}"; do
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = redis-server ]; then
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+  wait_for "the end of the redis-server on port $port" redis_down "$port"
+}
+
+# A Redis Cluster of 6 redis-server processes, 3 masters and 3 replicas, on 127.0.0.1 ports
+# DMW_TEST_REDIS_CLUSTER_BASE_PORT (7000) to +5, with cluster bus ports 10000 higher. Reuses a
+# healthy one; otherwise (none, or one half up or broken) kills the redis-servers on those ports
+# and creates a fresh, empty cluster in ${TMPDIR:-/tmp}/dmw-redis-cluster.
+ensure_redis_cluster() {
+  need_redis
+  local base=${DMW_TEST_REDIS_CLUSTER_BASE_PORT:-7000}
+  local root=${TMPDIR:-/tmp}/dmw-redis-cluster
+  local ports=() addrs=() urls=() p
+  for p in $(seq "$base" $((base + 5))); do
+    ports+=("$p"); addrs+=("127.0.0.1:$p"); urls+=("redis://127.0.0.1:$p")
+  done
+  if [ "$base" -le 6379 ] && [ $((base + 5)) -ge 6379 ]; then
+    log "DMW_TEST_REDIS_CLUSTER_BASE_PORT=$base overlaps the standalone Redis on 6379"; return 1
+  fi
+  if redis_cluster_healthy "${ports[@]}"; then
+    log "reusing the Redis Cluster on 127.0.0.1:${ports[0]}-${ports[5]}"
+  else
+    log "creating a Redis Cluster on 127.0.0.1:${ports[0]}-${ports[5]} in $root"
+    for p in "${ports[@]}"; do stop_redis_on_port "$p"; done
+    for p in "${ports[@]}"; do
+      rm -rf "${root:?}/$p" && mkdir -p "$root/$p"
+      redis-server --port "$p" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
+        --cluster-enabled yes --cluster-config-file "nodes-$p.conf" --cluster-node-timeout 2000 \
+        --dir "$root/$p" --logfile "$root/$p/redis.log" --pidfile "$root/$p/redis.pid" >/dev/null
+    done
+    for p in "${ports[@]}"; do wait_for "Redis Cluster node $p" redis_ping "$p"; done
+    if ! timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$root/create-${ports[0]}.log" 2>&1; then
+      cat "$root/create-${ports[0]}.log" >&2; log "redis-cli --cluster create failed"; return 1
+    fi
+    wait_for "Redis Cluster (cluster_state:ok, 3 masters + 3 replicas)" \
+      redis_cluster_healthy "${ports[@]}"
+  fi
+  DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES=$(IFS=,; echo "${urls[*]}")
+  export DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES
 }
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against SQLite and real PostgreSQL and MySQL/MariaDB servers, then
-# the Go client's tests (installing golang-go when absent) against the server binary.
+# Runs the whole test suite against SQLite and real PostgreSQL, MySQL/MariaDB and Redis servers
+# (a standalone Redis on 6379 and a 6-node Redis Cluster on 7000-7005), then the Go client's
+# tests (installing golang-go when absent) against the server binary.
 # Starts a server that is down, installing it from Debian packages when absent (needs root),
-# then exports DATAMIDDLEWARE_TEST_POSTGRES_URL / DATAMIDDLEWARE_TEST_MYSQL_URL for the backend suites.
+# then exports DATAMIDDLEWARE_TEST_POSTGRES_URL / DATAMIDDLEWARE_TEST_MYSQL_URL /
+# DATAMIDDLEWARE_TEST_REDIS_URL / DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES for the backend suites.
 # Extra arguments go to the test runner (cargo nextest run, or cargo test without nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,10 @@ source scripts/services.sh
 
 ensure_postgres
 ensure_mysql
+ensure_redis
+ensure_redis_cluster
 log "PostgreSQL: ${DATAMIDDLEWARE_TEST_POSTGRES_URL}  MySQL: ${DATAMIDDLEWARE_TEST_MYSQL_URL}"
+log "Redis: ${DATAMIDDLEWARE_TEST_REDIS_URL}  Redis Cluster: ${DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES}"
 
 ensure_go
 status=0
