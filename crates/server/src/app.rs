@@ -38,6 +38,16 @@ pub struct Running {
 /// Connects the stores, binds the listeners and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let service = Service::from_config(&config).await?;
+    if service.cache().bus().is_some() {
+        // Serve from the caches from the first request when the bus comes up quickly; else
+        // start anyway, reads going to the store until it is whole.
+        let limit = (4 * config.cache.bus_silence).max(std::time::Duration::from_secs(2));
+        if !service.cache().wait_trusted(limit).await {
+            tracing::warn!(
+                "the invalidation bus is not whole yet: reads bypass the caches until it is"
+            );
+        }
+    }
     let bind_error = |addr| move |source| StartError::Bind { addr, source };
     let addr = config.http.listen;
     let listener = TcpListener::bind(addr).await.map_err(bind_error(addr))?;

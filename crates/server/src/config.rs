@@ -166,13 +166,94 @@ impl Default for ResponsesConfig {
 pub struct CacheConfig {
     /// Upper bound of the in-process cache (L1), counted in bytes of keys and encoded bodies.
     pub l1_max_bytes: u64,
+    /// Standalone Redis for the shared tier (L2) and the invalidation bus, such as
+    /// `redis://127.0.0.1:6379/0`. At most one of this and `l2_cluster_nodes`; neither: no L2,
+    /// no bus (a single instance).
+    pub l2_url: Option<String>,
+    /// Seed nodes of a Redis Cluster for L2 and the bus, such as `["redis://10.0.0.1:7000"]`.
+    pub l2_cluster_nodes: Vec<String>,
+    /// Prefix of every Redis key and channel this deployment uses, so that several
+    /// deployments can share one Redis: `[a-z0-9_.-]`, 1-32 characters.
+    pub l2_prefix: String,
+    /// Time budget of one Redis call; past it the call counts as failed and the request goes on
+    /// without L2 (a read goes to the store).
+    #[serde(with = "humantime_serde")]
+    pub l2_timeout: Duration,
+    /// How often every instance says on the bus that it is alive and caught up.
+    #[serde(with = "humantime_serde")]
+    pub bus_heartbeat: Duration,
+    /// An instance that has not heard a live instance (itself included) for this long, or saw
+    /// a message lost, stops serving from its caches until the bus is whole again: the bound on
+    /// staleness when the bus fails.
+    #[serde(with = "humantime_serde")]
+    pub bus_silence: Duration,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             l1_max_bytes: 256 * 1024 * 1024,
+            l2_url: None,
+            l2_cluster_nodes: Vec::new(),
+            l2_prefix: "dmw".to_string(),
+            l2_timeout: Duration::from_millis(50),
+            bus_heartbeat: Duration::from_millis(100),
+            bus_silence: Duration::from_millis(400),
         }
+    }
+}
+
+impl CacheConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("cache.{key}"),
+                problem: problem.to_string(),
+            })
+        };
+        if self.l2_url.is_some() && !self.l2_cluster_nodes.is_empty() {
+            return invalid(
+                "l2_cluster_nodes",
+                "give l2_url (standalone Redis) or l2_cluster_nodes (Redis Cluster), not both",
+            );
+        }
+        let redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        if self.l2_url.as_deref().is_some_and(|url| !redis_url(url)) {
+            return invalid(
+                "l2_url",
+                "must be a URL starting with redis:// or rediss://",
+            );
+        }
+        if self.l2_cluster_nodes.iter().any(|url| !redis_url(url)) {
+            return invalid(
+                "l2_cluster_nodes",
+                "every node must be a URL starting with redis:// or rediss://",
+            );
+        }
+        let prefix_ok = (1..=32).contains(&self.l2_prefix.len())
+            && self.l2_prefix.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
+        if !prefix_ok {
+            return invalid("l2_prefix", "must be 1-32 characters of [a-z0-9_.-]");
+        }
+        for (key, value) in [
+            ("l2_timeout", self.l2_timeout),
+            ("bus_heartbeat", self.bus_heartbeat),
+        ] {
+            if value < Duration::from_millis(1) {
+                return invalid(key, "must be at least 1ms");
+            }
+        }
+        if self.bus_silence < 2 * self.bus_heartbeat {
+            return invalid("bus_silence", "must be at least twice cache.bus_heartbeat");
+        }
+        Ok(())
+    }
+
+    /// True when an L2 (and so the bus) is configured.
+    pub fn has_l2(&self) -> bool {
+        self.l2_url.is_some() || !self.l2_cluster_nodes.is_empty()
     }
 }
 
@@ -253,12 +334,15 @@ pub struct CollectionConfig {
     /// Lifetime of a document in L1 (±10 % random jitter is applied).
     #[serde(with = "humantime_serde")]
     pub l1_ttl: Duration,
-    /// Lifetime of a document in L2 (Redis), used once the L2 tier exists.
+    /// Lifetime of a document in L2 (Redis; ±10 % random jitter is applied).
     #[serde(with = "humantime_serde")]
     pub l2_ttl: Duration,
-    /// How long a missing id is remembered as missing (protects the store from floods).
+    /// How long a missing id is remembered as missing in L1 (protects the store from floods).
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// How long a missing id is remembered as missing in L2.
+    #[serde(with = "humantime_serde")]
+    pub l2_negative_ttl: Duration,
     /// Largest encoded `value` accepted; beyond it: 413 `payload_too_large`.
     pub max_document_bytes: usize,
     /// `_incr` on fractions too, in IEEE double precision (inexact). Off: counters are exact
@@ -278,6 +362,7 @@ impl CollectionConfig {
             l1_ttl,
             l2_ttl,
             negative_ttl: Duration::from_secs(5),
+            l2_negative_ttl: Duration::from_secs(5),
             max_document_bytes: 256 * 1024,
             float_counters: false,
         }
@@ -441,6 +526,7 @@ impl Config {
         if self.cache.l1_max_bytes < 1024 * 1024 {
             return invalid("cache.l1_max_bytes", "must be at least 1048576 (1 MiB)");
         }
+        self.cache.validate()?;
         if self.games.is_empty() {
             return invalid("games", "at least one game is required");
         }

@@ -1,5 +1,6 @@
-//! The data model: validated names (games, collections, document ids), stored rows and the
-//! encoded document body that every read path returns as-is.
+//! The data model: validated names (games, collections, document ids), document addresses,
+//! stored rows, the tier a read was answered from, and the encoded document body that every
+//! read path returns as-is. Both front ends, the service, the cache and the store share these.
 
 use std::fmt::Write as _;
 
@@ -50,6 +51,35 @@ pub fn check_id(id: &str, what: &str) -> Result<(), ServiceError> {
                 "{what} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.:@-] not starting with '_'"
             ),
         ))
+    }
+}
+
+/// A document key inside one game (the game is known from context).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocKey {
+    pub collection: String,
+    pub id: String,
+}
+
+/// Where a read was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The in-process cache.
+    L1,
+    /// The shared Redis tier.
+    L2,
+    /// The store (the database).
+    Db,
+}
+
+impl Tier {
+    /// The `X-Cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "L1",
+            Tier::L2 => "L2",
+            Tier::Db => "DB",
+        }
     }
 }
 

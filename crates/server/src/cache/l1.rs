@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use crate::error::ServiceError;
+use crate::model::Tier;
 
 /// Number of stripes (epoch + in-flight map) that keys hash into. A power of two.
 const STRIPES: usize = 1024;
@@ -66,7 +67,7 @@ impl quick_cache::Weighter<Box<str>, Entry> for EntryWeighter {
     }
 }
 
-type Flight = Arc<OnceCell<Result<Cached, ServiceError>>>;
+type Flight = Arc<OnceCell<Result<(Cached, Tier), ServiceError>>>;
 
 #[derive(Default)]
 struct Stripe {
@@ -74,22 +75,6 @@ struct Stripe {
     epoch: u64,
     /// Store reads in progress, one per key.
     inflight: HashMap<Box<str>, Flight>,
-}
-
-/// Where a read was answered from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    L1,
-    Db,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::L1 => "L1",
-            Tier::Db => "DB",
-        }
-    }
 }
 
 /// The stripe epoch observed before a store read or a write transaction started.
@@ -136,29 +121,34 @@ impl L1 {
         (entry.expires_at > Instant::now()).then_some(entry.value)
     }
 
-    /// Returns the cached answer for `key`, or runs `load` once for all concurrent callers and
-    /// caches its result (unless a write raced it). `ttl_of` chooses the lifetime of a result.
-    pub async fn get_or_load<F, Fut>(
+    /// Runs `load` once for all concurrent callers of `key` and caches its result (unless a
+    /// write raced it). `ttl_of` chooses the lifetime of a result. The caller has looked for a
+    /// hit first; `load` also says which tier answered. With `serve_hits`, a hit that a load
+    /// finishing meanwhile just put in is answered too (so a key is not loaded twice).
+    pub async fn load_once<F, Fut>(
         &self,
         key: &str,
+        serve_hits: bool,
         ttl_of: impl Fn(&Cached) -> Duration,
         load: F,
     ) -> Result<(Cached, Tier), ServiceError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Cached, ServiceError>>,
+        Fut: Future<Output = Result<(Cached, Tier), ServiceError>>,
     {
-        if let Some(hit) = self.get(key) {
-            return Ok((hit, Tier::L1));
-        }
         let stripe = self.stripe_of(key);
         let flight = {
             let mut guard = self.inner.stripes[stripe].lock();
+            // A flight fills and leaves under this lock: a caller that missed just before it
+            // finished finds its result here instead of starting a second load.
+            if serve_hits && let Some(hit) = self.get(key) {
+                return Ok((hit, Tier::L1));
+            }
             guard.inflight.entry(key.into()).or_default().clone()
         };
         // The closure runs only in the caller that drives the load; if that caller is
         // cancelled, a waiting caller runs its own closure instead (OnceCell semantics).
-        let result = flight
+        flight
             .get_or_init(|| async {
                 let _done = FlightGuard {
                     l1: self,
@@ -168,14 +158,13 @@ impl L1 {
                 };
                 let ticket = self.ticket(key);
                 let loaded = load().await;
-                if let Ok(value) = &loaded {
+                if let Ok((value, _)) = &loaded {
                     self.fill(key, ticket, value.clone(), ttl_of(value));
                 }
                 loaded
             })
             .await
-            .clone();
-        result.map(|value| (value, Tier::Db))
+            .clone()
     }
 
     /// Call before a write transaction or a store read of `key` starts.
@@ -205,6 +194,33 @@ impl L1 {
         if insert {
             self.insert(key, value, ttl);
         }
+    }
+
+    /// Another instance committed `version` of `key`: an older entry is dropped, and reads in
+    /// flight (which may have fetched the older version) are detached and will not fill.
+    pub fn remote_write(&self, key: &str, version: u64) {
+        let mut stripe = self.inner.stripes[self.stripe_of(key)].lock();
+        stripe.inflight.remove(key);
+        stripe.epoch = stripe.epoch.wrapping_add(1);
+        if self
+            .inner
+            .entries
+            .peek(key)
+            .is_some_and(|old| old.value.version() < version)
+        {
+            self.inner.entries.remove(key);
+        }
+    }
+
+    /// Forgets everything (the invalidation bus was lost: any entry may be stale). Every
+    /// stripe's epoch moves, so reads and writes in flight do not fill afterwards either.
+    pub fn clear(&self) {
+        for stripe in self.inner.stripes.iter() {
+            let mut stripe = stripe.lock();
+            stripe.inflight.clear();
+            stripe.epoch = stripe.epoch.wrapping_add(1);
+        }
+        self.inner.entries.clear();
     }
 
     /// Forgets `key` (after a write whose outcome is unknown, for instance).

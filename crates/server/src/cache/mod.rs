@@ -1,4 +1,394 @@
-//! Cache tiers in front of the store. L1 (in-process) now; the L2 Redis tier and its
-//! invalidation bus come with their own issue and will sit behind the same read-through API.
+//! The cache tiers in front of the store, behind one read-through API: the service asks "read
+//! this key, loading it with this closure" and "these keys were committed at these versions";
+//! keys, tickets, TTLs, L1, the optional Redis tier (L2) and the invalidation bus are this
+//! module's business.
+//!
+//! Read: L1 → (single flight) L2 → the store. A store read fills L2 and L1; an L2 hit fills L1.
+//! Write: [`Cache::begin_write`] before the transaction (L1 tickets, L2 markers), then
+//! [`Cache::committed`] (L1 → L2 → bus) or [`Cache::not_committed`] / [`Cache::outcome_unknown`].
+//! The invariant of every tier: **no older version ever replaces a newer one**.
 
+pub mod breaker;
+pub mod bus;
+pub mod key;
 pub mod l1;
+pub mod l2;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use bus::Bus;
+pub use key::{KeyBuf, cache_key};
+pub use l1::{Cached, L1, Ticket};
+pub use l2::L2;
+
+use crate::config::CollectionConfig;
+use crate::error::ServiceError;
+use crate::model::Tier;
+
+/// The lifetimes of one collection's entries in each tier (±10 % jitter is added).
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    pub l1: Duration,
+    pub l1_missing: Duration,
+    pub l2: Duration,
+    pub l2_missing: Duration,
+}
+
+impl Ttls {
+    pub fn of(config: &CollectionConfig) -> Ttls {
+        Ttls {
+            l1: config.l1_ttl,
+            l1_missing: config.negative_ttl,
+            l2: config.l2_ttl,
+            l2_missing: config.l2_negative_ttl,
+        }
+    }
+
+    fn l1_for(&self, value: &Cached) -> Duration {
+        match value {
+            Cached::Doc { .. } => self.l1,
+            Cached::Missing { .. } => self.l1_missing,
+        }
+    }
+
+    fn l2_for(&self, value: &Cached) -> Duration {
+        l1::jitter(match value {
+            Cached::Doc { .. } => self.l2,
+            Cached::Missing { .. } => self.l2_missing,
+        })
+    }
+}
+
+/// Test-only fault points (hidden from the docs): they let integration tests produce the races
+/// and crashes the tier protocol must survive, deterministically.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct FaultPoints {
+    /// A write task stops right after its COMMIT succeeded, as if its process died there: no
+    /// cache step, no publish; the caller gets `internal`.
+    pub abort_after_commit: AtomicBool,
+    /// Milliseconds a store read waits before it fills L2 (a slow reader).
+    pub fill_delay_ms: AtomicU64,
+}
+
+/// The tiers. Cloning is cheap.
+#[derive(Clone)]
+pub struct Cache {
+    l1: L1,
+    l2: Option<Arc<L2>>,
+    bus: Option<Arc<Bus>>,
+    faults: Arc<FaultPoints>,
+}
+
+impl Cache {
+    /// L1 alone (a single instance), or with L2 and the bus that keeps instances coherent.
+    pub fn new(l1: L1, shared: Option<(Arc<L2>, Arc<Bus>)>) -> Cache {
+        let (l2, bus) = shared.unzip();
+        Cache {
+            l1,
+            l2,
+            bus,
+            faults: Arc::default(),
+        }
+    }
+
+    pub fn bus(&self) -> Option<&Arc<Bus>> {
+        self.bus.as_ref()
+    }
+
+    /// May reads be answered from L1 and L2 now? Always without a bus; with one, only while it
+    /// is whole (see `bus.rs`).
+    pub fn trusted(&self) -> bool {
+        self.bus.as_ref().is_none_or(|bus| bus.trusted())
+    }
+
+    /// Waits (at most `limit`) for the bus to be whole, so an instance starts serving from its
+    /// caches at once. True when it is.
+    pub async fn wait_trusted(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.trusted() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    pub fn l1(&self) -> &L1 {
+        &self.l1
+    }
+
+    pub fn l2(&self) -> Option<&Arc<L2>> {
+        self.l2.as_ref()
+    }
+
+    #[doc(hidden)]
+    pub fn faults(&self) -> &FaultPoints {
+        &self.faults
+    }
+
+    /// L1's answer for `key`, synchronously (the inline hit path): `None` on a miss, or while
+    /// the caches are not trusted.
+    pub fn cached(&self, key: &str) -> Option<Cached> {
+        if !self.trusted() {
+            return None;
+        }
+        self.l1.get(key)
+    }
+
+    /// Reads `key` through the tiers; `load` reads the store. Concurrent misses of one key
+    /// share one L2 lookup and one store read.
+    pub async fn read<F, Fut>(
+        &self,
+        key: &str,
+        ttls: Ttls,
+        load: F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
+        if let Some(hit) = self.cached(key) {
+            return Ok((hit, Tier::L1));
+        }
+        self.l1
+            .load_once(
+                key,
+                self.trusted(),
+                |value| ttls.l1_for(value),
+                || self.load(key, ttls, &load),
+            )
+            .await
+    }
+
+    /// The miss path of one key: L2, else the store (whose answer then fills L2).
+    async fn load<F, Fut>(
+        &self,
+        key: &str,
+        ttls: Ttls,
+        load: &F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
+        let looked_up = Instant::now();
+        if let Some(l2) = &self.l2
+            && self.trusted()
+            && let Some(hit) = l2.get(key).await
+        {
+            return Ok((hit, Tier::L2));
+        }
+        let loaded = load().await?;
+        self.fill_l2(key.to_string(), loaded.clone(), ttls, looked_up);
+        Ok((loaded, Tier::Db))
+    }
+
+    /// Fills L2 in the background: the reader does not wait for it.
+    fn fill_l2(&self, key: String, value: Cached, ttls: Ttls, looked_up: Instant) {
+        let Some(l2) = self.l2.clone() else { return };
+        let delay = self.faults.fill_delay_ms.load(Ordering::Relaxed);
+        tokio::spawn(async move {
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            l2.fill(&key, &value, ttls.l2_for(&value), looked_up).await;
+        });
+    }
+
+    /// Starts a read of several keys of one collection: L1 answers what it holds.
+    pub fn batch(&self, keys: Vec<String>, ttls: Ttls) -> BatchRead<'_> {
+        let found = keys.iter().map(|key| self.cached(key)).collect();
+        let tier = Tier::L1;
+        BatchRead {
+            cache: self,
+            keys,
+            found,
+            ttls,
+            tickets: Vec::new(),
+            looked_up: Instant::now(),
+            tier,
+        }
+    }
+
+    /// Before a write transaction on `keys` starts: tickets against stale fills in L1, and
+    /// markers in L2 that stop concurrent fills (see `l2.rs`).
+    pub async fn begin_write(&self, keys: Vec<String>) -> WriteTickets {
+        let l1 = keys.iter().map(|key| self.l1.ticket(key)).collect();
+        let l2_marked = match &self.l2 {
+            Some(l2) => l2.begin_write(&keys).await,
+            None => false,
+        };
+        WriteTickets {
+            keys,
+            l1,
+            l2_marked,
+        }
+    }
+
+    /// After the transaction committed: `changed[i]` is the new state of `write.keys[i]`
+    /// (`None`: unchanged). L1 first, then L2; keys whose L2 step failed wait for repair.
+    pub async fn committed(&self, write: WriteTickets, changed: Vec<Option<(Cached, Ttls)>>) {
+        for ((key, ticket), change) in write.keys.iter().zip(&write.l1).zip(&changed) {
+            if let Some((value, ttls)) = change {
+                self.l1
+                    .complete_write(key, *ticket, value.clone(), ttls.l1_for(value));
+            }
+        }
+        let Some(l2) = &self.l2 else { return };
+        let ends = write
+            .keys
+            .iter()
+            .zip(&changed)
+            .map(|(key, change)| async move {
+                let committed = change
+                    .as_ref()
+                    .map(|(value, ttls)| (value, ttls.l2_for(value)));
+                let ok = l2.end_write(key, committed).await;
+                (!ok && change.is_some()).then(|| key.clone())
+            });
+        let failed: Vec<String> = futures_util::future::join_all(ends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !failed.is_empty() {
+            l2.needs_repair(failed);
+        }
+        if let Some(bus) = &self.bus {
+            let announced = write.keys.iter().zip(&changed).filter_map(|(key, change)| {
+                change
+                    .as_ref()
+                    .map(|(value, _)| (key.clone(), value.version()))
+            });
+            bus.announce(announced).await;
+        }
+    }
+
+    /// After the transaction did not commit. `forget_l1`: the store disagreed with what the
+    /// caller expected (maybe from L1), so L1's copies go too.
+    pub async fn not_committed(&self, write: WriteTickets, forget_l1: bool) {
+        if forget_l1 {
+            self.forget(&write.keys);
+        }
+        if let (Some(l2), true) = (&self.l2, write.l2_marked) {
+            let ends = write.keys.iter().map(|key| l2.end_write(key, None));
+            futures_util::future::join_all(ends).await;
+        }
+    }
+
+    /// The transaction's outcome is not known yet (its COMMIT may still land, up to `until`
+    /// from now): L1 forgets the keys and the L2 markers are kept that long, so no tier serves
+    /// the old version with authority meanwhile. Settle later with `committed` or
+    /// `not_committed` on `write`.
+    pub async fn outcome_unknown(&self, write: &WriteTickets, until: Duration) {
+        self.forget(&write.keys);
+        if let Some(l2) = &self.l2 {
+            l2.extend_marks(&write.keys, until + l2.mark_ttl()).await;
+        }
+    }
+
+    /// Drops `keys` from L1.
+    pub fn forget(&self, keys: &[String]) {
+        keys.iter().for_each(|key| self.l1.invalidate(key));
+    }
+}
+
+/// What a write holds between [`Cache::begin_write`] and its end.
+#[derive(Debug)]
+pub struct WriteTickets {
+    keys: Vec<String>,
+    l1: Vec<Ticket>,
+    l2_marked: bool,
+}
+
+impl WriteTickets {
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+}
+
+/// A read of several keys in progress (see [`Cache::batch`]). The caller looks at what was
+/// found, asks L2 for the rest, then gives what the store answered for what is still missing.
+pub struct BatchRead<'a> {
+    cache: &'a Cache,
+    keys: Vec<String>,
+    found: Vec<Option<Cached>>,
+    ttls: Ttls,
+    /// For each key missed by L1, the L1 ticket taken before L2 was asked.
+    tickets: Vec<Option<Ticket>>,
+    looked_up: Instant,
+    tier: Tier,
+}
+
+impl BatchRead<'_> {
+    /// What the tiers hold so far, per key.
+    pub fn found(&self) -> &[Option<Cached>] {
+        &self.found
+    }
+
+    /// Indexes of the keys nothing has answered yet.
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.keys.len())
+            .filter(|index| self.found[*index].is_none())
+            .collect()
+    }
+
+    /// Asks L2 for every key L1 missed (one multi-key call); its hits fill L1.
+    pub async fn read_l2(&mut self) {
+        let missing = self.missing();
+        if missing.is_empty() {
+            return;
+        }
+        self.looked_up = Instant::now();
+        self.tickets = vec![None; self.keys.len()];
+        for index in &missing {
+            self.tickets[*index] = Some(self.cache.l1.ticket(&self.keys[*index]));
+        }
+        let Some(l2) = self.cache.l2.as_ref().filter(|_| self.cache.trusted()) else {
+            return;
+        };
+        let keys: Vec<&str> = missing
+            .iter()
+            .map(|index| self.keys[*index].as_str())
+            .collect();
+        let hits = l2.get_many(&keys).await;
+        for (index, hit) in missing.into_iter().zip(hits) {
+            if let (Some(value), Some(ticket)) = (hit, self.tickets[index]) {
+                let ttl = self.ttls.l1_for(&value);
+                self.cache
+                    .l1
+                    .fill(&self.keys[index], ticket, value.clone(), ttl);
+                self.found[index] = Some(value);
+                self.tier = Tier::L2;
+            }
+        }
+    }
+
+    /// The store's answer for key `index` (one [`BatchRead::missing`] reported): fills L2 and L1.
+    pub fn loaded(&mut self, index: usize, value: Cached) {
+        if let Some(Some(ticket)) = self.tickets.get(index) {
+            let ttl = self.ttls.l1_for(&value);
+            self.cache
+                .l1
+                .fill(&self.keys[index], *ticket, value.clone(), ttl);
+        }
+        self.cache.fill_l2(
+            self.keys[index].clone(),
+            value.clone(),
+            self.ttls,
+            self.looked_up,
+        );
+        self.found[index] = Some(value);
+        self.tier = Tier::Db;
+    }
+
+    /// Every key's answer (`None` only where neither the tiers nor `loaded` gave one) and
+    /// the farthest tier that answered.
+    pub fn finish(self) -> (Vec<Option<Cached>>, Tier) {
+        (self.found, self.tier)
+    }
+}

@@ -3,22 +3,21 @@
 //! The store is asked for no more than still fits, so a small request cannot make the server
 //! read or assemble a huge answer.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
 use super::{
-    BatchDocs, DEFAULT_LIST_LIMIT, ListPage, MAX_BATCH_IDS, MAX_LIST_LIMIT, Service, cache_key,
-    to_cached, ttl_for,
+    BatchDocs, DEFAULT_LIST_LIMIT, ListPage, MAX_BATCH_IDS, MAX_LIST_LIMIT, Service, to_cached,
 };
-use crate::cache::l1::{Cached, Tier};
+use crate::cache::{Cached, Ttls, cache_key};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id};
 
 impl Service {
     /// Reads many documents of one collection; `None` where an id has no document. Hits come
-    /// from L1; all misses are read with one store query and fill L1. An answer over
+    /// from L1, then from L2 (one multi-key call); what is still missing is read with one store
+    /// query and fills both. An answer over
     /// `responses.max_bytes` is refused with `response_too_large` before it is assembled.
     pub async fn batch_get(
         &self,
@@ -36,45 +35,58 @@ impl Service {
         for id in ids {
             check_id(id, "every id")?;
         }
-        let l1 = &self.inner.l1;
-        let budget = &self.inner.budget;
-        let mut found: Vec<Option<Cached>> = ids
+        // Each distinct id is read once; the answer repeats it where the request does.
+        let mut unique: Vec<&str> = ids.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let keys = unique
             .iter()
-            .map(|id| l1.get(&cache_key(game_name, collection, id)))
+            .map(|id| cache_key(game_name, collection, id))
             .collect();
-        let hit_bytes = documents_bytes(found.iter().flatten());
+        let budget = &self.inner.budget;
+        let mut batch = self.inner.cache.batch(keys, Ttls::of(config));
+        let answer = |found: &[Option<Cached>]| -> Vec<Option<Cached>> {
+            ids.iter()
+                .map(|id| {
+                    let index = unique.binary_search(&id.as_str()).ok()?;
+                    found[index].clone()
+                })
+                .collect()
+        };
+        let found_bytes = |batch: &crate::cache::BatchRead<'_>| {
+            documents_bytes(answer(batch.found()).iter().flatten())
+        };
+        let mut hit_bytes = found_bytes(&batch);
         if hit_bytes > budget.max_bytes {
             return Err(answer_too_large(hit_bytes, budget.max_bytes));
         }
-        let mut misses: Vec<&str> = ids
-            .iter()
-            .zip(&found)
-            .filter(|(_, hit)| hit.is_none())
-            .map(|(id, _)| id.as_str())
-            .collect();
-        misses.sort_unstable();
-        misses.dedup();
-        if misses.is_empty() {
+        if !batch.missing().is_empty() {
+            batch.read_l2().await;
+            hit_bytes = found_bytes(&batch);
+            if hit_bytes > budget.max_bytes {
+                return Err(answer_too_large(hit_bytes, budget.max_bytes));
+            }
+        }
+        let missing = batch.missing();
+        if missing.is_empty() {
             let permit = budget.reserve(hit_bytes).await?;
+            let (found, tier) = batch.finish();
             return Ok(BatchDocs {
-                docs: bodies(found),
-                tier: Tier::L1,
+                docs: bodies(answer(&found)),
+                tier,
                 permit,
             });
         }
         // The store is asked for no more than what still fits (plus one value), and this
         // request holds the most it can receive until the read is done.
         let room = budget.max_bytes - hit_bytes;
-        let worst = (misses.len() * (config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
+        let worst = (missing.len() * (config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
             .min(room + config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
         let mut permit = budget.reserve(hit_bytes + worst).await?;
-        let tickets: Vec<_> = misses
-            .iter()
-            .map(|id| l1.ticket(&cache_key(game_name, collection, id)))
-            .collect();
+        let miss_ids: Vec<&str> = missing.iter().map(|index| unique[*index]).collect();
         self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
         let many = self
-            .budget(game.store.get_many(game_name, collection, &misses, room))
+            .budget(game.store.get_many(game_name, collection, &miss_ids, room))
             .await?;
         if many.value_bytes > room {
             // Some rows were left out: none of them may be taken for "missing".
@@ -83,22 +95,11 @@ impl Service {
                 budget.max_bytes,
             ));
         }
-        let mut loaded = HashMap::with_capacity(misses.len());
-        for (id, ticket) in misses.iter().zip(tickets) {
-            let cached = to_cached(id, many.rows.get(*id));
-            l1.fill(
-                &cache_key(game_name, collection, id),
-                ticket,
-                cached.clone(),
-                ttl_for(config, &cached),
-            );
-            loaded.insert(*id, cached);
+        for (index, id) in missing.into_iter().zip(miss_ids) {
+            batch.loaded(index, to_cached(id, many.rows.get(id)));
         }
-        for (id, slot) in ids.iter().zip(found.iter_mut()) {
-            if slot.is_none() {
-                *slot = loaded.get(id.as_str()).cloned();
-            }
-        }
+        let (found, tier) = batch.finish();
+        let found = answer(&found);
         let bytes = documents_bytes(found.iter().flatten());
         if bytes > budget.max_bytes {
             return Err(answer_too_large(bytes, budget.max_bytes));
@@ -106,7 +107,7 @@ impl Service {
         budget.fit(&mut permit, bytes).await?;
         Ok(BatchDocs {
             docs: bodies(found),
-            tier: Tier::Db,
+            tier,
             permit,
         })
     }

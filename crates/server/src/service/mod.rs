@@ -1,11 +1,12 @@
 //! The one API both ingresses call: get, batch get, list and write transactions (put, patch,
-//! delete, incr, check), over the L1 cache and the games' stores.
+//! delete, incr, check), over the cache tiers (`crate::cache`) and the games' stores.
 //!
-//! Read path (here): L1 hit → encoded bytes as-is; miss → one single-flighted store read whose
-//! result (document or "missing", with its version) fills L1. Batch gets and list pages are in
-//! `many.rs`, bounded by [`budget`]. Write path (`write.rs`): lock the keys and commit in the
-//! store → update L1 with the committed version → acknowledge, run to its end in a task of its
-//! own; a write whose outcome is unknown drops the keys from L1 so no stale entry survives it.
+//! Read path (here): the cache reads through its tiers (L1, then L2 when configured) and, on a
+//! miss, runs this module's store read once for all concurrent callers. Batch gets and list
+//! pages are in `many.rs`, bounded by [`budget`]. Write path (`write.rs`): lock the keys and
+//! commit in the store → the cache follows the committed versions → acknowledge, run to its end
+//! in a task of its own; a write whose outcome is unknown drops the keys from L1 so no stale
+//! entry survives it.
 
 pub mod budget;
 mod many;
@@ -20,11 +21,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::l1::{Cached, L1, Tier};
+use crate::cache::{Bus, Cache, Cached, KeyBuf, L1, L2, Ttls};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{StoredDoc, check_id, encode_document};
-use crate::store::{DocKey, Store, StoreError};
+use crate::model::{DocKey, StoredDoc, Tier, check_id, encode_document};
+use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
@@ -139,7 +140,8 @@ struct Inner {
     games: FastMap<String, Game>,
     /// One entry per distinct store, for health checks.
     stores: Vec<(String, Store)>,
-    l1: L1,
+    cache: Cache,
+    _stop_bus: tokio::sync::watch::Sender<bool>,
     store_timeout: Duration,
     stats: Stats,
     budget: ResponseBudget,
@@ -168,11 +170,24 @@ impl Service {
             .into_iter()
             .map(|(url, store)| (redact_url(url), store))
             .collect();
+        let l1 = L1::new(config.cache.l1_max_bytes);
+        // The bus's tasks end when the service (this sender) is dropped.
+        let (stop_bus, stopped) = tokio::sync::watch::channel(false);
+        let shared = if config.cache.has_l2() {
+            let l2 = L2::connect(&config.cache, config.store.timeout)
+                .map_err(|e| StoreError::Url("cache.l2_url".to_string(), e))?;
+            let bus = Bus::start(&config.cache, l1.clone(), l2.clone(), stopped)
+                .map_err(|e| StoreError::Url("cache.l2_url".to_string(), e))?;
+            Some((l2, bus))
+        } else {
+            None
+        };
         Ok(Service {
             inner: Arc::new(Inner {
                 games,
                 stores,
-                l1: L1::new(config.cache.l1_max_bytes),
+                cache: Cache::new(l1, shared),
+                _stop_bus: stop_bus,
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),
@@ -187,8 +202,9 @@ impl Service {
         &self.inner.stats
     }
 
-    pub fn l1(&self) -> &L1 {
-        &self.inner.l1
+    /// The cache tiers (their counters are visible to tests and metrics).
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
     }
 
     /// The response budget (its reservations are visible to tests and metrics).
@@ -243,7 +259,7 @@ impl Service {
         let key = KeyBuf::new(game_name, collection, id);
         // The miss path (single flight, store query) is boxed so that the future of a hit
         // stays small: hyper moves the request future on every request (measured).
-        let (cached, tier) = match self.inner.l1.get(key.as_str()) {
+        let (cached, tier) = match self.inner.cache.cached(key.as_str()) {
             Some(hit) => (hit, Tier::L1),
             None => {
                 Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
@@ -269,10 +285,13 @@ impl Service {
             return Some(Err(e));
         }
         let key = KeyBuf::new(game_name, collection, id);
-        Some(read_result(self.inner.l1.get(key.as_str())?, Tier::L1))
+        Some(read_result(
+            self.inner.cache.cached(key.as_str())?,
+            Tier::L1,
+        ))
     }
 
-    /// Single-flighted store read of one document on an L1 miss.
+    /// The read of one document that L1 missed, through L2 and the store (single flight).
     async fn load(
         &self,
         game_name: &str,
@@ -283,20 +302,16 @@ impl Service {
         key: &str,
     ) -> Result<(Cached, Tier), ServiceError> {
         self.inner
-            .l1
-            .get_or_load(
-                key,
-                |c| ttl_for(config, c),
-                || async {
-                    self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-                    let doc_key = DocKey {
-                        collection: collection.to_string(),
-                        id: id.to_string(),
-                    };
-                    let row = self.budget(game.store.get(game_name, &doc_key)).await?;
-                    Ok(to_cached(id, row.as_ref()))
-                },
-            )
+            .cache
+            .read(key, Ttls::of(config), || async {
+                self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+                let doc_key = DocKey {
+                    collection: collection.to_string(),
+                    id: id.to_string(),
+                };
+                let row = self.budget(game.store.get(game_name, &doc_key)).await?;
+                Ok(to_cached(id, row.as_ref()))
+            })
             .await
     }
 
@@ -390,52 +405,6 @@ fn read_result(cached: Cached, tier: Tier) -> Result<ReadResult, ServiceError> {
     }
 }
 
-/// The L1 key of a document, `game/collection/id`, composed on the stack: a cache hit then
-/// allocates nothing for its key. Names and ids are validated first, so it always fits.
-struct KeyBuf {
-    buf: [u8; KeyBuf::CAPACITY],
-    len: usize,
-}
-
-impl KeyBuf {
-    const CAPACITY: usize = 2 * crate::model::MAX_NAME_LEN + crate::model::MAX_ID_LEN + 2;
-
-    fn new(game: &str, collection: &str, id: &str) -> KeyBuf {
-        let mut key = KeyBuf {
-            buf: [0; Self::CAPACITY],
-            len: 0,
-        };
-        for (index, part) in [game, collection, id].into_iter().enumerate() {
-            if index > 0 {
-                key.push(b"/");
-            }
-            key.push(part.as_bytes());
-        }
-        key
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        let end = (self.len + bytes.len()).min(Self::CAPACITY);
-        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
-        self.len = end;
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ever filled from whole `&str`s of ASCII names and ids.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
-}
-
-fn cache_key(game: &str, collection: &str, id: &str) -> String {
-    let mut key = String::with_capacity(game.len() + collection.len() + id.len() + 2);
-    key.push_str(game);
-    key.push('/');
-    key.push_str(collection);
-    key.push('/');
-    key.push_str(id);
-    key
-}
-
 fn to_cached(id: &str, row: Option<&StoredDoc>) -> Cached {
     match row {
         Some(StoredDoc {
@@ -451,13 +420,6 @@ fn to_cached(id: &str, row: Option<&StoredDoc>) -> Cached {
             version: row.version,
         },
         None => Cached::Missing { version: 0 },
-    }
-}
-
-fn ttl_for(config: &CollectionConfig, cached: &Cached) -> Duration {
-    match cached {
-        Cached::Doc { .. } => config.l1_ttl,
-        Cached::Missing { .. } => config.negative_ttl,
     }
 }
 
@@ -535,18 +497,6 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
             assert!(!redact_url(url).contains("secret") && !redact_url(url).contains("ss@w"));
-        }
-    }
-
-    #[test]
-    fn stack_keys_match_heap_keys() {
-        let long_id = "x".repeat(crate::model::MAX_ID_LEN);
-        let long_name = "n".repeat(crate::model::MAX_NAME_LEN);
-        for (g, c, i) in [
-            ("default", "players", "42"),
-            (long_name.as_str(), long_name.as_str(), long_id.as_str()),
-        ] {
-            assert_eq!(KeyBuf::new(g, c, i).as_str(), cache_key(g, c, i));
         }
     }
 }

@@ -7,8 +7,8 @@ use serde_json::{Number, Value};
 
 use super::ops::{Incr, Precondition, WriteOp};
 use crate::error::{ErrorCode, ServiceError};
+use crate::model::DocKey;
 use crate::model::check_id;
-use crate::store::DocKey;
 
 /// A write operation on a named document with its preconditions.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,11 +19,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::ops::{self, Applied, Rules};
-use super::{KeyedOp, OpOutcome, Service, cache_key, store_error, to_cached, ttl_for};
-use crate::cache::l1::Ticket;
+use super::{KeyedOp, OpOutcome, Service, store_error, to_cached};
+use crate::cache::{Ttls, WriteTickets, cache_key};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{DOCUMENT_ENVELOPE_BYTES, StoredDoc, check_id, encode_document, now_rfc3339};
-use crate::store::{DocKey, Planned, StoreError, TxnError};
+use crate::model::{
+    DOCUMENT_ENVELOPE_BYTES, DocKey, StoredDoc, check_id, encode_document, now_rfc3339,
+};
+use crate::store::{Planned, StoreError, TxnError};
 
 /// How long a write whose COMMIT was sent is followed after its time budget ran out.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(30);
@@ -38,8 +40,10 @@ pub(super) struct Prepared {
     pub keys: Vec<DocKey>,
     /// For each op, its key's index in `keys`.
     pub slot_of: Vec<usize>,
-    /// L1 key of each entry of `keys`.
+    /// Cache key of each entry of `keys`.
     pub cache_keys: Vec<String>,
+    /// Cache lifetimes of each entry of `keys`.
+    pub ttls: Vec<Ttls>,
     /// Most bytes of documents the answer may hold.
     pub max_answer_bytes: usize,
 }
@@ -68,10 +72,12 @@ impl Service {
             )));
         }
         let mut rules = Vec::with_capacity(ops.len());
+        let mut collection_ttls = Vec::new();
         for (index, op) in ops.iter().enumerate() {
             let config = self
                 .collection(game, &op.key.collection)
                 .map_err(|e| e.at_op(index))?;
+            collection_ttls.push((op.key.collection.as_str(), Ttls::of(config)));
             check_id(&op.key.id, "id").map_err(|e| e.at_op(index))?;
             rules.push(Rules {
                 max_bytes: config.max_document_bytes,
@@ -89,6 +95,16 @@ impl Service {
             .iter()
             .map(|k| cache_key(game_name, &k.collection, &k.id))
             .collect();
+        let ttls = keys
+            .iter()
+            .map(|k| {
+                collection_ttls
+                    .iter()
+                    .find(|(name, _)| *name == k.collection)
+                    .map(|(_, ttls)| *ttls)
+            })
+            .collect::<Option<Vec<Ttls>>>()
+            .ok_or_else(|| ServiceError::internal("a prepared key lost its collection"))?;
         Ok(Prepared {
             game: game_name.to_string(),
             ops,
@@ -96,6 +112,7 @@ impl Service {
             keys,
             slot_of,
             cache_keys,
+            ttls,
             max_answer_bytes: self.inner.budget.max_bytes,
         })
     }
@@ -144,8 +161,8 @@ impl Service {
             let _ = answer.send(Err(ServiceError::internal("a prepared game vanished")));
             return;
         };
-        let l1 = &self.inner.l1;
-        let tickets: Vec<Ticket> = p.cache_keys.iter().map(|k| l1.ticket(k)).collect();
+        let cache = &self.inner.cache;
+        let tickets = cache.begin_write(p.cache_keys.clone()).await;
         let mut plan = |current: &[StoredDoc]| apply_ops(&p, current);
         let committing = AtomicBool::new(false);
         let transaction = game
@@ -164,30 +181,41 @@ impl Service {
             let committing = committing.load(Ordering::Acquire);
             let lost_while_committing =
                 committing && matches!(&result, Err(TxnError::Store(e)) if e.is_connection_lost());
-            let _ = answer.send(self.settle(&p, tickets, result, committing));
-            drop(settled);
             if lost_while_committing {
                 // The database may still commit what it received (a partition, a slow disk):
-                // a read in between can refill L1 with the older version, so the keys are
-                // dropped once more, which bounds that window to SETTLE_LIMIT.
+                // the tiers must not vouch for the older version meanwhile.
+                cache.outcome_unknown(&tickets, SETTLE_LIMIT).await;
+            }
+            let reply = self.settle(&p, tickets, result, committing).await;
+            if matches!(reply, Err(ref e) if e.code == ErrorCode::Internal && self.aborted(&p)) {
+                drop(settled);
+                return; // the fault point: as if the process died after the COMMIT
+            }
+            let _ = answer.send(reply);
+            drop(settled);
+            if lost_while_committing {
+                // A read in between can refill L1 with the older version: the keys are dropped
+                // once more, which bounds that window to SETTLE_LIMIT.
                 tokio::time::sleep(SETTLE_LIMIT).await;
                 self.forget(&p.cache_keys);
             }
             return;
         }
-        // Out of time: the outcome is unknown to the caller, and L1 must not vouch for the
-        // old version while it is.
-        self.forget(&p.cache_keys);
+        // Out of time: the outcome is unknown to the caller, and no tier may vouch for the old
+        // version while it is.
+        cache.outcome_unknown(&tickets, SETTLE_LIMIT).await;
         let _ = answer.send(Err(ServiceError::new(
             ErrorCode::Timeout,
             "the store did not answer in time; the outcome of the write is unknown: read the document back",
         )));
         if !committing.load(Ordering::Acquire) {
-            return; // dropping the transaction closes its connection: the database rolls back
+            // Dropping the transaction closes its connection: the database rolls back.
+            cache.not_committed(tickets, false).await;
+            return;
         }
         match tokio::time::timeout(SETTLE_LIMIT, &mut transaction).await {
             Ok(result) => {
-                let _ = self.settle(&p, tickets, result, true);
+                let _ = self.settle(&p, tickets, result, true).await;
             }
             Err(_) => {
                 tracing::warn!(
@@ -199,55 +227,69 @@ impl Service {
         }
     }
 
-    /// Applies the outcome to L1 and maps it to the caller's result.
-    fn settle(
+    /// The test-only fault point "the process dies right after the COMMIT" fired for `p`.
+    fn aborted(&self, p: &Prepared) -> bool {
+        let fired = self
+            .inner
+            .cache
+            .faults()
+            .abort_after_commit
+            .load(Ordering::Relaxed);
+        if fired {
+            tracing::warn!(game = %p.game, "fault point: write aborted after its commit");
+        }
+        fired
+    }
+
+    /// The cache follows the outcome; then it is mapped to the caller's result.
+    async fn settle(
         &self,
         p: &Prepared,
-        tickets: Vec<Ticket>,
+        tickets: WriteTickets,
         result: Result<Planned<Vec<OpOutcome>>, TxnError<ServiceError>>,
         committing: bool,
     ) -> Result<Vec<OpOutcome>, ServiceError> {
-        let l1 = &self.inner.l1;
+        let cache = &self.inner.cache;
         match result {
             Ok((new_rows, outcomes)) => {
                 self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-                let game = self.game(&p.game)?;
-                for ((key, row), (cache_key, ticket)) in p
+                if self.aborted(p) {
+                    return Err(ServiceError::internal("fault point: aborted after commit"));
+                }
+                let changed = p
                     .keys
                     .iter()
                     .zip(new_rows)
-                    .zip(p.cache_keys.iter().zip(tickets))
-                {
-                    let Some(row) = row else { continue };
-                    let cached = to_cached(&key.id, Some(&row));
-                    let ttl = game
-                        .collections
-                        .get(&key.collection)
-                        .map_or(std::time::Duration::ZERO, |c| ttl_for(c, &cached));
-                    l1.complete_write(cache_key, ticket, cached, ttl);
-                }
+                    .zip(&p.ttls)
+                    .map(|((key, row), ttls)| {
+                        row.map(|row| (to_cached(&key.id, Some(&row)), *ttls))
+                    })
+                    .collect();
+                cache.committed(tickets, changed).await;
                 Ok(outcomes)
             }
             Err(TxnError::Plan(e)) => {
-                if matches!(
+                // The store disagreed with what the caller (maybe from our cache) expected:
+                // drop our copies so the next read fetches the store's truth.
+                let conflict = matches!(
                     e.code,
                     ErrorCode::VersionConflict | ErrorCode::AlreadyExists
-                ) {
-                    // The store disagreed with what the caller (maybe from our cache) expected:
-                    // drop our copies so the next read fetches the store's truth.
-                    self.forget(&p.cache_keys);
-                }
+                );
+                cache.not_committed(tickets, conflict).await;
                 Err(e)
             }
             Err(TxnError::Store(e)) => {
-                self.forget(&p.cache_keys);
+                cache.forget(&p.cache_keys);
+                if !(committing && e.is_connection_lost()) {
+                    cache.not_committed(tickets, true).await;
+                }
                 Err(write_failure(e, committing))
             }
         }
     }
 
     pub(super) fn forget(&self, cache_keys: &[String]) {
-        cache_keys.iter().for_each(|k| self.inner.l1.invalidate(k));
+        self.inner.cache.forget(cache_keys);
     }
 }
 

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::config::{SqliteSync, StoreConfig};
-use crate::model::StoredDoc;
+use crate::model::{DocKey, StoredDoc};
 pub use dialect::Dialect;
 
 /// How many times a transaction is retried after a transient conflict.
@@ -63,13 +63,6 @@ fn cap(bytes: usize) -> i64 {
 
 fn count(value: i64) -> usize {
     usize::try_from(value).unwrap_or(0)
-}
-
-/// A document key inside one game.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DocKey {
-    pub collection: String,
-    pub id: String,
 }
 
 /// The new row for each locked key (`None`: unchanged) and the caller's result.

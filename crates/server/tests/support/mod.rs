@@ -98,6 +98,7 @@ pub fn collection() -> CollectionConfig {
         l1_ttl: Duration::from_secs(600),
         l2_ttl: Duration::from_secs(600),
         negative_ttl: Duration::from_secs(60),
+        l2_negative_ttl: Duration::from_secs(60),
         max_document_bytes: 4096,
         float_counters: false,
     }
@@ -407,6 +408,70 @@ macro_rules! backend_tests {
         mod mysql {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() { super::$case($crate::support::Backend::MySql).await })*
+        }
+    };
+}
+
+/// A real Redis the L2 suites run against: the standalone server of
+/// `DATAMIDDLEWARE_TEST_REDIS_URL`, or the cluster of `DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES`
+/// (comma-separated seed nodes). `scripts/test.sh` starts both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redis {
+    Standalone,
+    Cluster,
+}
+
+impl Redis {
+    fn env_var(self) -> &'static str {
+        match self {
+            Redis::Standalone => "DATAMIDDLEWARE_TEST_REDIS_URL",
+            Redis::Cluster => "DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES",
+        }
+    }
+
+    /// The configured URLs, or `None` (skip) when unset outside CI.
+    pub fn urls(self) -> Option<Vec<String>> {
+        let var = self.env_var();
+        match std::env::var(var) {
+            Ok(urls) if !urls.is_empty() => Some(urls.split(',').map(str::to_string).collect()),
+            _ if in_ci() => panic!("{var} is not set, and CI forbids skipping the Redis suites"),
+            _ => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "SKIPPED: {var} is not set");
+                None
+            }
+        }
+    }
+
+    /// Points `config` at this Redis, under the key prefix `prefix`.
+    pub fn configure(self, config: &mut Config, prefix: &str) -> Option<()> {
+        let urls = self.urls()?;
+        match self {
+            Redis::Standalone => config.cache.l2_url = urls.into_iter().next(),
+            Redis::Cluster => config.cache.l2_cluster_nodes = urls,
+        }
+        config.cache.l2_prefix = prefix.to_string();
+        Some(())
+    }
+}
+
+/// A Redis key prefix of its own, so tests sharing one Redis never see each other's keys.
+pub fn unique_prefix() -> String {
+    format!("t{:012x}", fastrand::u64(..) >> 16)
+}
+
+/// Defines each listed `async fn case(redis: Redis)` as a test per Redis kind:
+/// `standalone::case`, `cluster::case`.
+#[macro_export]
+macro_rules! redis_tests {
+    ($($case:ident),* $(,)?) => {
+        mod standalone {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::support::Redis::Standalone).await })*
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::support::Redis::Cluster).await })*
         }
     };
 }

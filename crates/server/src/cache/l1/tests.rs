@@ -11,6 +11,69 @@ fn doc(version: u64) -> Cached {
 
 const TTL: Duration = Duration::from_secs(60);
 
+impl L1 {
+    /// The read-through shape the cache facade builds on `load_once`: a hit, else one load for
+    /// all concurrent callers, reported as read from the store.
+    async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        ttl_of: impl Fn(&Cached) -> Duration,
+        load: F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
+        if let Some(hit) = self.get(key) {
+            return Ok((hit, Tier::L1));
+        }
+        self.load_once(key, true, ttl_of, || {
+            let loading = load();
+            async move { loading.await.map(|value| (value, Tier::Db)) }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_remote_write_drops_older_entries_and_stops_older_fills() {
+    let l1 = L1::new(1 << 20);
+    l1.fill("new", l1.ticket("new"), doc(5), TTL);
+    l1.fill("old", l1.ticket("old"), doc(3), TTL);
+    let read = l1.ticket("later");
+    l1.remote_write("new", 5);
+    l1.remote_write("old", 4);
+    l1.remote_write("later", 9);
+    assert_eq!(
+        l1.get("new"),
+        Some(doc(5)),
+        "an entry as new as the write stays"
+    );
+    assert_eq!(l1.get("old"), None, "an older entry goes");
+    l1.fill("later", read, doc(8), TTL);
+    assert_eq!(
+        l1.get("later"),
+        None,
+        "a read that started before the write does not fill"
+    );
+}
+
+#[tokio::test]
+async fn clear_forgets_everything_and_stops_fills_in_flight() {
+    let l1 = L1::new(1 << 20);
+    l1.fill("a", l1.ticket("a"), doc(1), TTL);
+    let read = l1.ticket("b");
+    let write = l1.ticket("c");
+    l1.clear();
+    assert_eq!(l1.get("a"), None);
+    l1.fill("b", read, doc(1), TTL);
+    l1.complete_write("c", write, doc(2), TTL);
+    assert!(
+        l1.is_empty(),
+        "fills and writes that began before the clear do not insert"
+    );
+}
+
 #[tokio::test]
 async fn a_fill_that_raced_a_write_is_dropped() {
     let l1 = L1::new(1 << 20);

@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use super::HttpState;
 use super::problem::{json, with_etag};
-use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
+use crate::model::Tier;
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{BatchGetBody, PutBody, TxnRequest, parse_json};
 use crate::service::{OpOutcome, ResponsePermit, txn_results_json};

@@ -6,8 +6,8 @@ use datamiddleware_protocol::{
     DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
 };
 
-use crate::cache::l1::Tier;
 use crate::error::{ErrorCode, ServiceError};
+use crate::model::Tier;
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
 use crate::service::{KeyedOp, OpOutcome, ResponsePermit, Service, Settled, txn_results_json};
@@ -226,6 +226,7 @@ fn precondition(pre: WirePre) -> Precondition {
 fn wire_tier(tier: Tier) -> WireTier {
     match tier {
         Tier::L1 => WireTier::L1,
+        Tier::L2 => WireTier::L2,
         Tier::Db => WireTier::Db,
     }
 }

@@ -1,0 +1,359 @@
+//! The invalidation bus: every instance learns every committed change `(key, version)` of every
+//! other instance and drops older L1 entries, over Redis pub/sub on one channel
+//! (`<prefix>:bus`; on a cluster a plain `PUBLISH` reaches the subscribers of every node).
+//!
+//! Pub/sub delivers at most once, and a frozen Redis closes no socket, so the bus checks itself:
+//! every instance publishes a heartbeat every `cache.bus_heartbeat`, and every message carries
+//! its publisher's sequence number. An instance **trusts its caches** only while it hears its own
+//! heartbeat and every live publisher's within `cache.bus_silence`; a gap in a sequence clears
+//! L1 at once. While not trusted, reads bypass L1 and L2 and go to the store; when trust comes
+//! back L1 is cleared first (it may have missed messages). An instance whose L2 steps failed
+//! after a commit stops heartbeating until it has repaired them, so the others bypass too.
+//!
+//! Message format (text): `<instance> <seq> H` or `<instance> <seq> I <key> <version> …`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::l1::L1;
+use super::l2::L2;
+use crate::config::CacheConfig;
+
+/// Invalidations sent in one message at most.
+const MAX_BATCH: usize = 256;
+/// A publisher not heard from for this long is taken for gone (its process ended) and no longer
+/// waited for.
+const FORGET_AFTER: Duration = Duration::from_secs(10);
+
+/// One committed change to announce, and who waits for it to be sent.
+struct Change {
+    key: String,
+    version: u64,
+    sent: oneshot::Sender<()>,
+}
+
+/// Counters read by tests and (later) the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct BusCounters {
+    /// Messages published by this instance (heartbeats included).
+    pub published: AtomicU64,
+    /// Invalidations from other instances applied to L1.
+    pub applied: AtomicU64,
+    /// Sequence gaps seen (messages lost): each cleared L1.
+    pub gaps: AtomicU64,
+    /// Times this instance stopped trusting its caches.
+    pub distrusted: AtomicU64,
+}
+
+/// The bus handle held by the cache.
+pub struct Bus {
+    id: String,
+    changes: mpsc::UnboundedSender<Change>,
+    trusted: AtomicBool,
+    counters: BusCounters,
+    silence: Duration,
+    l2_timeout: Duration,
+}
+
+/// What the subscriber knows of each publisher.
+struct Heard {
+    seq: u64,
+    at: Instant,
+}
+
+impl Bus {
+    /// Starts the publisher, the subscriber and the watchdog; they end when `stop` turns true.
+    pub fn start(
+        config: &CacheConfig,
+        l1: L1,
+        l2: Arc<L2>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Bus>, String> {
+        let nodes: Vec<String> = match &config.l2_url {
+            Some(url) => vec![url.clone()],
+            None => config.l2_cluster_nodes.clone(),
+        };
+        let clients = nodes
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (changes, queue) = mpsc::unbounded_channel();
+        let bus = Arc::new(Bus {
+            id: format!("{:016x}", fastrand::u64(..)),
+            changes,
+            trusted: AtomicBool::new(false),
+            counters: BusCounters::default(),
+            silence: config.bus_silence,
+            l2_timeout: config.l2_timeout,
+        });
+        let channel = format!("{}:bus", config.l2_prefix);
+        let heard = Arc::new(Mutex::new(HashMap::<String, Heard>::new()));
+        let subscribed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(bus.clone().publish(
+            clients.clone(),
+            channel.clone(),
+            queue,
+            config.bus_heartbeat,
+            l2.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(bus.clone().subscribe(
+            clients,
+            channel,
+            l1.clone(),
+            heard.clone(),
+            subscribed.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(
+            bus.clone()
+                .watch(l1, heard, subscribed, config.bus_heartbeat, stop),
+        );
+        Ok(bus)
+    }
+
+    /// True while this instance may serve from its caches (see the module documentation).
+    pub fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    pub fn counters(&self) -> &BusCounters {
+        &self.counters
+    }
+
+    /// Announces committed changes; returns once they were published, or after the time
+    /// budget (a failed publish never fails the write: the heartbeat rule bounds staleness).
+    pub async fn announce(&self, changes: impl IntoIterator<Item = (String, u64)>) {
+        let mut sent = Vec::new();
+        for (key, version) in changes {
+            let (tx, rx) = oneshot::channel();
+            if self
+                .changes
+                .send(Change {
+                    key,
+                    version,
+                    sent: tx,
+                })
+                .is_ok()
+            {
+                sent.push(rx);
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(sent);
+        let _ = tokio::time::timeout(2 * self.l2_timeout, all).await;
+    }
+
+    /// The publisher: sends queued changes in batches, and a heartbeat every `every` while this
+    /// instance has nothing to repair in L2. One connection, one message at a time, so the
+    /// sequence numbers arrive in order.
+    async fn publish(
+        self: Arc<Bus>,
+        clients: Vec<redis::Client>,
+        channel: String,
+        mut queue: mpsc::UnboundedReceiver<Change>,
+        every: Duration,
+        l2: Arc<L2>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut node = 0;
+        let mut conn = None;
+        let mut seq = 0u64;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Vec::new();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+                received = queue.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 { return; }
+                }
+            }
+            let caught_up = !l2.has_pending_repair() || l2.repair().await;
+            if batch.is_empty() && !caught_up {
+                continue; // no heartbeat, so the others bypass their caches
+            }
+            seq += 1;
+            let mut message = format!("{} {seq} ", self.id);
+            if batch.is_empty() {
+                message.push('H');
+            } else {
+                // Lower case: "not caught up", so this message does not count as a heartbeat.
+                message.push(if caught_up { 'I' } else { 'i' });
+                for change in &batch {
+                    message.push_str(&format!(" {} {}", change.key, change.version));
+                }
+            }
+            if conn.is_none() {
+                conn = self.connect(&clients[node % clients.len()]).await;
+            }
+            let published = match &mut conn {
+                Some(c) => {
+                    let send = redis::cmd("PUBLISH").arg(&channel).arg(&message).to_owned();
+                    matches!(
+                        tokio::time::timeout(self.l2_timeout, send.query_async::<i64>(c)).await,
+                        Ok(Ok(_))
+                    )
+                }
+                None => false,
+            };
+            if published {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Lost or unsure: the next message's sequence shows a gap to every receiver,
+                // which clears their L1. Try the next seed node for the next message.
+                conn = None;
+                node += 1;
+            }
+            for change in batch {
+                let _ = change.sent.send(());
+            }
+        }
+    }
+
+    async fn connect(&self, client: &redis::Client) -> Option<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.l2_timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.l2_timeout))
+            .set_number_of_retries(0);
+        let connect = client.get_connection_manager_with_config(config);
+        tokio::time::timeout(Duration::from_secs(1), connect)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// The subscriber: applies other instances' changes to L1 and records who was heard.
+    async fn subscribe(
+        self: Arc<Bus>,
+        clients: Vec<redis::Client>,
+        channel: String,
+        l1: L1,
+        heard: Arc<Mutex<HashMap<String, Heard>>>,
+        subscribed: Arc<AtomicBool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut node = 0;
+        loop {
+            let client = &clients[node % clients.len()];
+            node += 1;
+            let pubsub = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let Ok(Ok(pubsub)) = pubsub else {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            };
+            // Whatever was sent while unsubscribed is lost: start from a clean L1. The watchdog
+            // restores trust once every publisher known before was heard again (or is gone).
+            l1.clear();
+            subscribed.store(true, Ordering::Release);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    message = messages.next() => match message {
+                        Some(message) => self.receive(message.get_payload_bytes(), &l1, &heard),
+                        None => break, // the connection closed
+                    },
+                }
+            }
+            subscribed.store(false, Ordering::Release);
+            self.distrust();
+            tracing::warn!("the invalidation bus connection closed; resubscribing");
+        }
+    }
+
+    fn receive(&self, payload: &[u8], l1: &L1, heard: &Mutex<HashMap<String, Heard>>) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.split(' ');
+        let (Some(from), Some(Ok(seq))) = (parts.next(), parts.next().map(str::parse::<u64>))
+        else {
+            return;
+        };
+        let kind = parts.next();
+        let alive = matches!(kind, Some("H" | "I"));
+        let gap = {
+            let mut heard = heard.lock();
+            let previous = heard.get(from).map(|h| (h.seq, h.at));
+            let at = match previous {
+                Some((_, at)) if !alive => at,
+                _ => Instant::now(),
+            };
+            heard.insert(from.to_string(), Heard { seq, at });
+            previous.is_some_and(|(last, _)| seq != last + 1)
+        };
+        if gap {
+            self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                publisher = from,
+                "invalidation messages were lost; L1 is cleared"
+            );
+            l1.clear();
+        }
+        if from == self.id || !matches!(kind, Some("I" | "i")) {
+            return; // this instance's own changes are in its L1 already
+        }
+        while let (Some(key), Some(Ok(version))) = (parts.next(), parts.next().map(str::parse)) {
+            l1.remote_write(key, version);
+            self.counters.applied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The watchdog: trust while subscribed and every publisher heard within `silence`.
+    async fn watch(
+        self: Arc<Bus>,
+        l1: L1,
+        heard: Arc<Mutex<HashMap<String, Heard>>>,
+        subscribed: Arc<AtomicBool>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every / 2);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let whole = subscribed.load(Ordering::Acquire) && {
+                let mut heard = heard.lock();
+                heard.retain(|_, h| h.at.elapsed() < FORGET_AFTER);
+                heard.get(&self.id).is_some()
+                    && heard.values().all(|h| h.at.elapsed() < self.silence)
+            };
+            if whole && !self.trusted() {
+                l1.clear(); // filled while distrusted: it may have missed messages
+                self.trusted.store(true, Ordering::Release);
+                tracing::info!("the invalidation bus is whole: caches are served again");
+            } else if !whole {
+                self.distrust();
+            }
+        }
+    }
+
+    fn distrust(&self) {
+        if self.trusted.swap(false, Ordering::AcqRel) {
+            self.counters.distrusted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "the invalidation bus is silent or broken: reads bypass the caches until it is whole"
+            );
+        }
+    }
+}

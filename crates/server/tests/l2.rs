@@ -1,0 +1,313 @@
+//! The Redis tier (L2) against a real Redis, standalone and Cluster: what reads and writes put
+//! there, single flight over it, the multi-key batch read, the version compare on the server,
+//! and the write marker that keeps a writer dying after its commit from leaving an older version
+//! parked in L2. Every instance here shares one PostgreSQL store, as a deployment does.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datamiddleware::config::Config;
+use support::{Backend, Redis, TestServer, unique_prefix};
+
+/// Two instances on one store and one Redis (`a` and `b`), or `None` to skip.
+async fn pair(redis: Redis) -> Option<(TestServer, TestServer, String)> {
+    let prefix = unique_prefix();
+    redis.urls()?;
+    let l2 = |config: &mut Config| {
+        redis.configure(config, &prefix);
+    };
+    let a = TestServer::start_with(Backend::Postgres, l2).await?;
+    let b = a.sibling_with(l2).await;
+    Some((a, b, prefix))
+}
+
+async fn another(redis: Redis, of: &TestServer, prefix: &str) -> TestServer {
+    of.sibling_with(|config| {
+        redis.configure(config, prefix);
+    })
+    .await
+}
+
+fn lookups(server: &TestServer) -> u64 {
+    l2_counter(server, |c| c.lookups.load(Ordering::SeqCst))
+}
+
+fn l2_counter(
+    server: &TestServer,
+    read: impl Fn(&datamiddleware::cache::l2::L2Counters) -> u64,
+) -> u64 {
+    let cache = server.running.service.cache();
+    read(cache.l2().expect("L2 is configured").counters())
+}
+
+/// Waits until `check` holds (background fills land a little after the answer).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 2 s");
+}
+
+async fn a_write_reaches_l2_and_another_instance_reads_it_there(redis: Redis) {
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    let put = a
+        .client
+        .put(&a.path("players/p1"), r#"{"value":{"gold":1}}"#)
+        .await;
+    assert_eq!(put.status, 201);
+    let read = b.client.get(&b.path("players/p1")).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(
+        read.header("x-cache"),
+        Some("L2"),
+        "the write put the document in L2"
+    );
+    assert_eq!(read.json()["value"]["gold"], 1);
+    assert_eq!(b.store_reads(), 0, "an L2 hit does not read the store");
+    let again = b.client.get(&b.path("players/p1")).await;
+    assert_eq!(again.header("x-cache"), Some("L1"), "an L2 hit fills L1");
+}
+
+async fn a_store_read_fills_l2_for_the_other_instances(redis: Redis) {
+    let Some((a, b, prefix)) = pair(redis).await else {
+        return;
+    };
+    // A document written by an instance without L2 is in the store only.
+    let plain = a.sibling().await;
+    assert_eq!(
+        plain
+            .client
+            .put(&plain.path("players/p2"), r#"{"value":{"gold":2}}"#)
+            .await
+            .status,
+        201
+    );
+    let cold = b.client.get(&b.path("players/p2")).await;
+    assert_eq!(cold.header("x-cache"), Some("DB"));
+    eventually("the fill of L2", async || {
+        l2_counter(&b, |c| c.fills.load(Ordering::SeqCst)) == 1
+    })
+    .await;
+    let c = another(redis, &a, &prefix).await;
+    let client = datamiddleware_client::Client::new(
+        c.running.tcp_addr.unwrap().to_string(),
+        Default::default(),
+    );
+    let doc = client.get(&c.game, "players", "p2").await.unwrap();
+    assert_eq!(
+        doc.tier,
+        datamiddleware_client::Tier::L2,
+        "TCP reports tier 2"
+    );
+    assert_eq!(doc.version, 1);
+    assert_eq!(c.store_reads(), 0);
+    // A missing id is remembered in L2 too.
+    assert_eq!(b.client.get(&b.path("players/none")).await.status, 404);
+    eventually("the fill of the missing id", async || {
+        l2_counter(&b, |c| c.fills.load(Ordering::SeqCst)) == 2
+    })
+    .await;
+    let missing = a.client.get(&a.path("players/none")).await;
+    assert_eq!(
+        (missing.status.as_u16(), missing.header("x-cache")),
+        (404, None)
+    );
+    assert_eq!(a.store_reads(), 0, "the missing id came from L2");
+}
+
+async fn concurrent_cold_reads_share_one_l2_lookup_and_one_store_read(redis: Redis) {
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    let plain = a.sibling().await;
+    plain
+        .client
+        .put(&plain.path("players/hot"), r#"{"value":{"n":1}}"#)
+        .await;
+    let service = b.running.service.clone();
+    let game = b.game.clone();
+    let reads = (0..1000).map(|_| {
+        let (service, game) = (service.clone(), game.clone());
+        tokio::spawn(async move { service.get(&game, "players", "hot").await })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap().unwrap().version, 1);
+    }
+    let cache = b.running.service.cache();
+    let bus = cache.bus().unwrap().counters();
+    assert_eq!(
+        lookups(&b),
+        1,
+        "one Redis read for 1,000 concurrent misses (L2 failures {}, bus: distrusted {}, gaps {})",
+        l2_counter(&b, |c| c.failures.load(Ordering::SeqCst)),
+        bus.distrusted.load(Ordering::SeqCst),
+        bus.gaps.load(Ordering::SeqCst),
+    );
+    assert_eq!(b.store_reads(), 1, "and one store read");
+}
+
+async fn a_batch_reads_l2_in_one_call(redis: Redis) {
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    let ids: Vec<String> = (0..50).map(|i| format!("i{i}")).collect();
+    for id in &ids {
+        let put = a
+            .client
+            .put(&a.path(&format!("items/{id}")), r#"{"value":{"k":1}}"#)
+            .await;
+        assert_eq!(put.status, 201);
+    }
+    let body = serde_json::json!({ "ids": ids }).to_string();
+    let batch = b.client.post(&b.path("items/_batch_get"), &body).await;
+    assert_eq!(batch.status, 200);
+    assert_eq!(batch.header("x-cache"), Some("L2"));
+    assert_eq!(batch.json()["docs"].as_array().unwrap().len(), 50);
+    assert_eq!(lookups(&b), 1, "one multi-key call for 50 ids");
+    assert_eq!(b.store_reads(), 0);
+    // One id L2 does not know goes to the store; the others still come from L2.
+    let c_ids = [ids[0].clone(), "unknown".to_string(), ids[1].clone()];
+    let body = serde_json::json!({ "ids": c_ids }).to_string();
+    let mixed = b.client.post(&b.path("items/_batch_get"), &body).await;
+    assert_eq!(mixed.header("x-cache"), Some("DB"));
+    assert_eq!(b.store_reads(), 1);
+    let docs = mixed.json()["docs"].clone();
+    assert!(docs[1].is_null() && docs[0]["id"] == "i0" && docs[2]["id"] == "i1");
+}
+
+/// The explicit race: a store read of version 1 is slow to fill L2 and lands after the write
+/// of version 2 reached L2. Redis compares versions and keeps 2.
+async fn a_slow_fill_of_an_older_version_loses_to_the_newer_write(redis: Redis) {
+    let Some((a, b, prefix)) = pair(redis).await else {
+        return;
+    };
+    let plain = a.sibling().await;
+    plain
+        .client
+        .put(&plain.path("players/race"), r#"{"value":{"v":1}}"#)
+        .await;
+    b.running
+        .service
+        .cache()
+        .faults()
+        .fill_delay_ms
+        .store(300, Ordering::SeqCst);
+    let old = b.client.get(&b.path("players/race")).await;
+    assert_eq!(
+        (old.header("x-cache"), old.json()["version"].as_u64()),
+        (Some("DB"), Some(1))
+    );
+    let newer = a
+        .client
+        .put(&a.path("players/race"), r#"{"value":{"v":2}}"#)
+        .await;
+    assert_eq!(newer.json()["version"], 2);
+    eventually("the slow fill to be refused", async || {
+        l2_counter(&b, |c| c.fills_refused.load(Ordering::SeqCst)) == 1
+    })
+    .await;
+    let c = another(redis, &a, &prefix).await;
+    let read = c.client.get(&c.path("players/race")).await;
+    assert_eq!(read.header("x-cache"), Some("L2"));
+    assert_eq!(
+        read.json()["version"],
+        2,
+        "the older fill did not replace version 2"
+    );
+}
+
+/// The hard case: the writer dies after its COMMIT and before L2 hears of it, while a reader
+/// that fetched the old row from the store is about to fill L2. The writer's marker, taken
+/// before the commit, makes that fill fail, so no instance is served the old version.
+async fn a_writer_dying_after_its_commit_leaves_no_older_version_in_l2(redis: Redis) {
+    let Some((a, b, prefix)) = pair(redis).await else {
+        return;
+    };
+    let plain = a.sibling().await;
+    plain
+        .client
+        .put(&plain.path("players/crash"), r#"{"value":{"v":1}}"#)
+        .await;
+    b.running
+        .service
+        .cache()
+        .faults()
+        .fill_delay_ms
+        .store(300, Ordering::SeqCst);
+    let old = b.client.get(&b.path("players/crash")).await;
+    assert_eq!(old.json()["version"], 1);
+    a.running
+        .service
+        .cache()
+        .faults()
+        .abort_after_commit
+        .store(true, Ordering::SeqCst);
+    let dying = a
+        .client
+        .put(&a.path("players/crash"), r#"{"value":{"v":2}}"#)
+        .await;
+    assert_eq!(dying.status, 500, "the writer 'died' after its commit");
+    eventually("the reader's fill to be refused", async || {
+        l2_counter(&b, |c| c.fills_refused.load(Ordering::SeqCst)) == 1
+    })
+    .await;
+    let c = another(redis, &a, &prefix).await;
+    let read = c.client.get(&c.path("players/crash")).await;
+    assert_eq!(
+        read.json()["version"],
+        2,
+        "the committed version, not the parked old one"
+    );
+    assert_eq!(
+        read.header("x-cache"),
+        Some("DB"),
+        "L2 holds nothing for the key"
+    );
+}
+
+/// Redis down from the start: every request is answered from the store, none fails.
+async fn without_redis_requests_still_succeed(_redis: Redis) {
+    let port = support::free_port();
+    let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
+        config.cache.l2_url = Some(format!("redis://127.0.0.1:{port}/0"));
+        config.cache.l2_prefix = unique_prefix();
+    })
+    .await
+    else {
+        return;
+    };
+    for round in 0..20 {
+        let put = s
+            .client
+            .put(
+                &s.path(&format!("players/d{round}")),
+                r#"{"value":{"x":1}}"#,
+            )
+            .await;
+        assert!(put.status.is_success(), "{}", put.status);
+        let get = s.client.get(&s.path(&format!("players/d{round}"))).await;
+        assert_eq!(get.status, 200);
+    }
+    let cache = s.running.service.cache();
+    assert!(
+        cache.l2().unwrap().breaker().is_open(),
+        "the breaker stopped calling Redis"
+    );
+}
+
+redis_tests!(
+    a_write_reaches_l2_and_another_instance_reads_it_there,
+    a_store_read_fills_l2_for_the_other_instances,
+    concurrent_cold_reads_share_one_l2_lookup_and_one_store_read,
+    a_batch_reads_l2_in_one_call,
+    a_slow_fill_of_an_older_version_loses_to_the_newer_write,
+    a_writer_dying_after_its_commit_leaves_no_older_version_in_l2,
+    without_redis_requests_still_succeed,
+);
