@@ -1,0 +1,445 @@
+//! Coherent L1s across instances: a write on one instance reaches the others' L1 through the
+//! invalidation bus, and when the bus fails (a frozen Redis, a writer cut off from Redis, Redis
+//! stopped or restarted empty) no instance serves a version older than an acknowledged write
+//! past the stated bound, and no request fails.
+//!
+//! The fault tests run their own redis-server process on a spare port (so freezing it disturbs
+//! no other test), and put a TCP proxy they can freeze between one instance and Redis.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use datamiddleware::config::Config;
+use support::{Backend, Redis, TestServer, free_port, unique_prefix};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long after an acknowledged write another instance may still serve the older version
+/// when the bus fails: `cache.bus_silence` (set to 300 ms here) plus room for a loaded machine.
+const BOUND: Duration = Duration::from_millis(300 + 500);
+
+fn with_l2(url: String, prefix: &str) -> impl Fn(&mut Config) + '_ {
+    move |config: &mut Config| {
+        config.cache.l2_url = Some(url.clone());
+        config.cache.l2_prefix = prefix.to_string();
+        config.cache.bus_heartbeat = Duration::from_millis(50);
+        config.cache.bus_silence = Duration::from_millis(300);
+    }
+}
+
+/// A redis-server of this test's own, killed when dropped.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, &dir);
+        OwnRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    fn restart_empty(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, &self._dir);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy to `target` that can be frozen: it then forwards nothing, in either direction,
+/// and closes nothing, like a network partition.
+struct Proxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pipe(client_read, server_write, flag.clone()));
+                tokio::spawn(pipe(server_read, client_write, flag.clone()));
+            }
+        });
+        Proxy { port, frozen }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn version_on(server: &TestServer, id: &str) -> (u64, String) {
+    let reply = server
+        .client
+        .get(&server.path(&format!("players/{id}")))
+        .await;
+    assert_eq!(reply.status, 200, "a read failed: {:?}", reply.body);
+    let tier = reply.header("x-cache").unwrap_or_default().to_string();
+    (reply.json()["version"].as_u64().unwrap(), tier)
+}
+
+async fn put(server: &TestServer, id: &str, n: u64) -> u64 {
+    let reply = server
+        .client
+        .put(
+            &server.path(&format!("players/{id}")),
+            &format!(r#"{{"value":{{"n":{n}}}}}"#),
+        )
+        .await;
+    assert!(
+        reply.status.is_success(),
+        "a write failed: {} {:?}",
+        reply.status,
+        reply.body
+    );
+    reply.json()["version"].as_u64().unwrap()
+}
+
+/// Polls `reader` until it serves `version` or newer; the time it took.
+async fn until_served(reader: &TestServer, id: &str, version: u64, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (served, _) = version_on(reader, id).await;
+        if served >= version {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still version {served} {:?} after version {version} was acknowledged",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn a_write_on_one_instance_reaches_the_l1_of_the_others(redis: Redis) {
+    let prefix = unique_prefix();
+    let Some(_) = redis.urls() else { return };
+    let l2 = |config: &mut Config| {
+        redis.configure(config, &prefix);
+    };
+    let Some(a) = TestServer::start_with(Backend::Postgres, l2).await else {
+        return;
+    };
+    let b = a.sibling_with(l2).await;
+    put(&a, "p", 1).await;
+    for round in 2..=20 {
+        // b holds the current version in L1...
+        let (_, tier) = version_on(&b, "p").await;
+        let (_, tier_again) = version_on(&b, "p").await;
+        assert_eq!(tier_again, "L1", "after a {tier} read");
+        // ...and serves the next one soon after a writes it.
+        let version = put(&a, "p", round).await;
+        until_served(&b, "p", version, Duration::from_secs(2)).await;
+    }
+    let bus = b.running.service.cache().bus().unwrap().counters();
+    assert!(
+        bus.applied.load(Ordering::SeqCst) >= 19,
+        "the bus carried the writes"
+    );
+    assert_eq!(
+        bus.gaps.load(Ordering::SeqCst),
+        0,
+        "no message lost at rest"
+    );
+}
+
+redis_tests!(a_write_on_one_instance_reaches_the_l1_of_the_others);
+
+/// Reads on `reader` in a loop until stopped: counts failures, and reads that began more than
+/// [`BOUND`] after `floor` was acknowledged yet served an older version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+    stale: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
+    floor: Arc<parking_lot::Mutex<(u64, Instant)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(reader: &TestServer, id: &str) -> Load {
+        let client = reader.client.clone();
+        let path = reader.path(&format!("players/{id}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (errors, stale, reads) = Default::default();
+        let floor = Arc::new(parking_lot::Mutex::new((0, Instant::now())));
+        let task = tokio::spawn({
+            let (stop, errors, stale, reads, floor): (
+                Arc<AtomicBool>,
+                Arc<AtomicU64>,
+                Arc<AtomicU64>,
+                Arc<AtomicU64>,
+                _,
+            ) = (
+                stop.clone(),
+                Arc::clone(&errors),
+                Arc::clone(&stale),
+                Arc::clone(&reads),
+                floor.clone(),
+            );
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let began = Instant::now();
+                    let (expected, acknowledged) = *floor.lock();
+                    let reply = client.get(&path).await;
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    if reply.status != 200 {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let served = reply.json()["version"].as_u64().unwrap_or(0);
+                    if served < expected && began > acknowledged + BOUND {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        Load {
+            stop,
+            errors,
+            stale,
+            reads,
+            floor,
+            task,
+        }
+    }
+
+    fn acknowledged(&self, version: u64) {
+        *self.floor.lock() = (version, Instant::now());
+    }
+
+    async fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        (
+            self.reads.load(Ordering::SeqCst),
+            self.errors.load(Ordering::SeqCst),
+            self.stale.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Redis frozen (`SIGSTOP`: no socket closes): within the bound the other instance stops
+/// serving its L1, so it reads the writer's new version from the store; nothing fails; after
+/// `SIGCONT` the caches are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_makes_every_instance_bypass_its_caches() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let prefix = unique_prefix();
+    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(redis.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
+    let mut version = put(&a, "f", 0).await;
+    until_served(&b, "f", version, Duration::from_secs(2)).await;
+    let load = Load::start(&b, "f");
+    load.acknowledged(version);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.signal("-STOP");
+    for n in 1..=5 {
+        version = put(&a, "f", n).await;
+        load.acknowledged(version);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    until_served(&b, "f", version, BOUND).await;
+    redis.signal("-CONT");
+    let cache = b.running.service.cache();
+    assert!(
+        cache.wait_trusted(Duration::from_secs(10)).await,
+        "trust comes back"
+    );
+    version = put(&a, "f", 99).await;
+    load.acknowledged(version);
+    until_served(&b, "f", version, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (reads, errors, stale) = load.finish().await;
+    assert!(reads > 50, "the load ran ({reads} reads)");
+    assert_eq!(
+        (errors, stale),
+        (0, 0),
+        "no failed and no stale read in {reads}"
+    );
+    let (_, tier) = version_on(&b, "f").await;
+    assert_eq!(tier, "L1", "caches are served again after the freeze");
+}
+
+/// One writer cut off from Redis (its traffic goes through a proxy that freezes), the bus up
+/// for everyone else: the writer's heartbeat goes silent, so the other instance bypasses its
+/// caches and serves the writer's commits from the store within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cut_off_from_redis_makes_the_others_bypass_their_caches() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let prefix = unique_prefix();
+    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(proxy.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
+    let mut version = put(&a, "c", 0).await;
+    until_served(&b, "c", version, Duration::from_secs(2)).await;
+    let load = Load::start(&b, "c");
+    load.acknowledged(version);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.freeze(true);
+    for n in 1..=5 {
+        version = put(&a, "c", n).await;
+        load.acknowledged(version);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    until_served(&b, "c", version, BOUND).await;
+    proxy.freeze(false);
+    let cache = b.running.service.cache();
+    assert!(
+        cache.wait_trusted(Duration::from_secs(10)).await,
+        "trust comes back"
+    );
+    // The writer repairs what it could not write to L2, then says it is caught up again.
+    let third = a.sibling_with(with_l2(redis.url(), &prefix)).await;
+    until_served(&third, "c", version, Duration::from_secs(5)).await;
+    let (reads, errors, stale) = load.finish().await;
+    assert!(reads > 50, "the load ran ({reads} reads)");
+    assert_eq!(
+        (errors, stale),
+        (0, 0),
+        "no failed and no stale read in {reads}"
+    );
+}
+
+/// Redis stopped, then started again empty: nothing fails meanwhile, and afterwards the
+/// instances serve the current versions (none older survives anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_empty_fails_nothing() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let mut redis = OwnRedis::start();
+    let prefix = unique_prefix();
+    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(redis.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
+    let mut version = put(&a, "r", 0).await;
+    until_served(&b, "r", version, Duration::from_secs(2)).await;
+    let load = Load::start(&b, "r");
+    load.acknowledged(version);
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    for n in 1..=3 {
+        version = put(&a, "r", n).await;
+        load.acknowledged(version);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    until_served(&b, "r", version, BOUND).await;
+    redis.restart_empty();
+    let cache = b.running.service.cache();
+    assert!(
+        cache.wait_trusted(Duration::from_secs(10)).await,
+        "trust comes back"
+    );
+    version = put(&a, "r", 50).await;
+    load.acknowledged(version);
+    until_served(&b, "r", version, Duration::from_secs(2)).await;
+    let (reads, errors, stale) = load.finish().await;
+    assert!(reads > 50, "the load ran ({reads} reads)");
+    assert_eq!(
+        (errors, stale),
+        (0, 0),
+        "no failed and no stale read in {reads}"
+    );
+}
