@@ -236,10 +236,13 @@ pub async fn load(plan: &Plan) -> Result<(), String> {
             let mut stream = connect(&plan.target).await?;
             let mut codec = plan.target.codec(plan.value_size);
             let mut buf = BytesMut::new();
+            // The TCP protocol wants request ids that increase on a connection.
+            let mut next_id = 0u32;
             for chunk in keys.chunks(8) {
                 let mut out = Vec::new();
-                for (i, key) in chunk.iter().enumerate() {
-                    codec.encode(&Op::Put(*key), i as u32 + 1, &mut out);
+                for key in chunk {
+                    next_id += 1;
+                    codec.encode(&Op::Put(*key), next_id, &mut out);
                 }
                 stream.write_all(&out).await.map_err(|e| e.to_string())?;
                 let mut answered = 0;

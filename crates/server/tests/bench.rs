@@ -29,8 +29,10 @@ async fn closed_loop_over_http_and_tcp() {
     let http = s.running.addr.to_string();
     let tcp = s.running.tcp_addr.unwrap().to_string();
     for (target, addr) in [("http", &http), ("tcp", &tcp)] {
+        // 300 keys: the loader's 16 connections send several batches each, so request ids
+        // must keep increasing across batches (the TCP protocol refuses them otherwise).
         let summary = bench(&format!(
-            "--target {} --addr {} --game {} --keys 20 --seconds 1 -c 4 -d 4",
+            "--target {} --addr {} --game {} --keys 300 --seconds 1 -c 4 -d 4",
             target, addr, s.game
         ))
         .await;
