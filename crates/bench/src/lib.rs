@@ -13,6 +13,7 @@ pub mod codec;
 pub mod conns;
 pub mod driver;
 pub mod report;
+pub mod staleness;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub enum BenchCommand {
     /// (internal) one worker process of `bench conns`.
     #[command(hide = true)]
     ConnsWorker(conns::ConnsArgs),
+    /// How long after an acknowledged write other instances may serve the older version.
+    Staleness(staleness::StalenessArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,6 +138,7 @@ pub async fn main(args: BenchArgs) -> Result<(), String> {
         BenchCommand::Run(run) => self::run(run).await.map(|_| ()),
         BenchCommand::Conns(conns) => conns::run(conns).await,
         BenchCommand::ConnsWorker(conns) => conns::worker(conns).await,
+        BenchCommand::Staleness(args) => staleness::run(args).await,
     }
 }
 
