@@ -331,7 +331,8 @@ pub struct GameConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectionConfig {
-    /// Lifetime of a document in L1 (±10 % random jitter is applied).
+    /// Lifetime of a document in L1 (±10 % random jitter is applied); 0: the collection's
+    /// documents are not kept in L1 (reads go to L2, else the store).
     #[serde(with = "humantime_serde")]
     pub l1_ttl: Duration,
     /// Lifetime of a document in L2 (Redis; ±10 % random jitter is applied).
@@ -558,8 +559,8 @@ impl Config {
                 if !is_valid_name(cname) {
                     return invalid(&ckey, "collection names must match [a-z][a-z0-9_]{0,63}");
                 }
-                if collection.l1_ttl.is_zero() {
-                    return invalid(&format!("{ckey}.l1_ttl"), "must be greater than 0");
+                if collection.l2_ttl.is_zero() {
+                    return invalid(&format!("{ckey}.l2_ttl"), "must be greater than 0");
                 }
                 if collection.max_document_bytes == 0 {
                     return invalid(

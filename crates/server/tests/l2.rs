@@ -302,7 +302,30 @@ async fn without_redis_requests_still_succeed(_redis: Redis) {
     );
 }
 
+/// `l1_ttl = 0`: the collection is not kept in L1, so every read is answered by L2.
+async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
+    let prefix = unique_prefix();
+    let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
+        redis.configure(config, &prefix);
+        for collection in config.games.values_mut().flat_map(|g| g.collections.values_mut()) {
+            collection.l1_ttl = Duration::ZERO;
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    s.client.put(&s.path("players/n"), r#"{"value":{"a":1}}"#).await;
+    for _ in 0..3 {
+        let read = s.client.get(&s.path("players/n")).await;
+        assert_eq!(read.header("x-cache"), Some("L2"));
+    }
+    assert!(s.running.service.cache().l1().is_empty());
+    assert_eq!(lookups(&s), 3);
+}
+
 redis_tests!(
+    without_l1_every_read_is_answered_by_l2,
     a_write_reaches_l2_and_another_instance_reads_it_there,
     a_store_read_fills_l2_for_the_other_instances,
     concurrent_cold_reads_share_one_l2_lookup_and_one_store_read,

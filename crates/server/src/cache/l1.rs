@@ -263,6 +263,11 @@ impl L1 {
     }
 
     fn insert(&self, key: &str, value: Cached, ttl: Duration) {
+        if ttl.is_zero() {
+            // Not kept (`l1_ttl = 0`); an older entry cannot be there either: every insert of
+            // this key had the same lifetime.
+            return;
+        }
         let entry = Entry {
             value,
             expires_at: Instant::now() + jitter(ttl),

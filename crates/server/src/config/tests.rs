@@ -84,9 +84,25 @@ fn invalid_values_name_their_key() {
             .contains("games.g.collections")
     );
     assert!(
-        problem("[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\nl1_ttl = \"0s\"\n")
-            .contains("games.g.collections.a.l1_ttl")
+        problem("[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\nl2_ttl = \"0s\"\n")
+            .contains("games.g.collections.a.l2_ttl")
     );
+    let game = "[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\n";
+    for (cache, key) in [
+        (
+            "l2_url = \"redis://a\"\nl2_cluster_nodes = [\"redis://b\"]",
+            "cache.l2_cluster_nodes",
+        ),
+        ("l2_url = \"http://a\"", "cache.l2_url"),
+        ("l2_cluster_nodes = [\"10.0.0.1:7000\"]", "cache.l2_cluster_nodes"),
+        ("l2_prefix = \"Bad Prefix\"", "cache.l2_prefix"),
+        ("l2_prefix = \"\"", "cache.l2_prefix"),
+        ("l2_timeout = \"0s\"", "cache.l2_timeout"),
+        ("bus_heartbeat = \"100ms\"\nbus_silence = \"150ms\"", "cache.bus_silence"),
+    ] {
+        let text = problem(&format!("[cache]\n{cache}\n{game}"));
+        assert!(text.contains(key), "{cache}: {text}");
+    }
     assert!(
         problem(
             "[games.g]\nstore = \"sqlite://x.db\"\n[games.g.collections.a]\nl1_ttl = \"soon\"\n"
