@@ -33,6 +33,7 @@ pub struct Running {
     pub service: Service,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    hot_keys_file: Option<std::path::PathBuf>,
 }
 
 /// Connects the stores, binds the listeners and starts serving in the background.
@@ -47,6 +48,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 "the invalidation bus is not whole yet: reads bypass the caches until it is"
             );
         }
+    }
+    if config.warmup.accept_while_warming {
+        // `/healthz` answers 503 `warming` from the first request until the task is done.
+        service
+            .warming()
+            .active
+            .store(true, std::sync::atomic::Ordering::Release);
+        let (service, warmup) = (service.clone(), config.warmup.clone());
+        tokio::spawn(async move { service.warm_up(&warmup).await });
+    } else {
+        service.warm_up(&config.warmup).await;
     }
     let bind_error = |addr| move |source| StartError::Bind { addr, source };
     let addr = config.http.listen;
@@ -85,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         service,
         shutdown,
         tasks,
+        hot_keys_file: config.warmup.hot_keys_file.clone(),
     })
 }
 
@@ -95,6 +108,16 @@ impl Running {
         for task in self.tasks {
             task.await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+        }
+        if let Some(path) = &self.hot_keys_file {
+            match self.service.save_hot_keys(path) {
+                Ok(count) => {
+                    tracing::info!(path = %path.display(), count, "hot keys saved for the next start")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save the hot keys")
+                }
+            }
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub warmup: WarmupConfig,
     /// Games (tenants) by name. When none is configured, a game `default` on an embedded
     /// SQLite file under `./data/` is used (see [`Config::with_default_game`]).
     pub games: BTreeMap<String, GameConfig>,
@@ -304,6 +305,37 @@ impl Default for StoreConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct WarmupConfig {
+    /// Where this instance saves its hot keys at shutdown and reads them back at start (none:
+    /// not saved). Each collection's `warm_recent` is loaded too.
+    pub hot_keys_file: Option<std::path::PathBuf>,
+    /// Documents loaded per second at most while warming (the store serves traffic too).
+    pub rate: u32,
+    /// Ids read per store query while warming.
+    pub batch: usize,
+    /// Listeners accept while warming (`/healthz` answers 503 `warming` until done); off, they
+    /// open once warming is done.
+    pub accept_while_warming: bool,
+    /// A key that misses L1 this many times within a short window is hot: it is saved in the
+    /// hot keys, and the documents its owner has in the collection's `related` collections are
+    /// loaded into the caches. 0 turns the adaptive part off.
+    pub hot_after_misses: u32,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        WarmupConfig {
+            hot_keys_file: None,
+            rate: 20_000,
+            batch: 200,
+            accept_while_warming: false,
+            hot_after_misses: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `datamiddleware=debug` (`RUST_LOG` wins if set).
     pub filter: String,
@@ -349,6 +381,12 @@ pub struct CollectionConfig {
     /// `_incr` on fractions too, in IEEE double precision (inexact). Off: counters are exact
     /// 64-bit integers and anything else is refused.
     pub float_counters: bool,
+    /// At start, the caches are warmed with this many of the collection's most recently
+    /// updated documents.
+    pub warm_recent: usize,
+    /// Collections of the same game whose documents of the same owner are loaded into the
+    /// caches when a document of this collection becomes hot (e.g. a player's characters).
+    pub related: Vec<String>,
 }
 
 impl Default for CollectionConfig {
@@ -366,6 +404,8 @@ impl CollectionConfig {
             l2_negative_ttl: Duration::from_secs(5),
             max_document_bytes: 256 * 1024,
             float_counters: false,
+            warm_recent: 0,
+            related: Vec::new(),
         }
     }
 }
@@ -528,6 +568,12 @@ impl Config {
             return invalid("cache.l1_max_bytes", "must be at least 1048576 (1 MiB)");
         }
         self.cache.validate()?;
+        if self.warmup.rate == 0 || self.warmup.batch == 0 {
+            return invalid(
+                "warmup.rate",
+                "warmup.rate and warmup.batch must be greater than 0",
+            );
+        }
         if self.games.is_empty() {
             return invalid("games", "at least one game is required");
         }
@@ -558,6 +604,16 @@ impl Config {
                 let ckey = format!("{key}.collections.{cname}");
                 if !is_valid_name(cname) {
                     return invalid(&ckey, "collection names must match [a-z][a-z0-9_]{0,63}");
+                }
+                if let Some(unknown) = collection
+                    .related
+                    .iter()
+                    .find(|r| !game.collections.contains_key(*r))
+                {
+                    return invalid(
+                        &format!("{ckey}.related"),
+                        &format!("{unknown:?} is not a collection of this game"),
+                    );
                 }
                 if collection.l2_ttl.is_zero() {
                     return invalid(&format!("{ckey}.l2_ttl"), "must be greater than 0");

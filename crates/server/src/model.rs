@@ -146,6 +146,16 @@ pub fn encode_document(
     Bytes::from(out)
 }
 
+/// The owner written in a body made by [`encode_document`] (which puts it right after the id),
+/// without parsing the JSON.
+pub fn owner_of(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body.get(..body.len().min(2 * MAX_ID_LEN + 32))?).ok()?;
+    let rest = text.strip_prefix("{\"id\":\"")?;
+    let rest = &rest[rest.find('"')?..];
+    let owner = rest.strip_prefix("\",\"owner\":\"")?;
+    Some(&owner[..owner.find('"')?])
+}
+
 /// The current time as RFC 3339 UTC with millisecond precision.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -191,6 +201,18 @@ mod tests {
             "{} bytes",
             body.len() - 2
         );
+    }
+
+    #[test]
+    fn the_owner_is_read_from_an_encoded_body() {
+        let body = encode_document("p1", Some("u7"), 3, "2026-01-01T00:00:00.000Z", "{}");
+        assert_eq!(owner_of(&body), Some("u7"));
+        let none = encode_document("p1", None, 3, "t", r#"{"owner":"x"}"#);
+        assert_eq!(owner_of(&none), None);
+        let long = "o".repeat(MAX_ID_LEN);
+        let body = encode_document(&"i".repeat(MAX_ID_LEN), Some(&long), 1, "t", "{}");
+        assert_eq!(owner_of(&body), Some(long.as_str()));
+        assert_eq!(owner_of(b"{\"id\":\"x"), None);
     }
 
     #[test]

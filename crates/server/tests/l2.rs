@@ -307,7 +307,11 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
     let prefix = unique_prefix();
     let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
         redis.configure(config, &prefix);
-        for collection in config.games.values_mut().flat_map(|g| g.collections.values_mut()) {
+        for collection in config
+            .games
+            .values_mut()
+            .flat_map(|g| g.collections.values_mut())
+        {
             collection.l1_ttl = Duration::ZERO;
         }
     })
@@ -315,7 +319,9 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
     else {
         return;
     };
-    s.client.put(&s.path("players/n"), r#"{"value":{"a":1}}"#).await;
+    s.client
+        .put(&s.path("players/n"), r#"{"value":{"a":1}}"#)
+        .await;
     for _ in 0..3 {
         let read = s.client.get(&s.path("players/n")).await;
         assert_eq!(read.header("x-cache"), Some("L2"));

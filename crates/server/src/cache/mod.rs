@@ -13,6 +13,7 @@ pub mod bus;
 pub mod key;
 pub mod l1;
 pub mod l2;
+pub mod sketch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ pub use bus::Bus;
 pub use key::{KeyBuf, cache_key};
 pub use l1::{Cached, L1, Ticket};
 pub use l2::L2;
+pub use sketch::Sketch;
 
 use crate::config::CollectionConfig;
 use crate::error::ServiceError;
@@ -79,6 +81,8 @@ pub struct Cache {
     l1: L1,
     l2: Option<Arc<L2>>,
     bus: Option<Arc<Bus>>,
+    /// Counts L1 misses to find hot keys, and where to report them (adaptive warm-up).
+    hot: Option<(Arc<Sketch>, tokio::sync::mpsc::Sender<String>)>,
     faults: Arc<FaultPoints>,
 }
 
@@ -90,7 +94,35 @@ impl Cache {
             l1,
             l2,
             bus,
+            hot: None,
             faults: Arc::default(),
+        }
+    }
+
+    /// Counts misses in `sketch`; a key that becomes hot is sent to `report` (dropped when
+    /// the receiver is behind: preloading is an optimisation).
+    pub fn with_hot_keys(
+        mut self,
+        sketch: Arc<Sketch>,
+        report: tokio::sync::mpsc::Sender<String>,
+    ) -> Cache {
+        self.hot = Some((sketch, report));
+        self
+    }
+
+    /// The hot keys seen lately (empty when adaptive warm-up is off).
+    pub fn hot_keys(&self) -> Vec<String> {
+        self.hot
+            .as_ref()
+            .map(|(sketch, _)| sketch.hot_keys())
+            .unwrap_or_default()
+    }
+
+    fn missed(&self, key: &str) {
+        if let Some((sketch, report)) = &self.hot
+            && sketch.missed(key)
+        {
+            let _ = report.try_send(key.to_string());
         }
     }
 
@@ -154,6 +186,7 @@ impl Cache {
         if let Some(hit) = self.cached(key) {
             return Ok((hit, Tier::L1));
         }
+        self.missed(key);
         self.l1
             .load_once(
                 key,
@@ -201,7 +234,16 @@ impl Cache {
 
     /// Starts a read of several keys of one collection: L1 answers what it holds.
     pub fn batch(&self, keys: Vec<String>, ttls: Ttls) -> BatchRead<'_> {
-        let found = keys.iter().map(|key| self.cached(key)).collect();
+        let found = keys
+            .iter()
+            .map(|key| {
+                let hit = self.cached(key);
+                if hit.is_none() {
+                    self.missed(key);
+                }
+                hit
+            })
+            .collect();
         let tier = Tier::L1;
         BatchRead {
             cache: self,

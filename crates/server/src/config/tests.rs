@@ -94,11 +94,17 @@ fn invalid_values_name_their_key() {
             "cache.l2_cluster_nodes",
         ),
         ("l2_url = \"http://a\"", "cache.l2_url"),
-        ("l2_cluster_nodes = [\"10.0.0.1:7000\"]", "cache.l2_cluster_nodes"),
+        (
+            "l2_cluster_nodes = [\"10.0.0.1:7000\"]",
+            "cache.l2_cluster_nodes",
+        ),
         ("l2_prefix = \"Bad Prefix\"", "cache.l2_prefix"),
         ("l2_prefix = \"\"", "cache.l2_prefix"),
         ("l2_timeout = \"0s\"", "cache.l2_timeout"),
-        ("bus_heartbeat = \"100ms\"\nbus_silence = \"150ms\"", "cache.bus_silence"),
+        (
+            "bus_heartbeat = \"100ms\"\nbus_silence = \"150ms\"",
+            "cache.bus_silence",
+        ),
     ] {
         let text = problem(&format!("[cache]\n{cache}\n{game}"));
         assert!(text.contains(key), "{cache}: {text}");

@@ -12,6 +12,7 @@ pub mod budget;
 mod many;
 pub mod ops;
 pub mod request;
+mod warm;
 mod write;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::{Bus, Cache, Cached, KeyBuf, L1, L2, Ttls};
+use crate::cache::{Bus, Cache, Cached, KeyBuf, L1, L2, Sketch, Ttls};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, StoredDoc, Tier, check_id, encode_document};
@@ -29,6 +30,7 @@ use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
+pub use warm::Warming;
 pub use write::{SETTLE_LIMIT, Settled};
 
 /// Maps looked up on every request: a fast non-cryptographic hasher (keys are config names).
@@ -142,6 +144,8 @@ struct Inner {
     stores: Vec<(String, Store)>,
     cache: Cache,
     _stop_bus: tokio::sync::watch::Sender<bool>,
+    warming: Warming,
+    recent_owners: warm::RecentOwners,
     store_timeout: Duration,
     stats: Stats,
     budget: ResponseBudget,
@@ -182,12 +186,22 @@ impl Service {
         } else {
             None
         };
-        Ok(Service {
+        let mut cache = Cache::new(l1, shared);
+        let mut hot_keys = None;
+        if config.warmup.hot_after_misses > 0 {
+            let (report, receive) = tokio::sync::mpsc::channel(warm::HOT_QUEUE);
+            let sketch = Arc::new(Sketch::new(config.warmup.hot_after_misses));
+            cache = cache.with_hot_keys(sketch, report);
+            hot_keys = Some(receive);
+        }
+        let service = Service {
             inner: Arc::new(Inner {
                 games,
                 stores,
-                cache: Cache::new(l1, shared),
+                cache,
                 _stop_bus: stop_bus,
+                warming: Warming::default(),
+                recent_owners: Default::default(),
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),
@@ -195,7 +209,11 @@ impl Service {
                     config.store.max_pending_writes,
                 )),
             }),
-        })
+        };
+        if let Some(hot_keys) = hot_keys {
+            warm::start_preloader(Arc::downgrade(&service.inner), hot_keys);
+        }
+        Ok(service)
     }
 
     pub fn stats(&self) -> &Stats {

@@ -160,6 +160,28 @@ impl Dialect {
     /// One page of live documents in id order (the last placeholders: limit, then a byte cap
     /// applied as in [`Dialect::select_many`]). Columns: id, the four document columns, and how
     /// many rows the page had before the byte cap.
+    /// Ids for warming: of one owner in id order, else the most recently updated first
+    /// (`updated_at` is RFC 3339 UTC with milliseconds, so text order is time order).
+    pub fn select_ids(self, by_owner: bool) -> String {
+        let (p1, p2, p3) = (
+            self.placeholder(1),
+            self.placeholder(2),
+            self.placeholder(3),
+        );
+        if by_owner {
+            format!(
+                "SELECT id FROM dmw_documents WHERE game = {p1} AND collection = {p2} AND owner = {p3} \
+                 AND value IS NOT NULL ORDER BY id LIMIT {}",
+                self.placeholder(4)
+            )
+        } else {
+            format!(
+                "SELECT id FROM dmw_documents WHERE game = {p1} AND collection = {p2} \
+                 AND value IS NOT NULL ORDER BY updated_at DESC LIMIT {p3}"
+            )
+        }
+    }
+
     pub fn select_list(self, by_owner: bool, after: bool) -> String {
         let mut n = 2;
         let mut next = || {

@@ -195,6 +195,31 @@ impl Store {
         Ok(many)
     }
 
+    /// Ids of live documents of a collection, for warming caches: the `limit` most recently
+    /// updated, or (with `owner`) those of one owner in id order.
+    pub async fn ids(
+        &self,
+        game: &str,
+        collection: &str,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .pool
+            .read_all(|| {
+                let sql = self.dialect.select_ids(owner.is_some());
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(game).bind(collection);
+                if let Some(owner) = owner {
+                    query = query.bind(owner);
+                }
+                query.bind(limit as i64)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
+    }
+
     /// Live documents of a collection ordered by id, optionally of one owner, after `after`:
     /// at most `limit`, and no more than `max_value_bytes` of values (plus one value).
     pub async fn list(

@@ -101,6 +101,8 @@ pub fn collection() -> CollectionConfig {
         l2_negative_ttl: Duration::from_secs(60),
         max_document_bytes: 4096,
         float_counters: false,
+        warm_recent: 0,
+        related: Vec::new(),
     }
 }
 

@@ -290,6 +290,18 @@ async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
 }
 
 async fn health(state: &HttpState) -> HttpResult {
+    let warming = state.service.warming();
+    if warming.active.load(std::sync::atomic::Ordering::Acquire) {
+        let body = serde_json::json!({
+            "status": "warming",
+            "loaded": warming.loaded.load(std::sync::atomic::Ordering::Relaxed),
+            "total": warming.total.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        return Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        ));
+    }
     let checks = state.service.health().await;
     let healthy = checks.iter().all(|(_, r)| r.is_ok());
     let stores: Vec<_> = checks
