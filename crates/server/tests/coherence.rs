@@ -356,6 +356,16 @@ async fn a_frozen_redis_makes_every_instance_bypass_its_caches() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     until_served(&b, "f", version, BOUND).await;
+    let health = b.client.get("/healthz").await;
+    assert_eq!(
+        health.status, 200,
+        "Redis failing does not make an instance unhealthy"
+    );
+    assert_eq!(health.json()["cache"]["bus"], "broken");
+    assert_eq!(
+        a.client.get("/healthz").await.json()["cache"]["l2"],
+        "failing"
+    );
     redis.signal("-CONT");
     let cache = b.running.service.cache();
     assert!(
@@ -375,6 +385,10 @@ async fn a_frozen_redis_makes_every_instance_bypass_its_caches() {
     );
     let (_, tier) = version_on(&b, "f").await;
     assert_eq!(tier, "L1", "caches are served again after the freeze");
+    assert_eq!(
+        b.client.get("/healthz").await.json()["cache"]["bus"],
+        "whole"
+    );
 }
 
 /// One writer cut off from Redis (its traffic goes through a proxy that freezes), the bus up

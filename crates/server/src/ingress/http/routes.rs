@@ -311,8 +311,23 @@ async fn health(state: &HttpState) -> HttpResult {
             Err(e) => serde_json::json!({"store": name, "ok": false, "error": e}),
         })
         .collect();
-    let body =
-        serde_json::json!({"status": if healthy { "ok" } else { "degraded" }, "stores": stores});
+    // Redis failing degrades (reads go to the store) and does not make the instance unhealthy.
+    let cache = state.service.cache();
+    let l2 = match cache.l2() {
+        None => "none",
+        Some(l2) if l2.breaker().is_open() => "failing",
+        Some(_) => "ok",
+    };
+    let bus = match cache.bus() {
+        None => "none",
+        Some(bus) if bus.trusted() => "whole",
+        Some(_) => "broken",
+    };
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "stores": stores,
+        "cache": {"l2": l2, "bus": bus},
+    });
     let status = if healthy {
         StatusCode::OK
     } else {
