@@ -373,3 +373,86 @@ impl Bus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cached;
+
+    fn bus() -> Bus {
+        Bus {
+            id: "me".to_string(),
+            changes: mpsc::unbounded_channel().0,
+            trusted: AtomicBool::new(true),
+            counters: BusCounters::default(),
+            silence: Duration::from_millis(400),
+            l2_timeout: Duration::from_millis(50),
+        }
+    }
+
+    fn doc(version: u64) -> Cached {
+        Cached::Doc {
+            version,
+            body: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn fill(l1: &L1, key: &str, version: u64) {
+        l1.fill(key, l1.ticket(key), doc(version), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn another_instances_changes_drop_older_entries_only() {
+        let (bus, l1, heard) = (bus(), L1::new(1 << 20), Mutex::new(HashMap::new()));
+        fill(&l1, "g/c/a", 3);
+        fill(&l1, "g/c/b", 9);
+        bus.receive(b"other 1 I g/c/a 4 g/c/b 9", &l1, &heard);
+        assert_eq!(l1.get("g/c/a"), None, "version 3 is older than 4");
+        assert_eq!(
+            l1.get("g/c/b"),
+            Some(doc(9)),
+            "version 9 is not older than 9"
+        );
+        assert_eq!(bus.counters.applied.load(Ordering::Relaxed), 2);
+        fill(&l1, "g/c/a", 3);
+        bus.receive(b"me 1 I g/c/a 5", &l1, &heard);
+        assert_eq!(
+            l1.get("g/c/a"),
+            Some(doc(3)),
+            "own changes are already in L1"
+        );
+    }
+
+    #[test]
+    fn a_gap_in_a_sequence_clears_l1() {
+        let (bus, l1, heard) = (bus(), L1::new(1 << 20), Mutex::new(HashMap::new()));
+        bus.receive(b"other 1 H", &l1, &heard);
+        bus.receive(b"other 2 H", &l1, &heard);
+        fill(&l1, "g/c/a", 1);
+        bus.receive(b"other 4 H", &l1, &heard);
+        assert!(l1.is_empty(), "message 3 was lost: anything may be stale");
+        assert_eq!(bus.counters.gaps.load(Ordering::Relaxed), 1);
+        fill(&l1, "g/c/a", 1);
+        bus.receive(b"other 5 H", &l1, &heard);
+        bus.receive(b"garbage", &l1, &heard);
+        bus.receive(b"other x H", &l1, &heard);
+        assert!(!l1.is_empty(), "in order, or malformed: nothing cleared");
+    }
+
+    #[test]
+    fn changes_of_an_instance_not_caught_up_are_applied_but_are_no_heartbeat() {
+        let (bus, l1, heard) = (bus(), L1::new(1 << 20), Mutex::new(HashMap::new()));
+        bus.receive(b"other 1 H", &l1, &heard);
+        let alive_at = heard.lock()["other"].at;
+        std::thread::sleep(Duration::from_millis(5));
+        fill(&l1, "g/c/a", 1);
+        bus.receive(b"other 2 i g/c/a 2", &l1, &heard);
+        assert_eq!(l1.get("g/c/a"), None, "the change is applied");
+        let heard = heard.lock();
+        assert_eq!(
+            heard["other"].at, alive_at,
+            "but it does not count as alive"
+        );
+        assert_eq!(heard["other"].seq, 2);
+    }
+}
