@@ -109,6 +109,7 @@ impl Running {
             task.await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
         }
+        self.service.leave().await;
         if let Some(path) = &self.hot_keys_file {
             match self.service.save_hot_keys(path) {
                 Ok(count) => {

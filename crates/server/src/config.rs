@@ -188,6 +188,11 @@ pub struct CacheConfig {
     /// staleness when the bus fails.
     #[serde(with = "humantime_serde")]
     pub bus_silence: Duration,
+    /// An instance silent on the bus that has not said goodbye is waited for (every other
+    /// instance bypassing its caches) until it has also been absent from the store's list of
+    /// live instances for this long: how long an instance that crashed holds the others back.
+    #[serde(with = "humantime_serde")]
+    pub bus_forget_after: Duration,
 }
 
 impl Default for CacheConfig {
@@ -200,6 +205,7 @@ impl Default for CacheConfig {
             l2_timeout: Duration::from_millis(50),
             bus_heartbeat: Duration::from_millis(100),
             bus_silence: Duration::from_millis(400),
+            bus_forget_after: Duration::from_secs(10),
         }
     }
 }
@@ -248,6 +254,12 @@ impl CacheConfig {
         }
         if self.bus_silence < 2 * self.bus_heartbeat {
             return invalid("bus_silence", "must be at least twice cache.bus_heartbeat");
+        }
+        if self.bus_forget_after < 2 * self.bus_silence {
+            return invalid(
+                "bus_forget_after",
+                "must be at least twice cache.bus_silence",
+            );
         }
         Ok(())
     }

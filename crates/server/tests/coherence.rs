@@ -652,3 +652,121 @@ async fn a_cluster_master_killed_fails_nothing() {
     assert_eq!(read.json()["version"].as_u64(), Some(version));
     drop(cluster.nodes.remove(0));
 }
+
+fn with_l2_forgetting(url: String, prefix: &str) -> impl Fn(&mut Config) + '_ {
+    move |config: &mut Config| {
+        with_l2(url.clone(), prefix)(config);
+        config.cache.bus_forget_after = Duration::from_millis(1000);
+    }
+}
+
+/// A writer cut off from Redis for longer than `bus_forget_after` is still alive in the store's
+/// list of instances, so the others keep bypassing their caches: no stale read however long
+/// the cut lasts (it used to be forgotten after 10 s, and L2's older version served again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cut_off_longer_than_the_forget_bound_is_still_waited_for() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let prefix = unique_prefix();
+    let Some(a) =
+        TestServer::start_with(Backend::Postgres, with_l2_forgetting(proxy.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a
+        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
+        .await;
+    let mut version = put(&a, "q", 0).await;
+    until_served(&b, "q", version, Duration::from_secs(2)).await;
+    proxy.freeze(true);
+    version = put(&a, "q", 1).await;
+    // Past the forget bound (1 s) and a few presence rounds (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (served, tier) = version_on(&b, "q").await;
+    assert_eq!(served, version, "served {tier} version {served}");
+    assert_eq!(
+        b.client.get("/healthz").await.json()["cache"]["bus"],
+        "broken"
+    );
+    proxy.freeze(false);
+    let cache = b.running.service.cache();
+    assert!(
+        cache.wait_trusted(Duration::from_secs(10)).await,
+        "trust comes back"
+    );
+    assert_eq!(version_on(&b, "q").await.0, version);
+}
+
+/// An instance that stops without a goodbye (a crash: nothing on the bus, no presence) holds
+/// the others back for `bus_forget_after`, then is forgotten and the caches serve again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_is_forgotten_after_the_bound() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let prefix = unique_prefix();
+    let Some(a) =
+        TestServer::start_with(Backend::Postgres, with_l2_forgetting(redis.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a
+        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // presence rounds have seen both
+    let cache = b.running.service.cache();
+    assert!(cache.trusted());
+    a.running
+        .service
+        .cache()
+        .bus()
+        .unwrap()
+        .mute
+        .store(true, Ordering::SeqCst);
+    let muted = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!cache.trusted(), "a silent instance is waited for");
+    assert!(
+        cache.wait_trusted(Duration::from_secs(10)).await,
+        "then forgotten"
+    );
+    let waited = muted.elapsed();
+    // Counted from its last heartbeat, up to one interval (50 ms) before the mute.
+    assert!(
+        waited >= Duration::from_millis(950),
+        "forgotten after {waited:?}, before bus_forget_after"
+    );
+}
+
+/// A clean shutdown says goodbye: the other instance does not stop trusting its caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_does_not_hold_the_others_back() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let prefix = unique_prefix();
+    let Some(a) =
+        TestServer::start_with(Backend::Postgres, with_l2_forgetting(redis.url(), &prefix)).await
+    else {
+        return;
+    };
+    let b = a
+        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counters = a.running.service.cache().bus().unwrap().counters();
+    let before = counters.distrusted.load(Ordering::SeqCst);
+    b.running.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        counters.distrusted.load(Ordering::SeqCst),
+        before,
+        "the goodbye was heard: no bypass"
+    );
+    assert!(a.running.service.cache().trusted());
+}

@@ -10,9 +10,18 @@
 //! back L1 is cleared first (it may have missed messages). An instance whose L2 steps failed
 //! after a commit stops heartbeating until it has repaired them, so the others bypass too.
 //!
-//! Message format (text): `<instance> <seq> H` or `<instance> <seq> I <key> <version> …`.
+//! Which instances may be writing: those heard on the bus, and those the store says are alive
+//! (`dmw_instances`, refreshed by each instance every `bus_forget_after / 4`; see `Service`).
+//! A silent instance is waited for — the others keep bypassing — until it has been silent on
+//! the bus *and* absent from the store for `cache.bus_forget_after`: an instance cut off from
+//! Redis but alive is never forgotten (its writes cannot be announced), a dead one is after
+//! that bound. A clean shutdown says goodbye (`B`) and is forgotten at once.
+//!
+//! Message format (text): `<instance> <seq> H` (heartbeat), `<instance> <seq> I <key> <version>
+//! …` (changes; `i` from an instance not caught up, not a heartbeat), `<instance> <seq> B`
+//! (goodbye).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,9 +37,6 @@ use crate::config::CacheConfig;
 
 /// Invalidations sent in one message at most.
 const MAX_BATCH: usize = 256;
-/// A publisher not heard from for this long is taken for gone (its process ended) and no longer
-/// waited for.
-const FORGET_AFTER: Duration = Duration::from_secs(10);
 
 /// One committed change to announce, and who waits for it to be sent.
 struct Change {
@@ -56,10 +62,24 @@ pub struct BusCounters {
 pub struct Bus {
     id: String,
     changes: mpsc::UnboundedSender<Change>,
+    /// Asks the publisher to say goodbye (and stop); answered once said.
+    byes: mpsc::UnboundedSender<oneshot::Sender<()>>,
     trusted: AtomicBool,
     counters: BusCounters,
     silence: Duration,
+    forget_after: Duration,
     l2_timeout: Duration,
+    /// Other instances the store says are alive (the witness; see `Service`'s presence task).
+    present: Mutex<HashSet<String>>,
+    /// Test-only: publish nothing, as if this process froze or died.
+    #[doc(hidden)]
+    pub mute: AtomicBool,
+}
+
+/// What the publisher is asked to send.
+struct Inbox {
+    changes: mpsc::UnboundedReceiver<Change>,
+    byes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
 }
 
 /// What the subscriber knows of each publisher.
@@ -85,13 +105,18 @@ impl Bus {
             .map(|url| redis::Client::open(url.as_str()).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         let (changes, queue) = mpsc::unbounded_channel();
+        let (byes, bye_requests) = mpsc::unbounded_channel();
         let bus = Arc::new(Bus {
             id: format!("{:016x}", fastrand::u64(..)),
             changes,
+            byes,
             trusted: AtomicBool::new(false),
             counters: BusCounters::default(),
             silence: config.bus_silence,
+            forget_after: config.bus_forget_after,
             l2_timeout: config.l2_timeout,
+            present: Mutex::new(HashSet::new()),
+            mute: AtomicBool::new(false),
         });
         let channel = format!("{}:bus", config.l2_prefix);
         let heard = Arc::new(Mutex::new(HashMap::<String, Heard>::new()));
@@ -104,7 +129,10 @@ impl Bus {
         let publisher = bus.clone().publish(
             clients.clone(),
             channel.clone(),
-            queue,
+            Inbox {
+                changes: queue,
+                byes: bye_requests,
+            },
             config.bus_heartbeat,
             l2,
             stop.clone(),
@@ -144,6 +172,30 @@ impl Bus {
         &self.counters
     }
 
+    /// This instance's id on the bus (and in the store's `dmw_instances`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How long an instance silent on the bus and absent from the store is waited for.
+    pub fn forget_after(&self) -> Duration {
+        self.forget_after
+    }
+
+    /// The other instances the store says were alive lately.
+    pub fn set_present(&self, ids: HashSet<String>) {
+        *self.present.lock() = ids;
+    }
+
+    /// Says goodbye on the bus (a clean shutdown): the others stop waiting for this instance
+    /// at once. Heartbeats stop.
+    pub async fn leave(&self) {
+        let (said, heard) = oneshot::channel();
+        if self.byes.send(said).is_ok() {
+            let _ = tokio::time::timeout(4 * self.l2_timeout, heard).await;
+        }
+    }
+
     /// Announces committed changes; returns once they were published, or after the time
     /// budget (a failed publish never fails the write: the heartbeat rule bounds staleness).
     pub async fn announce(&self, changes: impl IntoIterator<Item = (String, u64)>) {
@@ -176,7 +228,7 @@ impl Bus {
         self: Arc<Bus>,
         clients: Vec<redis::Client>,
         channel: String,
-        mut queue: mpsc::UnboundedReceiver<Change>,
+        inbox: Inbox,
         every: Duration,
         l2: Arc<L2>,
         mut stop: watch::Receiver<bool>,
@@ -184,6 +236,11 @@ impl Bus {
         let mut node = 0;
         let mut conn = None;
         let mut seq = 0u64;
+        let mut leaving = None;
+        let Inbox {
+            changes: mut queue,
+            byes: mut bye_requests,
+        } = inbox;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -194,14 +251,20 @@ impl Bus {
                 received = queue.recv_many(&mut batch, MAX_BATCH) => {
                     if received == 0 { return; }
                 }
+                bye = bye_requests.recv() => leaving = bye,
+            }
+            if self.mute.load(Ordering::Relaxed) {
+                continue;
             }
             let caught_up = !l2.has_pending_repair() || l2.repair().await;
-            if batch.is_empty() && !caught_up {
+            if batch.is_empty() && leaving.is_none() && !caught_up {
                 continue; // no heartbeat, so the others bypass their caches
             }
             seq += 1;
             let mut message = format!("{} {seq} ", self.id);
-            if batch.is_empty() {
+            if leaving.is_some() && caught_up {
+                message.push('B');
+            } else if batch.is_empty() {
                 message.push('H');
             } else {
                 // Lower case: "not caught up", so this message does not count as a heartbeat.
@@ -233,6 +296,12 @@ impl Bus {
             }
             for change in batch {
                 let _ = change.sent.send(());
+            }
+            if let Some(said) = leaving.take() {
+                // Not caught up, this instance does not say goodbye: the others keep waiting
+                // for it (and bypassing) until it is forgotten.
+                let _ = said.send(());
+                return;
             }
         }
     }
@@ -324,6 +393,11 @@ impl Bus {
             );
             l1.clear();
         }
+        if kind == Some("B") {
+            heard.lock().remove(from);
+            self.present.lock().remove(from);
+            return;
+        }
         if from == self.id || !matches!(kind, Some("I" | "i")) {
             return; // this instance's own changes are in its L1 already
         }
@@ -348,11 +422,12 @@ impl Bus {
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
-            let whole = subscribed.load(Ordering::Acquire) && {
+            let whole = {
                 let mut heard = heard.lock();
-                heard.retain(|_, h| h.at.elapsed() < FORGET_AFTER);
-                heard.get(&self.id).is_some()
-                    && heard.values().all(|h| h.at.elapsed() < self.silence)
+                let present = self.present.lock().clone();
+                // Forgotten instances leave the map (ids are new at every start).
+                heard.retain(|id, h| h.at.elapsed() < self.forget_after || present.contains(id));
+                subscribed.load(Ordering::Acquire) && self.whole(&heard)
             };
             if whole && !self.trusted() {
                 l1.clear(); // filled while distrusted: it may have missed messages
@@ -362,6 +437,20 @@ impl Bus {
                 self.distrust();
             }
         }
+    }
+
+    /// Every instance that may be writing was heard within `silence`: this one, every publisher
+    /// heard before (a silent one is forgotten only once it is also gone from the store for
+    /// `forget_after`), and every instance the store says is alive.
+    fn whole(&self, heard: &HashMap<String, Heard>) -> bool {
+        let present = self.present.lock();
+        let recent = |id: &str| heard.get(id).is_some_and(|h| h.at.elapsed() < self.silence);
+        recent(&self.id)
+            && heard.iter().all(|(id, h)| {
+                h.at.elapsed() < self.silence
+                    || (h.at.elapsed() >= self.forget_after && !present.contains(id))
+            })
+            && present.iter().all(|id| id == &self.id || recent(id))
     }
 
     fn distrust(&self) {
@@ -383,10 +472,14 @@ mod tests {
         Bus {
             id: "me".to_string(),
             changes: mpsc::unbounded_channel().0,
+            byes: mpsc::unbounded_channel().0,
             trusted: AtomicBool::new(true),
             counters: BusCounters::default(),
             silence: Duration::from_millis(400),
+            forget_after: Duration::from_millis(800),
             l2_timeout: Duration::from_millis(50),
+            present: Mutex::new(HashSet::new()),
+            mute: AtomicBool::new(false),
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod budget;
 mod many;
 pub mod ops;
+mod presence;
 pub mod request;
 mod warm;
 mod write;
@@ -146,6 +147,8 @@ struct Inner {
     _stop_bus: tokio::sync::watch::Sender<bool>,
     warming: Warming,
     recent_owners: warm::RecentOwners,
+    /// `cache.l2_prefix`: the bus this instance is on (its row in `dmw_instances`).
+    bus_prefix: String,
     store_timeout: Duration,
     stats: Stats,
     budget: ResponseBudget,
@@ -202,6 +205,7 @@ impl Service {
                 _stop_bus: stop_bus,
                 warming: Warming::default(),
                 recent_owners: Default::default(),
+                bus_prefix: config.cache.l2_prefix.clone(),
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),
@@ -212,6 +216,12 @@ impl Service {
         };
         if let Some(hot_keys) = hot_keys {
             warm::start_preloader(Arc::downgrade(&service.inner), hot_keys);
+        }
+        if service.inner.cache.bus().is_some() {
+            presence::start(
+                Arc::downgrade(&service.inner),
+                config.cache.bus_forget_after / 4,
+            );
         }
         Ok(service)
     }

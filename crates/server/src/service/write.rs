@@ -161,6 +161,10 @@ impl Service {
             let _ = answer.send(Err(ServiceError::internal("a prepared game vanished")));
             return;
         };
+        if let Err(e) = self.present_before_write(game).await {
+            let _ = answer.send(Err(e));
+            return;
+        }
         let cache = &self.inner.cache;
         let tickets = cache.begin_write(p.cache_keys.clone()).await;
         let mut plan = |current: &[StoredDoc]| apply_ops(&p, current);

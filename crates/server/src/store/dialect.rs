@@ -182,6 +182,39 @@ impl Dialect {
         }
     }
 
+    /// Records that instance `id` of bus `bus` is alive at `seen_ms`.
+    pub fn touch_instance(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "INSERT INTO dmw_instances (bus, id, seen_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (bus, id) DO UPDATE SET seen_ms = excluded.seen_ms"
+            }
+            Dialect::Sqlite => {
+                "INSERT INTO dmw_instances (bus, id, seen_ms) VALUES (?, ?, ?) \
+                 ON CONFLICT (bus, id) DO UPDATE SET seen_ms = excluded.seen_ms"
+            }
+            Dialect::MySql => {
+                "INSERT INTO dmw_instances (bus, id, seen_ms) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE seen_ms = VALUES(seen_ms)"
+            }
+        }
+    }
+
+    /// Instances of a bus seen since a time; and the one that leaves, and old rows.
+    pub fn instances_since(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "SELECT id FROM dmw_instances WHERE bus = $1 AND seen_ms >= $2",
+            _ => "SELECT id FROM dmw_instances WHERE bus = ? AND seen_ms >= ?",
+        }
+    }
+
+    pub fn delete_instance(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "DELETE FROM dmw_instances WHERE bus = $1 AND id = $2",
+            _ => "DELETE FROM dmw_instances WHERE bus = ? AND id = ?",
+        }
+    }
+
     pub fn select_list(self, by_owner: bool, after: bool) -> String {
         let mut n = 2;
         let mut next = || {

@@ -195,6 +195,51 @@ impl Store {
         Ok(many)
     }
 
+    /// Records that instance `id` of bus `bus` is alive now (`now_ms`, its own clock).
+    pub async fn touch_instance(&self, bus: &str, id: &str, now_ms: u64) -> Result<(), StoreError> {
+        // Idempotent, so it may go through the retrying read path.
+        self.pool
+            .read_all(|| {
+                sqlx::query(self.dialect.touch_instance())
+                    .bind(bus)
+                    .bind(id)
+                    .bind(now_ms as i64)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The instances of bus `bus` alive since `since_ms`.
+    pub async fn instances_since(
+        &self,
+        bus: &str,
+        since_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .pool
+            .read_all(|| {
+                sqlx::query(self.dialect.instances_since())
+                    .bind(bus)
+                    .bind(since_ms as i64)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    /// Instance `id` of bus `bus` leaves (a clean shutdown).
+    pub async fn leave_instance(&self, bus: &str, id: &str) -> Result<(), StoreError> {
+        self.pool
+            .read_all(|| {
+                sqlx::query(self.dialect.delete_instance())
+                    .bind(bus)
+                    .bind(id)
+            })
+            .await
+            .map(drop)
+    }
+
     /// Ids of live documents of a collection, for warming caches: the `limit` most recently
     /// updated, or (with `owner`) those of one owner in id order.
     pub async fn ids(

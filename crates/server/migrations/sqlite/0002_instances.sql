@@ -1,0 +1,9 @@
+-- Instances of a deployment that share an invalidation bus (`bus` = cache.l2_prefix), with the
+-- last time each said it was alive (ms since the Unix epoch, by its own clock). The bus uses it
+-- as a witness: an instance silent on the bus but alive here is waited for, not forgotten.
+CREATE TABLE IF NOT EXISTS dmw_instances (
+    bus     TEXT    NOT NULL,
+    id      TEXT    NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (bus, id)
+);
