@@ -1,24 +1,45 @@
 //! `bench conns`: holds many idle, authenticated, heartbeating TCP protocol connections and
-//! reports the server's memory per connection and any connection dropped.
+//! reports what they cost and what went wrong: the servers' user-space memory (RSS growth),
+//! the kernel's memory (socket slabs from `/proc/slabinfo`, buffer memory from
+//! `/proc/net/sockstat` and `ss -tm`), the time to open them, every connection that failed to
+//! open counted by kind (refused, timed out, address not available, the server's error code…)
+//! and every connection dropped while held, by kind.
 //!
 //! One process may hold only as many sockets as its file limit allows (20,000 here), so the
 //! parent starts worker processes (this same binary, `bench conns-worker`), each holding its
-//! share from its own source addresses (127.0.0.2, .3, …: one loopback address offers ~28k
-//! ports). The server side may be several `SO_REUSEPORT` processes: pass all their pids.
+//! share. Every connection binds a source address first (`bind(addr, port 0)`), and the
+//! kernel hands out ports per address from the ephemeral range (~28k) — odd ports first, even
+//! ones only once *every* odd port is taken, and from then on each bind scans all ~14k odd
+//! ports before it finds one: ~4 ms instead of ~10 µs, blocking the worker's runtime thread.
+//! That stall once kept connected sockets from sending HELLO within the server's 5 s
+//! handshake timeout. So no address may carry more than half the range: connection `i`,
+//! counted across all workers, uses source `i mod n` of a list long enough for the count (the
+//! default grows from 127.0.0.2 through 127.0.0.0/8, all of which is loopback), and a given
+//! list too short is refused. The server side may be several `SO_REUSEPORT` processes: pass
+//! all their pids.
+//!
+//! All connections are held together: the parent waits `--hold` seconds once the last worker
+//! is ready, measures again, then closes the workers' stdin, which ends their hold. Workers
+//! answer on stdout, one line each: `failed <kind> <n>`… then `ready <opened> <milliseconds>`;
+//! after the hold `dropped <kind> <n>`… then `done <alive> <dropped>`. A kind is one word
+//! (`connect:refused`, `handshake:error:timeout`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use datamiddleware_protocol::{Message, decode};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use datamiddleware_protocol::{Credential, Hello, Message, decode};
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::ChildStdout;
 use tokio::sync::Semaphore;
-
-use crate::driver::Target;
+use tokio::time::Instant;
 
 /// Parameters of `bench conns`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,108 +53,167 @@ pub struct ConnsArgs {
     /// Connections per worker process (keep under the file limit, `ulimit -n`).
     #[arg(long, default_value_t = 19_000)]
     pub per_process: usize,
-    /// Source addresses to connect from, spread round-robin.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9"
-    )]
-    pub sources: Vec<IpAddr>,
-    /// How long to hold the connections once all are open, in seconds.
+    /// Source addresses to connect from, spread round-robin over all connections: IP
+    /// addresses and IPv4 ranges, comma-separated (`127.0.0.2-127.0.0.40,127.0.1.1`); none may
+    /// carry more than half the ephemeral port range. Default: enough loopback addresses from
+    /// 127.0.0.2 on that none carries more than 40 % of it (at least 8).
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// How long to hold all connections together once the last is open, in seconds.
     #[arg(long, default_value_t = 30)]
     pub hold: u64,
     /// Seconds between a connection's PINGs (the server's default interval is 30).
     #[arg(long, default_value_t = 20)]
     pub ping_every: u64,
+    /// Seconds one connection may take to connect and complete HELLO; then it counts as
+    /// failed (`timed-out`) instead of waiting for the kernel's retries.
+    #[arg(long, default_value_t = 60)]
+    pub open_timeout: u64,
+    /// Connections a worker opens at the same time (waves, not a SYN flood).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
     /// Server process ids whose RSS to measure (comma-separated; SO_REUSEPORT processes).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// (internal) index of a worker's first connection among all: it picks the sources.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub first: usize,
 }
+
+/// Page size of `/proc/slabinfo` and `/proc/net/sockstat` counts (x86-64; 4 KiB on the
+/// machines this bench runs on).
+const PAGE: u64 = 4096;
+
+/// The slab caches of one idle socket: the TCP socket, its inode, the pseudo-file's dentry
+/// and `struct file`, its epoll registration (item, wait-queue entry, the file's list head)
+/// and the security blobs of inode and file. Merged caches (SLUB) appear in `/proc/slabinfo`
+/// under another name, so these are priced from `/sys/kernel/slab/<name>`, which knows every
+/// alias. Not counted: a `/proc/<pid>/fd` inode and dentry per descriptor, which exist only
+/// while something lists that directory (a monitor on this machine does) and are reclaimable.
+const SOCKET_CACHES: [&str; 9] = [
+    "TCP",
+    "sock_inode_cache",
+    "dentry",
+    "filp",
+    "eventpoll_epi",
+    "eventpoll_pwq",
+    "ep_head",
+    "lsm_inode_cache",
+    "lsm_file_cache",
+];
 
 /// Runs the parent: starts workers, measures, prints the result.
 pub async fn run(args: ConnsArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let before = rss_kib(&args.server_pid);
+    let ports = ephemeral_ports();
+    let sources = source_list(&args.sources, args.count, ports)?;
+    let per_source = args.count.div_ceil(sources.len());
+    if let Some(ports) = ports
+        && per_source > ports / 2
+    {
+        // Past half the range every bind scans all odd ports first (see the module header):
+        // milliseconds per connection, a stalled worker, handshakes timed out by the server.
+        return Err(format!(
+            "{} connections over {} source addresses is {per_source} per address, more than \
+             half the {ports} ephemeral ports (net.ipv4.ip_local_port_range); give more --sources",
+            args.count,
+            sources.len()
+        ));
+    }
+    let sources_arg = sources
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let before = Snapshot::take(&args.server_pid);
     let processes = args.count.div_ceil(args.per_process.max(1));
+    let started = Instant::now();
     let mut workers = Vec::new();
-    let per_source = args.sources.len().div_ceil(processes).max(1);
     for p in 0..processes {
-        let count = args.per_process.min(args.count - p * args.per_process);
-        let sources: Vec<String> = args
-            .sources
-            .iter()
-            .cycle()
-            .skip(p * per_source)
-            .take(per_source)
-            .map(|s| s.to_string())
-            .collect();
+        let first = p * args.per_process;
+        let count = args.per_process.min(args.count - first);
         let mut child = tokio::process::Command::new(&exe)
-            .args([
-                "bench",
-                "conns-worker",
-                "--addr",
-                &args.addr.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
-            .args([
-                "--sources",
-                &sources.join(","),
-                "--hold",
-                &args.hold.to_string(),
-                "--ping-every",
-                &args.ping_every.to_string(),
-            ])
+            .args(["bench", "conns-worker", "--addr", &args.addr.to_string()])
+            .args(["--count", &count.to_string(), "--first", &first.to_string()])
+            .args(["--sources", &sources_arg])
+            .args(["--ping-every", &args.ping_every.to_string()])
+            .args(["--open-timeout", &args.open_timeout.to_string()])
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         let stdout = child.stdout.take().ok_or("worker has no stdout")?;
-        workers.push((child, BufReader::new(stdout).lines()));
+        // Kept open for the hold: closing it is the worker's signal to report.
+        let stdin = child.stdin.take().ok_or("worker has no stdin")?;
+        workers.push((child, stdin, BufReader::new(stdout).lines()));
     }
     eprintln!(
-        "{processes} worker process(es) opening {} connections",
-        args.count
+        "{processes} worker process(es) opening {} connections from {} source addresses \
+         ({}…{}, ≤ {per_source} each; ephemeral ports per address: {})",
+        args.count,
+        sources.len(),
+        sources[0],
+        sources[sources.len() - 1],
+        ports.map_or("unknown".into(), |p| p.to_string()),
     );
     let mut ready = 0usize;
-    for (_, lines) in &mut workers {
-        let line = lines
-            .next_line()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("a worker ended early")?;
-        ready += line
-            .strip_prefix("ready ")
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or(format!("bad worker line {line:?}"))?;
+    let mut failed = BTreeMap::new();
+    let mut slowest_worker_ms = 0u64;
+    for (_, _, lines) in &mut workers {
+        let (opened, ms) = read_until(lines, "ready", &mut failed).await?;
+        ready += opened;
+        slowest_worker_ms = slowest_worker_ms.max(ms);
     }
+    let open_time = started.elapsed();
+    // Let the last handshakes' allocations settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(&args.server_pid);
-    println!("connections open: {ready} of {}", args.count);
-    if let (Some(before), Some(after)) = (before, after) {
-        let per = (after.saturating_sub(before)) as f64 * 1024.0 / ready.max(1) as f64;
-        println!(
-            "server RSS: {before} KiB before, {after} KiB with the connections: {per:.0} bytes per connection (user space)"
-        );
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|(c, _, _)| c.id()).collect();
+    let after = Snapshot::take(&args.server_pid);
+    let buffers = ss_buffers(args.addr.port()).await;
+    let failed_total: usize = failed.values().sum();
+    println!(
+        "connections open: {ready} of {} in {:.1} s (slowest worker {:.1} s); failed to open: {failed_total}",
+        args.count,
+        open_time.as_secs_f64(),
+        slowest_worker_ms as f64 / 1000.0
+    );
+    for (kind, n) in &failed {
+        println!("  failed {kind}: {n}");
+    }
+    report_memory(&before, &after, ready, &worker_pids);
+    match buffers {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("ss -tm: not measured ({e})"),
+    }
+    hold_all(args.hold).await;
+    // The same measurement after the hold's heartbeats: the steady state, not the first
+    // seconds after the handshakes.
+    let held = Snapshot::take(&args.server_pid);
+    let mut stopped = Vec::new();
+    for (child, stdin, lines) in workers {
+        drop(stdin); // ends this worker's hold; it reports
+        stopped.push((child, lines));
     }
     let mut alive = 0usize;
     let mut dropped = 0usize;
-    for (mut child, mut lines) in workers {
-        if let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-            let mut parts = line
-                .split_whitespace()
-                .skip(1)
-                .map(|n| n.parse::<usize>().unwrap_or(0));
-            alive += parts.next().unwrap_or(0);
-            dropped += parts.next().unwrap_or(0);
-        }
+    let mut dropped_by = BTreeMap::new();
+    for (mut child, mut lines) in stopped {
+        let (a, d) = read_until(&mut lines, "done", &mut dropped_by).await?;
+        alive += a;
+        dropped += d as usize;
         let _ = child.wait().await;
     }
     println!(
-        "after holding {} s: {alive} alive, {dropped} dropped",
+        "after holding all of them {} s: {alive} alive, {dropped} dropped",
         args.hold
     );
+    for (kind, n) in &dropped_by {
+        println!("  dropped {kind}: {n}");
+    }
+    report_held(&before, &held, ready);
     if dropped > 0 || ready < args.count {
         return Err(format!(
             "{} connections failed to open, {dropped} dropped",
@@ -141,6 +221,262 @@ pub async fn run(args: ConnsArgs) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Waits `seconds`, telling stderr every minute how many TCP sockets the kernel holds (two
+/// per connection here), so that a long hold shows a loss while it happens.
+async fn hold_all(seconds: u64) {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut next = Instant::now() + Duration::from_secs(60);
+    while next < end {
+        tokio::time::sleep_until(next).await;
+        let left = end.saturating_duration_since(Instant::now()).as_secs();
+        match sockstat_tcp("inuse") {
+            Some(n) => eprintln!("holding: {left} s left; TCP sockets in use: {n}"),
+            None => eprintln!("holding: {left} s left"),
+        }
+        next += Duration::from_secs(60);
+    }
+    tokio::time::sleep_until(end).await;
+}
+
+/// Reads a worker's `<kind-word> <kind> <n>` lines into `by_kind` until the line starting
+/// with `last`, whose two numbers it returns.
+async fn read_until(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    last: &str,
+    by_kind: &mut BTreeMap<String, usize>,
+) -> Result<(usize, u64), String> {
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("a worker ended early")?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [first, a, b] if *first == last => {
+                return a
+                    .parse()
+                    .ok()
+                    .zip(b.parse().ok())
+                    .ok_or(format!("bad worker line {line:?}"));
+            }
+            [_, kind, n] => {
+                let n: usize = n.parse().map_err(|_| format!("bad worker line {line:?}"))?;
+                *by_kind.entry((*kind).to_string()).or_default() += n;
+            }
+            _ => return Err(format!("bad worker line {line:?}")),
+        }
+    }
+}
+
+/// The size of the ephemeral port range, `net.ipv4.ip_local_port_range`.
+fn ephemeral_ports() -> Option<usize> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ends = range.split_whitespace().map(|p| p.parse::<usize>().ok());
+    let (low, high) = (ends.next()??, ends.next()??);
+    Some(high.checked_sub(low)? + 1)
+}
+
+/// The source addresses: `given` expanded (addresses and IPv4 ranges), or by default enough
+/// loopback addresses from 127.0.0.2 that none carries more than 40 % of the ephemeral range:
+/// under the half where binds turn slow, with room for other sockets on the same addresses.
+fn source_list(
+    given: &[String],
+    count: usize,
+    ports: Option<usize>,
+) -> Result<Vec<IpAddr>, String> {
+    if given.is_empty() {
+        let per_address = ports.unwrap_or(28_232) * 2 / 5;
+        let n = count.div_ceil(per_address.max(1)).max(8);
+        let first = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+        // 127.0.0.0/8 holds 16 M addresses; `n` stays far below that for any count here.
+        return Ok((0..n as u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(first + i)))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for item in given {
+        let item = item.trim();
+        match item.split_once('-') {
+            Some((from, to)) => {
+                let parse = |s: &str| {
+                    s.trim()
+                        .parse::<Ipv4Addr>()
+                        .map_err(|e| format!("bad source range {item:?}: {e}"))
+                };
+                let (from, to) = (u32::from(parse(from)?), u32::from(parse(to)?));
+                if to < from || to - from >= 65_536 {
+                    return Err(format!(
+                        "bad source range {item:?}: empty or over 65,536 addresses"
+                    ));
+                }
+                out.extend((from..=to).map(|a| IpAddr::V4(Ipv4Addr::from(a))));
+            }
+            None => out.push(
+                item.parse()
+                    .map_err(|e| format!("bad source address {item:?}: {e}"))?,
+            ),
+        }
+    }
+    if out.is_empty() {
+        return Err("no source addresses".into());
+    }
+    Ok(out)
+}
+
+/// What the parent measures before and after opening: the servers' RSS, the kernel's slab
+/// caches and its TCP buffer memory.
+struct Snapshot {
+    rss_kib: Option<u64>,
+    slabs: Option<BTreeMap<String, Slab>>,
+    tcp_mem_pages: Option<u64>,
+}
+
+/// One cache of `/proc/slabinfo`.
+#[derive(Clone, Copy)]
+struct Slab {
+    active_objects: u64,
+    object_size: u64,
+    pages: u64,
+}
+
+impl Snapshot {
+    fn take(server_pids: &[u32]) -> Snapshot {
+        Snapshot {
+            rss_kib: rss_kib(server_pids),
+            slabs: slabinfo(),
+            tcp_mem_pages: sockstat_tcp("mem"),
+        }
+    }
+}
+
+/// Prints user-space and kernel memory per connection. Both ends of every connection are on
+/// this machine, so the kernel figures cover two sockets per connection.
+fn report_memory(before: &Snapshot, after: &Snapshot, ready: usize, worker_pids: &[u32]) {
+    let conns = ready.max(1) as f64;
+    if let (Some(b), Some(a)) = (before.rss_kib, after.rss_kib) {
+        let per = a.saturating_sub(b) as f64 * 1024.0 / conns;
+        println!(
+            "server RSS: {b} KiB before, {a} KiB with the connections: {per:.0} bytes per connection (user space)"
+        );
+    }
+    if let Some(workers) = rss_kib(worker_pids) {
+        println!(
+            "bench workers' RSS (client side, for scale): {workers} KiB, {:.0} bytes per connection",
+            workers as f64 * 1024.0 / conns
+        );
+    }
+    let (Some(b), Some(a)) = (&before.slabs, &after.slabs) else {
+        println!("kernel slabs: not measured (/proc/slabinfo unreadable; it needs root)");
+        return;
+    };
+    // Both ends of every connection are on this machine: two sockets per connection. Every
+    // cache that grew is shown (the dentry cache also grows with other processes' file
+    // activity; 128-byte caches hold the client's bind buckets too), and one socket is then
+    // priced as one object of each of its caches, which no other process disturbs.
+    println!(
+        "kernel slab caches grown by ≥ 0.5 objects per connection (client and server socket, \
+         both on this machine):"
+    );
+    let grown = grown_caches(b, a, conns);
+    for (name, objects, size) in &grown {
+        println!(
+            "  {name:<18} {objects:+6.2} x {size:>5} B = {:>6.0} B",
+            objects * *size as f64
+        );
+    }
+    let sum: f64 = grown.iter().map(|(_, o, s)| o * *s as f64).sum();
+    let pages = |m: &BTreeMap<String, Slab>| m.values().map(|s| s.pages).sum::<u64>();
+    let all = (pages(a) as f64 - pages(b) as f64) * PAGE as f64 / conns;
+    println!(
+        "  these caches: {sum:.0} B per connection; all slab pages (any cause, other processes \
+         included): {all:.0} B per connection"
+    );
+    match socket_price() {
+        Some((bytes, in_pages, parts)) => println!(
+            "  one socket = one object each of {parts}: {bytes} B ({in_pages:.0} B of slab \
+             pages); a server holds one socket per connection"
+        ),
+        None => println!("  one socket: not priced (/sys/kernel/slab unreadable)"),
+    }
+    if let (Some(b), Some(a)) = (before.tcp_mem_pages, after.tcp_mem_pages) {
+        println!(
+            "  TCP buffer memory (/proc/net/sockstat mem): {b} pages before, {a} after: {:.0} B per connection",
+            (a as f64 - b as f64) * PAGE as f64 / conns
+        );
+    }
+}
+
+/// Prints the servers' RSS and the slab growth once more, after the hold.
+fn report_held(before: &Snapshot, held: &Snapshot, ready: usize) {
+    let conns = ready.max(1) as f64;
+    if let (Some(b), Some(a)) = (before.rss_kib, held.rss_kib) {
+        println!(
+            "server RSS at the end of the hold: {a} KiB: {:.0} bytes per connection (user space)",
+            a.saturating_sub(b) as f64 * 1024.0 / conns
+        );
+    }
+    if let (Some(b), Some(a)) = (&before.slabs, &held.slabs) {
+        let grown = grown_caches(b, a, conns);
+        let sum: f64 = grown.iter().map(|(_, o, s)| o * *s as f64).sum();
+        let names: Vec<&str> = grown.iter().map(|(n, _, _)| n.as_str()).collect();
+        println!(
+            "slab caches grown by ≥ 0.5 objects per connection at the end of the hold: {sum:.0} B \
+             per connection ({})",
+            names.join(", ")
+        );
+    }
+}
+
+/// The caches that grew by at least half an object per connection: name, objects per
+/// connection, object size; largest first.
+fn grown_caches(
+    before: &BTreeMap<String, Slab>,
+    after: &BTreeMap<String, Slab>,
+    conns: f64,
+) -> Vec<(String, f64, u64)> {
+    let mut grown: Vec<(String, f64, u64)> = after
+        .iter()
+        .map(|(name, a)| {
+            let b = before.get(name).map_or(0, |s| s.active_objects);
+            let objects = (a.active_objects as f64 - b as f64) / conns;
+            (name.clone(), objects, a.object_size)
+        })
+        .filter(|(_, objects, _)| *objects >= 0.5)
+        .collect();
+    grown.sort_by(|x, y| (y.1 * y.2 as f64).total_cmp(&(x.1 * x.2 as f64)));
+    grown
+}
+
+/// One object of each of [`SOCKET_CACHES`], from `/sys/kernel/slab/<cache>` (`slab_size` is
+/// the object with its metadata; a slab of `2^order` pages holds `objs_per_slab`): bytes,
+/// bytes of slab pages, and the caches found.
+fn socket_price() -> Option<(u64, f64, String)> {
+    let read = |cache: &str, file: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/{file}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut bytes = 0;
+    let mut in_pages = 0.0;
+    let mut found = Vec::new();
+    for cache in SOCKET_CACHES {
+        let (Some(size), Some(order), Some(per_slab)) = (
+            read(cache, "slab_size"),
+            read(cache, "order"),
+            read(cache, "objs_per_slab"),
+        ) else {
+            continue;
+        };
+        bytes += size;
+        in_pages += (PAGE << order) as f64 / per_slab.max(1) as f64;
+        found.push(format!("{cache} {size}"));
+    }
+    (!found.is_empty()).then(|| (bytes, in_pages, found.join(", ")))
 }
 
 /// Sum of the resident set sizes of `pids`, in KiB.
@@ -159,36 +495,153 @@ fn rss_kib(pids: &[u32]) -> Option<u64> {
         .sum()
 }
 
-/// Runs one worker: opens `count` connections, prints `ready <n>`, holds them with
-/// heartbeats, then prints `done <alive> <dropped>`.
+/// `/proc/slabinfo` by cache name (version 2.1: name, active objects, objects, object size,
+/// objects per slab, pages per slab, `: tunables` …, `: slabdata` active slabs, slabs, …).
+fn slabinfo() -> Option<BTreeMap<String, Slab>> {
+    let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    let mut out = BTreeMap::new();
+    for line in text.lines().skip(2) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(name), Some(active), Some(size), Some(per_slab), Some(slabs)) =
+            (f.first(), number(1), number(3), number(5), number(14))
+        else {
+            continue;
+        };
+        out.insert(
+            (*name).to_string(),
+            Slab {
+                active_objects: active,
+                object_size: size,
+                pages: per_slab * slabs,
+            },
+        );
+    }
+    Some(out)
+}
+
+/// One field of the `TCP:` line of `/proc/net/sockstat`: `inuse` sockets (listeners
+/// included), `mem` pages of socket buffers.
+fn sockstat_tcp(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == field)?;
+    words.next()?.parse().ok()
+}
+
+/// Sums `ss -tm`'s `skmem` of the server ends (local port `port`): what their buffers hold.
+async fn ss_buffers(port: u16) -> Result<String, String> {
+    let filter = format!("( sport = :{port} )");
+    let out = tokio::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", &filter])
+        .output()
+        .await
+        .map_err(|e| format!("cannot run ss: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ss exited with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // skmem:(r<rmem_alloc>,rb<rcvbuf>,t<wmem_alloc>,tb<sndbuf>,f<fwd_alloc>,w<wmem_queued>,
+    // o<opt_mem>,bl<backlog>,d<drops>): rb and tb are limits, the rest is memory held.
+    let mut sockets = 0u64;
+    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    for skmem in text.split("skmem:(").skip(1) {
+        sockets += 1;
+        let fields = skmem.split(')').next().unwrap_or("");
+        for field in fields.split(',') {
+            let name_len = field.find(|c: char| c.is_ascii_digit()).unwrap_or(0);
+            let (name, value) = field.split_at(name_len);
+            if matches!(name, "r" | "t" | "f" | "w" | "o" | "bl")
+                && let Ok(v) = value.parse::<u64>()
+            {
+                *held.entry(name).or_default() += v;
+            }
+        }
+    }
+    let total: u64 = held.values().sum();
+    let per = total as f64 / sockets.max(1) as f64;
+    let fields: Vec<String> = held.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    Ok(format!(
+        "ss -tm, server ends: {sockets} sockets; buffer bytes held in all ({}): {total}, {per:.0} B per socket",
+        fields.join(", ")
+    ))
+}
+
+/// Failures and drops by kind, shared by a worker's connection tasks.
+#[derive(Default)]
+struct Kinds(Mutex<BTreeMap<String, usize>>);
+
+impl Kinds {
+    /// Counts one `kind`; the first of each kind is told on stderr with its detail, which is
+    /// what finds a cause (when, from where, the OS's words).
+    fn add(&self, kind: String, detail: impl FnOnce() -> String) {
+        let mut map = self.0.lock();
+        let n = map.entry(kind.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            eprintln!(
+                "conns worker {}: first {kind}: {}",
+                std::process::id(),
+                detail()
+            );
+        }
+    }
+
+    /// Prints one `<word> <kind> <n>` line per kind; returns the total, so that it and the
+    /// lines agree even while connections still end.
+    fn print(&self, word: &str) -> usize {
+        let map = self.0.lock();
+        for (kind, n) in map.iter() {
+            println!("{word} {kind} {n}");
+        }
+        map.values().sum()
+    }
+}
+
+/// Runs one worker: opens `count` connections, prints failures by kind and `ready <n> <ms>`,
+/// holds them with heartbeats until its stdin ends (the parent closes it, or dies), then
+/// prints drops by kind and `done <alive> <dropped>`.
 pub async fn worker(args: ConnsArgs) -> Result<(), String> {
+    let sources = source_list(&args.sources, args.count, None)?;
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let connecting = Arc::new(Semaphore::new(256)); // waves, not a SYN flood
+    let failures = Arc::new(Kinds::default());
+    let drops = Arc::new(Kinds::default());
+    let connecting = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let ping_every = Duration::from_secs(args.ping_every.max(1));
+    let open_timeout = Duration::from_secs(args.open_timeout.max(1));
+    let started = Instant::now();
     for i in 0..args.count {
-        let source = args.sources[i % args.sources.len().max(1)];
-        let (ready, failed, dropped, connecting) = (
-            ready.clone(),
-            failed.clone(),
-            dropped.clone(),
-            connecting.clone(),
-        );
+        let source = sources[(args.first + i) % sources.len()];
+        let (ready, failed) = (ready.clone(), failed.clone());
+        let (failures, drops, connecting) = (failures.clone(), drops.clone(), connecting.clone());
         let addr = args.addr;
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await;
-            let stream = match open_from(addr, source).await {
+            let stream = match open_from(addr, source, open_timeout).await {
                 Ok(stream) => stream,
-                Err(_) => {
+                Err(failure) => {
+                    failures.add(failure.kind, || {
+                        format!(
+                            "after {:.1} s, from {source}: {}",
+                            started.elapsed().as_secs_f64(),
+                            failure.detail
+                        )
+                    });
                     failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             };
             drop(permit);
             ready.fetch_add(1, Ordering::Relaxed);
-            hold(stream, i as u64, ping_every).await;
-            dropped.fetch_add(1, Ordering::Relaxed);
+            let (kind, detail) = hold(stream, (args.first + i) as u64, ping_every).await;
+            drops.add(kind, || {
+                format!(
+                    "after {:.1} s, from {source}: {detail}",
+                    started.elapsed().as_secs_f64()
+                )
+            });
         });
     }
     loop {
@@ -201,55 +654,244 @@ pub async fn worker(args: ConnsArgs) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("ready {}", ready.load(Ordering::Relaxed));
-    tokio::time::sleep(Duration::from_secs(args.hold)).await;
-    let dropped = dropped.load(Ordering::Relaxed);
-    println!("done {} {dropped}", ready.load(Ordering::Relaxed) - dropped);
+    failures.print("failed");
+    println!(
+        "ready {} {}",
+        ready.load(Ordering::Relaxed),
+        started.elapsed().as_millis()
+    );
+    // A blocking read on the blocking pool: this runtime has no async stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await;
+    let dropped = drops.print("dropped");
+    let alive = ready.load(Ordering::Relaxed).saturating_sub(dropped);
+    println!("done {alive} {dropped}");
     Ok(())
 }
 
-async fn open_from(addr: SocketAddr, source: IpAddr) -> Result<tokio::net::TcpStream, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+/// Why a connection did not open: `kind` is one word, `stage:what` (counted), `detail` the
+/// full text (told once per kind).
+struct Failure {
+    kind: String,
+    detail: String,
+}
+
+impl Failure {
+    fn io(stage: &str, e: &std::io::Error) -> Failure {
+        Failure {
+            kind: format!("{stage}:{}", io_kind(e)),
+            detail: format!("{e} ({:?}, os error {:?})", e.kind(), e.raw_os_error()),
+        }
+    }
+
+    fn new(kind: String, detail: String) -> Failure {
+        Failure { kind, detail }
+    }
+}
+
+/// One word for an I/O error: the kinds a connection flood produces by name, anything else
+/// by its errno so that it stays countable.
+fn io_kind(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "refused".into(),
+        ErrorKind::TimedOut => "timed-out".into(),
+        ErrorKind::AddrNotAvailable => "address-not-available".into(),
+        ErrorKind::AddrInUse => "address-in-use".into(),
+        ErrorKind::ConnectionReset => "reset".into(),
+        ErrorKind::ConnectionAborted => "aborted".into(),
+        ErrorKind::BrokenPipe => "broken-pipe".into(),
+        ErrorKind::UnexpectedEof => "closed".into(),
+        kind => match e.raw_os_error() {
+            Some(errno) => format!("os-error-{errno}"),
+            None => format!("{kind:?}").to_lowercase(),
+        },
+    }
+}
+
+/// Binds `source`, connects to `addr` and completes the handshake, all within `timeout`.
+async fn open_from(
+    addr: SocketAddr,
+    source: IpAddr,
+    timeout: Duration,
+) -> Result<TcpStream, Failure> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = |stage: &str| {
+        Failure::new(
+            format!("{stage}:timed-out"),
+            format!("no answer within --open-timeout ({} s)", timeout.as_secs()),
+        )
+    };
+    let socket = TcpSocket::new_v4().map_err(|e| Failure::io("socket", &e))?;
     socket
         .bind(SocketAddr::new(source, 0))
-        .map_err(|e| e.to_string())?;
-    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
-    // Reuse the handshake of the load driver on the connected stream.
-    let target = Target::Tcp {
-        addr,
-        game: String::new(),
-        collection: String::new(),
-    };
-    crate::driver::handshake(stream, &target).await
+        .map_err(|e| Failure::io("bind", &e))?;
+    let mut stream = tokio::time::timeout_at(deadline, socket.connect(addr))
+        .await
+        .map_err(|_| timed_out("connect"))?
+        .map_err(|e| Failure::io("connect", &e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Failure::io("connect", &e))?;
+    tokio::time::timeout_at(deadline, handshake(&mut stream))
+        .await
+        .map_err(|_| timed_out("handshake"))??;
+    Ok(stream)
+}
+
+/// Sends HELLO and waits for HELLO_OK. Its own (not the load driver's) because a failure
+/// must keep its kind: the server's error code, a reset, a close.
+async fn handshake(stream: &mut TcpStream) -> Result<(), Failure> {
+    let mut hello = BytesMut::new();
+    Message::Hello(Hello {
+        version: 1,
+        client_name: "datamiddleware-bench-conns".into(),
+        credential: Credential::None,
+    })
+    .encode(0, &mut hello);
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| Failure::io("handshake", &e))?;
+    let mut buf = BytesMut::new();
+    loop {
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Failure::io("handshake", &e))?;
+        if n == 0 {
+            return Err(Failure::new(
+                "handshake:closed".into(),
+                "the server closed before HELLO_OK".into(),
+            ));
+        }
+        match decode(&mut buf, u32::MAX) {
+            Ok(Some((_, Message::HelloOk(_)))) => return Ok(()),
+            Ok(Some((_, Message::Error { code, message, .. }))) => {
+                return Err(Failure::new(
+                    format!("handshake:error:{}", one_word(&code)),
+                    message,
+                ));
+            }
+            Ok(Some((_, other))) => {
+                return Err(Failure::new(
+                    format!("handshake:unexpected:{:?}", other.opcode()),
+                    format!("{other:?}"),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Failure::new("handshake:bad-frame".into(), e.to_string()));
+            }
+        }
+    }
+}
+
+/// A server-sent code as one word of the worker's line protocol.
+fn one_word(code: &str) -> String {
+    let word: String = code
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    if word.is_empty() { "-".into() } else { word }
 }
 
 /// Keeps a connection alive: a PING every `every`, PONGs for the server's PINGs. Returns
-/// when the connection ends.
-async fn hold(mut stream: tokio::net::TcpStream, n: u64, every: Duration) {
+/// why the connection ended: a kind (one word) and its detail.
+async fn hold(mut stream: TcpStream, n: u64, every: Duration) -> (String, String) {
     let mut buf = BytesMut::new();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A random first tick spreads the PINGs of connections opened in the same second over
+    // the whole interval, as real clients' would be.
+    let first = Duration::from_millis(fastrand::u64(0..=every.as_millis() as u64));
+    let mut ping = tokio::time::interval_at(Instant::now() + first, every);
     loop {
         tokio::select! {
             _ = ping.tick() => {
                 let mut frame = BytesMut::new();
                 Message::Ping(n).encode(0, &mut frame);
-                if stream.write_all(&frame).await.is_err() {
-                    return;
+                if let Err(e) = stream.write_all(&frame).await {
+                    return (format!("write:{}", io_kind(&e)), e.to_string());
                 }
             }
             read = stream.read_buf(&mut buf) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return;
+                match read {
+                    Ok(0) => return ("closed".into(), "the server closed".into()),
+                    Ok(_) => {}
+                    Err(e) => return (format!("read:{}", io_kind(&e)), e.to_string()),
                 }
-                while let Ok(Some((header, message))) = decode(&mut buf, u32::MAX) {
-                    if let Message::Ping(payload) = message {
-                        let mut frame = BytesMut::new();
-                        Message::Pong(payload).encode(header.request_id, &mut frame);
-                        let _ = stream.write_all(&frame).await;
+                loop {
+                    match decode(&mut buf, u32::MAX) {
+                        Ok(Some((header, Message::Ping(payload)))) => {
+                            let mut frame = BytesMut::new();
+                            Message::Pong(payload).encode(header.request_id, &mut frame);
+                            if let Err(e) = stream.write_all(&frame).await {
+                                return (format!("write:{}", io_kind(&e)), e.to_string());
+                            }
+                        }
+                        Ok(Some((_, Message::Error { code, message, .. }))) => {
+                            return (format!("error:{}", one_word(&code)), message);
+                        }
+                        Ok(Some((_, Message::GoAway { message, .. }))) => {
+                            return ("goaway".into(), message);
+                        }
+                        Ok(Some(_)) => {} // PONGs of our PINGs
+                        Ok(None) => break,
+                        Err(e) => return ("bad-frame".into(), e.to_string()),
                     }
                 }
-                buf = BytesMut::new(); // keep the generator's memory small too
+                // Keep the generator's memory small too, but never drop a partial frame.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sources_grow_with_the_count() {
+        let eight = source_list(&[], 10_000, Some(28_232)).unwrap();
+        assert_eq!(eight.len(), 8);
+        assert_eq!(eight[0].to_string(), "127.0.0.2");
+        let many = source_list(&[], 250_000, Some(28_232)).unwrap();
+        assert_eq!(many.len(), 23); // ≤ 11,292 each, 40 % of the range
+        assert_eq!(many[22].to_string(), "127.0.0.24");
+    }
+
+    #[test]
+    fn source_ranges_expand_and_cross_octets() {
+        let given = vec!["127.0.0.254-127.0.1.1".to_string(), "127.0.5.5".to_string()];
+        let list: Vec<String> = source_list(&given, 1, None)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            list,
+            [
+                "127.0.0.254",
+                "127.0.0.255",
+                "127.0.1.0",
+                "127.0.1.1",
+                "127.0.5.5"
+            ]
+        );
+        assert!(source_list(&["127.0.0.9-127.0.0.2".into()], 1, None).is_err());
+        assert!(source_list(&["nonsense".into()], 1, None).is_err());
+    }
+
+    #[test]
+    fn io_errors_have_one_word_kinds() {
+        let refused = std::io::Error::from(ErrorKind::ConnectionRefused);
+        assert_eq!(Failure::io("connect", &refused).kind, "connect:refused");
+        let other = std::io::Error::from_raw_os_error(105); // ENOBUFS
+        assert!(!io_kind(&other).contains(char::is_whitespace));
+        assert_eq!(one_word("too many"), "too_many");
     }
 }
