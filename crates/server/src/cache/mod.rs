@@ -256,19 +256,34 @@ impl Cache {
         }
     }
 
-    /// Before a write transaction on `keys` starts: tickets against stale fills in L1, and
-    /// markers in L2 that stop concurrent fills (see `l2.rs`).
-    pub async fn begin_write(&self, keys: Vec<String>) -> WriteTickets {
+    /// Before a write transaction on `keys` starts: tickets against stale fills in L1, taken
+    /// now. The markers in L2 that stop concurrent fills (see `l2.rs`) are taken by a task in
+    /// parallel with the transaction; the returned gate opens once they are, and the COMMIT
+    /// waits for it. Hand the task's answer to [`WriteTickets::set_marked`] afterwards.
+    pub fn begin_write(
+        &self,
+        keys: Vec<String>,
+    ) -> (
+        WriteTickets,
+        tokio::sync::watch::Receiver<bool>,
+        Option<tokio::task::JoinHandle<bool>>,
+    ) {
         let l1 = keys.iter().map(|key| self.l1.ticket(key)).collect();
-        let l2_marked = match &self.l2 {
-            Some(l2) => l2.begin_write(&keys).await,
-            None => false,
-        };
-        WriteTickets {
+        let (open, gate) = tokio::sync::watch::channel(self.l2.is_none());
+        let marking = self.l2.clone().map(|l2| {
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let marked = l2.begin_write(&keys).await;
+                let _ = open.send(true);
+                marked
+            })
+        });
+        let tickets = WriteTickets {
             keys,
             l1,
-            l2_marked,
-        }
+            l2_marked: false,
+        };
+        (tickets, gate, marking)
     }
 
     /// After the transaction committed: `changed[i]` is the new state of `write.keys[i]`
@@ -292,21 +307,31 @@ impl Cache {
                 let ok = l2.end_write(key, committed).await;
                 (!ok && change.is_some()).then(|| key.clone())
             });
-        let failed: Vec<String> = futures_util::future::join_all(ends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let announce = async {
+            if let Some(bus) = &self.bus {
+                let announced = write.keys.iter().zip(&changed).filter_map(|(key, change)| {
+                    change
+                        .as_ref()
+                        .map(|(value, _)| (key.clone(), value.version()))
+                });
+                bus.announce(announced).await;
+            }
+        };
+        // With the markers taken, L2 and the announcement go at once (one round trip instead of
+        // two per write): *begin* deleted the value and its marker blocks fills, so an instance
+        // that hears of the change before L2 has it misses L2 and reads the store, which has the
+        // commit. Without them L2 may still hold the older version: it must be replaced first,
+        // or an instance hearing of the change could read that version back from L2 into L1.
+        let failed: Vec<String> = if write.l2_marked {
+            let (failed, ()) = tokio::join!(futures_util::future::join_all(ends), announce);
+            failed.into_iter().flatten().collect()
+        } else {
+            let failed = futures_util::future::join_all(ends).await;
+            announce.await;
+            failed.into_iter().flatten().collect()
+        };
         if !failed.is_empty() {
             l2.needs_repair(failed);
-        }
-        if let Some(bus) = &self.bus {
-            let announced = write.keys.iter().zip(&changed).filter_map(|(key, change)| {
-                change
-                    .as_ref()
-                    .map(|(value, _)| (key.clone(), value.version()))
-            });
-            bus.announce(announced).await;
         }
     }
 
@@ -350,6 +375,11 @@ pub struct WriteTickets {
 impl WriteTickets {
     pub fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// Records whether every L2 marker was taken (the answer of `begin_write`'s task).
+    pub fn set_marked(&mut self, marked: bool) {
+        self.l2_marked = marked;
     }
 }
 

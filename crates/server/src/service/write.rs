@@ -166,12 +166,12 @@ impl Service {
             return;
         }
         let cache = &self.inner.cache;
-        let tickets = cache.begin_write(p.cache_keys.clone()).await;
+        let (mut tickets, commit_gate, marking) = cache.begin_write(p.cache_keys.clone());
         let mut plan = |current: &[StoredDoc]| apply_ops(&p, current);
         let committing = AtomicBool::new(false);
-        let transaction = game
-            .store
-            .transact(&p.game, &p.keys, &mut plan, &committing);
+        let transaction =
+            game.store
+                .transact(&p.game, &p.keys, &mut plan, &committing, &commit_gate);
         tokio::pin!(transaction);
         let budget = tokio::time::sleep(self.inner.store_timeout);
         tokio::pin!(budget);
@@ -181,6 +181,10 @@ impl Service {
             result = &mut transaction => Some(result),
             () = &mut budget => None,
         };
+        if let Some(marking) = marking {
+            // Bounded by the L2 time budget; done before the COMMIT whenever one was sent.
+            tickets.set_marked(marking.await.unwrap_or(false));
+        }
         if let Some(result) = finished {
             let committing = committing.load(Ordering::Acquire);
             let lost_while_committing =

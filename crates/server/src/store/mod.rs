@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use crate::config::{SqliteSync, StoreConfig};
 use crate::model::{DocKey, StoredDoc};
 pub use dialect::Dialect;
+use tokio::sync::watch;
 
 /// How many times a transaction is retried after a transient conflict.
 const MAX_TXN_ATTEMPTS: usize = 8;
@@ -310,13 +311,16 @@ impl Store {
     /// and the plan's result once committed.
     ///
     /// `committing` is set while the COMMIT is on its way: from then on, a lost connection or
-    /// an abandoned call leaves the outcome unknown (the database may still commit).
+    /// an abandoned call leaves the outcome unknown (the database may still commit). The
+    /// COMMIT waits until `commit_gate` turns true (or its sender is gone): the cache takes its
+    /// markers meanwhile, in parallel with the locking and writing.
     pub async fn transact<T, E>(
         &self,
         game: &str,
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
         committing: &AtomicBool,
+        commit_gate: &watch::Receiver<bool>,
     ) -> Result<Planned<T>, TxnError<E>> {
         debug_assert!(
             keys.windows(2).all(|w| w[0] < w[1]),
@@ -330,7 +334,10 @@ impl Store {
         loop {
             attempt += 1;
             committing.store(false, Ordering::Release);
-            match self.try_transact(game, keys, plan, committing).await {
+            match self
+                .try_transact(game, keys, plan, committing, commit_gate)
+                .await
+            {
                 Err(TxnError::Store(StoreError::Database(e)))
                     if attempt < MAX_TXN_ATTEMPTS
                         && (self.dialect.is_transient(&e)
@@ -354,10 +361,11 @@ impl Store {
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
         committing: &AtomicBool,
+        commit_gate: &watch::Receiver<bool>,
     ) -> Result<Planned<T>, TxnError<E>> {
         let mut lease = self.pool.lease().await.map_err(TxnError::Store)?;
         let result = self
-            .transact_on(lease.conn(), game, keys, plan, committing)
+            .transact_on(lease.conn(), game, keys, plan, committing, commit_gate)
             .await;
         lease.finish_with(match &result {
             Ok(_) | Err(TxnError::Plan(_)) => true,
@@ -374,6 +382,7 @@ impl Store {
         keys: &[DocKey],
         plan: &mut Plan<'_, T, E>,
         committing: &AtomicBool,
+        commit_gate: &watch::Receiver<bool>,
     ) -> Result<Planned<T>, TxnError<E>> {
         let store_err = |e: sqlx::Error| TxnError::Store(StoreError::Database(e));
         let mut tx = conn.begin().await.map_err(store_err)?;
@@ -429,6 +438,8 @@ impl Store {
                 .await
                 .map_err(store_err)?;
         }
+        // A gate whose sender is gone (Err) lets the COMMIT go as well.
+        let _ = commit_gate.clone().wait_for(|open| *open).await;
         committing.store(true, Ordering::Release);
         tx.commit().await.map_err(store_err)?;
         Ok((new_rows, result))
