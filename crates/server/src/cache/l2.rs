@@ -361,8 +361,8 @@ impl L2 {
         self.repair_lost.load(Ordering::Relaxed) || !self.repair.lock().is_empty()
     }
 
-    /// Deletes from Redis the values of keys waiting for repair, if Redis answers. True when
-    /// none is left.
+    /// Deletes from Redis the values of keys waiting for repair (and blocks fills of them for
+    /// `mark_ttl`), if Redis answers. True when none is left.
     pub async fn repair(&self) -> bool {
         let keys: Vec<String> = self.repair.lock().iter().take(1000).cloned().collect();
         if keys.is_empty() {
@@ -371,11 +371,19 @@ impl L2 {
         if !self.breaker.allow() {
             return false;
         }
-        // One DEL per key: on a cluster a multi-key DEL must stay within one slot.
+        // The *begin* script, left without its *end*: it deletes the value and blocks fills for
+        // `mark_ttl`, so a fill of an older version read before the commit (at most
+        // `fill_window` old) cannot land after the repair either. One call per key (a cluster
+        // slot each).
         let calls = keys.iter().map(|key| async move {
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(self.value_key(key));
-            self.call::<i64>("DEL", &cmd).await.is_ok()
+            let mut call = self.begin.prepare_invoke();
+            call.key(self.value_key(key))
+                .key(self.mark_key(key))
+                .arg(ttl_ms(self.mark_ttl));
+            let mut conn = self.conn.clone();
+            self.bounded("repair", call.invoke_async::<i64>(&mut conn))
+                .await
+                .is_ok()
         });
         let done = futures_util::future::join_all(calls).await;
         let mut repair = self.repair.lock();
