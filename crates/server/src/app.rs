@@ -34,6 +34,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     hot_keys_file: Option<std::path::PathBuf>,
+    shutdown_grace: std::time::Duration,
 }
 
 /// Connects the stores, binds the listeners and starts serving in the background.
@@ -98,6 +99,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks,
         hot_keys_file: config.warmup.hot_keys_file.clone(),
+        shutdown_grace: config.http.shutdown_grace,
     })
 }
 
@@ -109,7 +111,7 @@ impl Running {
             task.await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
         }
-        self.service.leave().await;
+        self.service.leave(self.shutdown_grace).await;
         if let Some(path) = &self.hot_keys_file {
             match self.service.save_hot_keys(path) {
                 Ok(count) => {

@@ -331,6 +331,7 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
 }
 
 redis_tests!(
+    overlapping_writes_leave_no_value_until_the_last_ends,
     without_l1_every_read_is_answered_by_l2,
     a_write_reaches_l2_and_another_instance_reads_it_there,
     a_store_read_fills_l2_for_the_other_instances,
@@ -340,3 +341,42 @@ redis_tests!(
     a_writer_dying_after_its_commit_leaves_no_older_version_in_l2,
     without_redis_requests_still_succeed,
 );
+
+/// Two overlapping writes of one key (W1 ends while W2 is still in progress): L2 keeps no value
+/// until the last one ends, so an instance told of W1's version cannot read it back after W2
+/// committed; an *end* of a write that never began takes nothing from the others.
+async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
+    use datamiddleware::cache::{Cached, L2};
+    let mut config = datamiddleware::config::CacheConfig::default();
+    let prefix = unique_prefix();
+    let Some(urls) = redis.urls() else { return };
+    match redis {
+        Redis::Standalone => config.l2_url = urls.into_iter().next(),
+        Redis::Cluster => config.l2_cluster_nodes = urls,
+    }
+    config.l2_prefix = prefix;
+    let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
+    let key = "g/players/overlap".to_string();
+    let doc = |version| Cached::Doc {
+        version,
+        body: bytes::Bytes::from(format!("{{\"v\":{version}}}")),
+    };
+    let ttl = Duration::from_secs(60);
+    assert!(l2.begin_write(std::slice::from_ref(&key), 1).await);
+    assert!(l2.begin_write(std::slice::from_ref(&key), 2).await);
+    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl))).await);
+    assert_eq!(
+        l2.get(&key).await,
+        None,
+        "W2 is still in progress: no value"
+    );
+    // An end of a write that never began (its begin was skipped) changes nothing for W2.
+    assert!(l2.end_write(&key, 3, Some((&doc(6), ttl))).await);
+    l2.fill(&key, &doc(6), ttl, std::time::Instant::now()).await;
+    assert_eq!(l2.get(&key).await, None, "fills stay blocked while W2 runs");
+    assert!(l2.end_write(&key, 2, Some((&doc(7), ttl))).await);
+    assert_eq!(l2.get(&key).await, Some(doc(7)));
+    // And a late end of an older version never replaces it.
+    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl))).await);
+    assert_eq!(l2.get(&key).await, Some(doc(7)));
+}

@@ -71,6 +71,8 @@ pub struct Bus {
     l2_timeout: Duration,
     /// Other instances the store says are alive (the witness; see `Service`'s presence task).
     present: Mutex<HashSet<String>>,
+    /// The store answered at least once: until then a cut-off instance could go unnoticed.
+    present_known: AtomicBool,
     /// Test-only: publish nothing, as if this process froze or died.
     #[doc(hidden)]
     pub mute: AtomicBool,
@@ -116,6 +118,7 @@ impl Bus {
             forget_after: config.bus_forget_after,
             l2_timeout: config.l2_timeout,
             present: Mutex::new(HashSet::new()),
+            present_known: AtomicBool::new(false),
             mute: AtomicBool::new(false),
         });
         let channel = format!("{}:bus", config.l2_prefix);
@@ -134,7 +137,8 @@ impl Bus {
                 byes: bye_requests,
             },
             config.bus_heartbeat,
-            l2,
+            // L2, for repairs, and the runtime they run on.
+            (l2, tokio::runtime::Handle::current()),
             stop.clone(),
         );
         let subscriber = bus.clone().subscribe(
@@ -185,6 +189,7 @@ impl Bus {
     /// The other instances the store says were alive lately.
     pub fn set_present(&self, ids: HashSet<String>) {
         *self.present.lock() = ids;
+        self.present_known.store(true, Ordering::Release);
     }
 
     /// Says goodbye on the bus (a clean shutdown): the others stop waiting for this instance
@@ -230,7 +235,7 @@ impl Bus {
         channel: String,
         inbox: Inbox,
         every: Duration,
-        l2: Arc<L2>,
+        (l2, main): (Arc<L2>, tokio::runtime::Handle),
         mut stop: watch::Receiver<bool>,
     ) {
         let mut node = 0;
@@ -256,7 +261,14 @@ impl Bus {
             if self.mute.load(Ordering::Relaxed) {
                 continue;
             }
-            let caught_up = !l2.has_pending_repair() || l2.repair().await;
+            // The repair runs on the main runtime: a reconnect inside redis-rs spawns its
+            // connection's driver on the current runtime, which must not be this thread's.
+            let caught_up = !l2.has_pending_repair() || {
+                let l2 = l2.clone();
+                main.spawn(async move { l2.repair().await })
+                    .await
+                    .unwrap_or(false)
+            };
             if batch.is_empty() && leaving.is_none() && !caught_up {
                 continue; // no heartbeat, so the others bypass their caches
             }
@@ -445,7 +457,8 @@ impl Bus {
     fn whole(&self, heard: &HashMap<String, Heard>) -> bool {
         let present = self.present.lock();
         let recent = |id: &str| heard.get(id).is_some_and(|h| h.at.elapsed() < self.silence);
-        recent(&self.id)
+        self.present_known.load(Ordering::Acquire)
+            && recent(&self.id)
             && heard.iter().all(|(id, h)| {
                 h.at.elapsed() < self.silence
                     || (h.at.elapsed() >= self.forget_after && !present.contains(id))
@@ -479,6 +492,7 @@ mod tests {
             forget_after: Duration::from_millis(800),
             l2_timeout: Duration::from_millis(50),
             present: Mutex::new(HashSet::new()),
+            present_known: AtomicBool::new(true),
             mute: AtomicBool::new(false),
         }
     }

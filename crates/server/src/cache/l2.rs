@@ -2,16 +2,19 @@
 //!
 //! Each document has two Redis keys in one hash slot: the value `<prefix>:{<key>}` holding
 //! `<version>|D<document>` or `<version>|M` (missing), and the write marker
-//! `<prefix>:{<key>}:w`, a hash of the writes in progress (`p`) and the highest version written
-//! lately (`f`, the floor). Three Lua scripts change them, so every compare runs on the server:
+//! `<prefix>:{<key>}:w`, a hash with one field per write in progress (`w<id>`) and the highest
+//! version written lately (`f`, the floor). Three Lua scripts change them, so every compare runs
+//! on the server, and each is idempotent (a retried call changes nothing more):
 //!
 //! - **fill** (a store read or a miss): stores a version only if no write is in progress on the
 //!   key, the version is not below the floor, and the value held is older. A fill arriving after
 //!   its deadline (sent late, or queued on a frozen Redis) is dropped by the server's clock.
-//! - **begin** (before a write transaction): counts a write in progress, deletes the value and
-//!   (re)arms the marker for [`L2::mark_ttl`].
-//! - **end** (after it): uncounts the write; a committed version raises the floor and replaces
-//!   an older value.
+//! - **begin** (before the COMMIT): adds the write's field, deletes the value and arms the
+//!   marker for at least [`L2::mark_ttl`] (never shortening it).
+//! - **end** (after it): a committed version raises the floor; the write's field goes; the
+//!   value is set only when no other write is in progress (else it stays deleted, so an
+//!   instance told of the first of two overlapping writes cannot read it back after the second)
+//!   and it is newer.
 //!
 //! So no fill can park a version older than a commit, even when the writer dies between its
 //! commit and its `end`: its marker blocks fills until it expires, `mark_ttl` after the write
@@ -45,11 +48,15 @@ use crate::config::CacheConfig;
 /// other instances keep bypassing their caches: degraded, never stale.
 const MAX_REPAIR_KEYS: usize = 100_000;
 
+// The marker hash: one field `w<id>` per write in progress (so every script is idempotent and
+// a write only ever removes its own), and `f`, the floor.
 const FILL: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'p', 'f')
-if m[1] and tonumber(m[1]) > 0 then return 0 end
+local writes = redis.call('HLEN', KEYS[2])
+local f = redis.call('HGET', KEYS[2], 'f')
+if f then writes = writes - 1 end
+if writes > 0 then return 0 end
 local v = tonumber(ARGV[1])
-if m[2] and tonumber(m[2]) > v then return 0 end
+if f and tonumber(f) > v then return 0 end
 local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[4]) then return 0 end
 local cur = redis.call('GET', KEYS[1])
@@ -62,23 +69,29 @@ return 1
 ";
 
 const BEGIN: &str = r"
-redis.call('HINCRBY', KEYS[2], 'p', 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], 1)
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
 redis.call('DEL', KEYS[1])
 return 1
 ";
 
 const END: &str = r"
-local marked = redis.call('EXISTS', KEYS[2]) == 1
-if marked and redis.call('HINCRBY', KEYS[2], 'p', -1) < 0 then
-  redis.call('HSET', KEYS[2], 'p', 0)
-end
-if ARGV[1] == '' then return 0 end
 local v = tonumber(ARGV[1])
-if marked then
+if v and redis.call('EXISTS', KEYS[2]) == 1 then
   local f = redis.call('HGET', KEYS[2], 'f')
-  if f and tonumber(f) > v then return 0 end
-  redis.call('HSET', KEYS[2], 'f', ARGV[1])
+  if not f or tonumber(f) < v then redis.call('HSET', KEYS[2], 'f', ARGV[1]) end
+end
+redis.call('HDEL', KEYS[2], ARGV[4])
+if not v then return 0 end
+local others = redis.call('HLEN', KEYS[2])
+local f = redis.call('HGET', KEYS[2], 'f')
+if f then others = others - 1 end
+if f and tonumber(f) > v then return 0 end
+if others > 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -290,7 +303,7 @@ impl L2 {
     /// Marks `keys` as being written (before the transaction). False when any mark failed:
     /// Redis may then still hold an older version after the commit, so the caller must end
     /// the write with [`L2::end_write`] or hand the keys to [`L2::needs_repair`].
-    pub async fn begin_write(&self, keys: &[String]) -> bool {
+    pub async fn begin_write(&self, keys: &[String], write: u64) -> bool {
         if !self.breaker.allow() {
             return false;
         }
@@ -298,7 +311,8 @@ impl L2 {
             let mut call = self.begin.prepare_invoke();
             call.key(self.value_key(key))
                 .key(self.mark_key(key))
-                .arg(ttl_ms(self.mark_ttl));
+                .arg(ttl_ms(self.mark_ttl))
+                .arg(format!("w{write:x}"));
             let mut conn = self.conn.clone();
             self.bounded("begin", call.invoke_async::<i64>(&mut conn))
                 .await
@@ -322,7 +336,12 @@ impl L2 {
 
     /// Ends a write of `key` begun with [`L2::begin_write`]: `Some` with the committed state,
     /// `None` when nothing was committed. True when Redis took it.
-    pub async fn end_write(&self, key: &str, committed: Option<(&Cached, Duration)>) -> bool {
+    pub async fn end_write(
+        &self,
+        key: &str,
+        write: u64,
+        committed: Option<(&Cached, Duration)>,
+    ) -> bool {
         if !self.breaker.allow() {
             return false;
         }
@@ -335,6 +354,7 @@ impl L2 {
                 .arg(ttl_ms(ttl)),
             None => call.arg("").arg("").arg(0),
         };
+        call.arg(format!("w{write:x}"));
         let mut conn = self.conn.clone();
         self.bounded("end", call.invoke_async::<i64>(&mut conn))
             .await
@@ -379,7 +399,8 @@ impl L2 {
             let mut call = self.begin.prepare_invoke();
             call.key(self.value_key(key))
                 .key(self.mark_key(key))
-                .arg(ttl_ms(self.mark_ttl));
+                .arg(ttl_ms(self.mark_ttl))
+                .arg(format!("r{:x}", fastrand::u64(..)));
             let mut conn = self.conn.clone();
             self.bounded("repair", call.invoke_async::<i64>(&mut conn))
                 .await

@@ -269,11 +269,12 @@ impl Cache {
         Option<tokio::task::JoinHandle<bool>>,
     ) {
         let l1 = keys.iter().map(|key| self.l1.ticket(key)).collect();
+        let write = fastrand::u64(..);
         let (open, gate) = tokio::sync::watch::channel(self.l2.is_none());
         let marking = self.l2.clone().map(|l2| {
             let keys = keys.clone();
             tokio::spawn(async move {
-                let marked = l2.begin_write(&keys).await;
+                let marked = l2.begin_write(&keys, write).await;
                 let _ = open.send(true);
                 marked
             })
@@ -281,6 +282,7 @@ impl Cache {
         let tickets = WriteTickets {
             keys,
             l1,
+            write,
             l2_marked: false,
         };
         (tickets, gate, marking)
@@ -304,7 +306,7 @@ impl Cache {
                 let committed = change
                     .as_ref()
                     .map(|(value, ttls)| (value, ttls.l2_for(value)));
-                let ok = l2.end_write(key, committed).await;
+                let ok = l2.end_write(key, write.write, committed).await;
                 (!ok && change.is_some()).then(|| key.clone())
             });
         let announce = async {
@@ -318,20 +320,26 @@ impl Cache {
             }
         };
         // With the markers taken, L2 and the announcement go at once (one round trip instead of
-        // two per write): *begin* deleted the value and its marker blocks fills, so an instance
-        // that hears of the change before L2 has it misses L2 and reads the store, which has the
-        // commit. Without them L2 may still hold the older version: it must be replaced first,
-        // or an instance hearing of the change could read that version back from L2 into L1.
-        let failed: Vec<String> = if write.l2_marked {
-            let (failed, ()) = tokio::join!(futures_util::future::join_all(ends), announce);
-            failed.into_iter().flatten().collect()
+        // two per write): *begin* deleted the value and the markers block fills, so an instance
+        // that hears of the change before L2 has it misses L2 and reads the store, which has
+        // the commit; an *end* that fails needs no repair either (the value stays deleted, fills
+        // stay blocked until the marker expires, after which the store has the commit). Without
+        // markers L2 may still hold the older version: it must be replaced first, or an
+        // instance hearing of the change could read that version back into its L1; a failed
+        // replacement is recorded for repair before the announcement, which then says "not
+        // caught up".
+        if write.l2_marked {
+            let (_, ()) = tokio::join!(futures_util::future::join_all(ends), announce);
         } else {
-            let failed = futures_util::future::join_all(ends).await;
+            let failed: Vec<String> = futures_util::future::join_all(ends)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            if !failed.is_empty() {
+                l2.needs_repair(failed);
+            }
             announce.await;
-            failed.into_iter().flatten().collect()
-        };
-        if !failed.is_empty() {
-            l2.needs_repair(failed);
         }
     }
 
@@ -342,7 +350,10 @@ impl Cache {
             self.forget(&write.keys);
         }
         if let (Some(l2), true) = (&self.l2, write.l2_marked) {
-            let ends = write.keys.iter().map(|key| l2.end_write(key, None));
+            let ends = write
+                .keys
+                .iter()
+                .map(|key| l2.end_write(key, write.write, None));
             futures_util::future::join_all(ends).await;
         }
     }
@@ -352,9 +363,19 @@ impl Cache {
     /// the old version with authority meanwhile. Settle later with `committed` or
     /// `not_committed` on `write`.
     pub async fn outcome_unknown(&self, write: &WriteTickets, until: Duration) {
-        self.forget(&write.keys);
         if let Some(l2) = &self.l2 {
             l2.extend_marks(&write.keys, until + l2.mark_ttl()).await;
+        }
+        self.forget_everywhere(&write.keys).await;
+    }
+
+    /// Drops `keys` from this instance's L1 and, through the bus, from every other instance's
+    /// (whatever version they hold): a write whose outcome is unknown may have committed.
+    pub async fn forget_everywhere(&self, keys: &[String]) {
+        self.forget(keys);
+        if let Some(bus) = &self.bus {
+            bus.announce(keys.iter().map(|key| (key.clone(), u64::MAX)))
+                .await;
         }
     }
 
@@ -369,6 +390,8 @@ impl Cache {
 pub struct WriteTickets {
     keys: Vec<String>,
     l1: Vec<Ticket>,
+    /// This write's id in the L2 markers.
+    write: u64,
     l2_marked: bool,
 }
 

@@ -149,6 +149,10 @@ struct Inner {
     recent_owners: warm::RecentOwners,
     /// `cache.l2_prefix`: the bus this instance is on (its row in `dmw_instances`).
     bus_prefix: String,
+    /// When this instance last recorded itself before a write (ms since the Unix epoch).
+    last_touch_ms: AtomicU64,
+    /// `store.max_pending_writes`: all permits of `pending_writes`.
+    max_pending_writes: usize,
     store_timeout: Duration,
     stats: Stats,
     budget: ResponseBudget,
@@ -206,6 +210,8 @@ impl Service {
                 warming: Warming::default(),
                 recent_owners: Default::default(),
                 bus_prefix: config.cache.l2_prefix.clone(),
+                last_touch_ms: AtomicU64::new(0),
+                max_pending_writes: config.store.max_pending_writes,
                 store_timeout: config.store.timeout,
                 stats: Stats::default(),
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),

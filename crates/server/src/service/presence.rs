@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::Ordering;
+
 use super::{Game, Inner, Service};
-use crate::error::ServiceError;
 
 impl Service {
     /// One round: record this instance in every store, then learn who else is alive.
@@ -49,31 +50,63 @@ impl Service {
     }
 
     /// Before a write while this instance's bus is broken: it is recorded alive in the store it
-    /// writes to (see the module documentation).
-    pub(super) async fn present_before_write(&self, game: &Game) -> Result<(), ServiceError> {
-        let Some(bus) = self.inner.cache.bus() else {
-            return Ok(());
-        };
-        if bus.trusted() {
-            return Ok(());
-        }
-        self.budget(
-            game.store
-                .touch_instance(&self.inner.bus_prefix, bus.id(), now_ms()),
-        )
-        .await
-    }
-
-    /// A clean shutdown: goodbye on the bus, and out of every store's list.
-    pub async fn leave(&self) {
+    /// writes to (see the module documentation) — at most once a second, and a failure does
+    /// not fail the write (the presence rounds keep trying).
+    pub(super) async fn present_before_write(&self, game: &Game) {
         let Some(bus) = self.inner.cache.bus() else {
             return;
         };
-        bus.leave().await;
+        if bus.trusted() {
+            return;
+        }
+        let now = now_ms();
+        let last = self.inner.last_touch_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .inner
+                .last_touch_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let touch = game
+            .store
+            .touch_instance(&self.inner.bus_prefix, bus.id(), now);
+        if let Err(e) = self.budget(touch).await {
+            tracing::debug!(error = %e, "presence before a write failed");
+        }
+    }
+
+    /// A clean shutdown: once the writes still running (their clients gone or not) are done,
+    /// out of every store's list, then goodbye on the bus. Waits at most `grace` for the writes.
+    /// An instance with writes still running, or with written keys L2 could not take, does not
+    /// say goodbye: the others keep waiting for it until it is forgotten.
+    pub async fn leave(&self, grace: Duration) {
+        let Some(bus) = self.inner.cache.bus() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        let all = self.inner.max_pending_writes;
+        while self.inner.pending_writes.available_permits() < all {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("writes still running at shutdown: no goodbye on the bus");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(l2) = self.inner.cache.l2()
+            && l2.has_pending_repair()
+            && !l2.repair().await
+        {
+            tracing::warn!("written keys L2 could not take at shutdown: no goodbye on the bus");
+            return;
+        }
         for (_, store) in &self.inner.stores {
             let gone = store.leave_instance(&self.inner.bus_prefix, bus.id());
             let _ = tokio::time::timeout(self.inner.store_timeout, gone).await;
         }
+        bus.leave().await;
     }
 }
 

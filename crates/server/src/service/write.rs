@@ -161,10 +161,7 @@ impl Service {
             let _ = answer.send(Err(ServiceError::internal("a prepared game vanished")));
             return;
         };
-        if let Err(e) = self.present_before_write(game).await {
-            let _ = answer.send(Err(e));
-            return;
-        }
+        self.present_before_write(game).await;
         let cache = &self.inner.cache;
         let (mut tickets, commit_gate, marking) = cache.begin_write(p.cache_keys.clone());
         let mut plan = |current: &[StoredDoc]| apply_ops(&p, current);
@@ -205,7 +202,7 @@ impl Service {
                 // A read in between can refill L1 with the older version: the keys are dropped
                 // once more, which bounds that window to SETTLE_LIMIT.
                 tokio::time::sleep(SETTLE_LIMIT).await;
-                self.forget(&p.cache_keys);
+                self.inner.cache.forget_everywhere(&p.cache_keys).await;
             }
             return;
         }
@@ -230,7 +227,7 @@ impl Service {
                     game = %p.game,
                     "a COMMIT got no answer within the settle limit; its keys are dropped from L1"
                 );
-                self.forget(&p.cache_keys);
+                self.inner.cache.forget_everywhere(&p.cache_keys).await;
             }
         }
     }
@@ -294,10 +291,6 @@ impl Service {
                 Err(write_failure(e, committing))
             }
         }
-    }
-
-    pub(super) fn forget(&self, cache_keys: &[String]) {
-        self.inner.cache.forget(cache_keys);
     }
 }
 
