@@ -361,6 +361,11 @@ impl Bus {
             l1.clear();
             subscribed.store(true, Ordering::Release);
             let mut messages = pubsub.into_on_message();
+            // A half-open connection (a partition without a reset) never ends the stream: when
+            // this instance has not heard itself for a while, subscribe again.
+            let patience = 4 * self.silence;
+            let subscribed_at = Instant::now();
+            let mut check = tokio::time::interval(self.silence);
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
@@ -368,11 +373,20 @@ impl Bus {
                         Some(message) => self.receive(message.get_payload_bytes(), &l1, &heard),
                         None => break, // the connection closed
                     },
+                    _ = check.tick() => {
+                        let deaf = heard
+                            .lock()
+                            .get(&self.id)
+                            .is_none_or(|h| h.at.elapsed() > patience);
+                        if deaf && subscribed_at.elapsed() > patience {
+                            break;
+                        }
+                    }
                 }
             }
             subscribed.store(false, Ordering::Release);
             self.distrust();
-            tracing::warn!("the invalidation bus connection closed; resubscribing");
+            tracing::warn!("the invalidation bus connection closed or went deaf; resubscribing");
         }
     }
 
@@ -390,9 +404,17 @@ impl Bus {
         let gap = {
             let mut heard = heard.lock();
             let previous = heard.get(from).map(|h| (h.seq, h.at));
+            // A message from an instance that is not caught up is no sign of life; a first one
+            // counts as long silent.
+            let long_ago = || {
+                Instant::now()
+                    .checked_sub(self.silence)
+                    .unwrap_or_else(Instant::now)
+            };
             let at = match previous {
-                Some((_, at)) if !alive => at,
-                _ => Instant::now(),
+                _ if alive => Instant::now(),
+                Some((_, at)) => at,
+                None => long_ago(),
             };
             heard.insert(from.to_string(), Heard { seq, at });
             previous.is_some_and(|(last, _)| seq != last + 1)
@@ -544,6 +566,21 @@ mod tests {
         bus.receive(b"garbage", &l1, &heard);
         bus.receive(b"other x H", &l1, &heard);
         assert!(!l1.is_empty(), "in order, or malformed: nothing cleared");
+    }
+
+    #[test]
+    fn a_silent_or_not_caught_up_instance_keeps_the_bus_from_being_whole() {
+        let (bus, l1, heard) = (bus(), L1::new(1 << 20), Mutex::new(HashMap::new()));
+        bus.receive(b"me 1 H", &l1, &heard);
+        assert!(bus.whole(&heard.lock()), "alone and heard: whole");
+        bus.receive(b"new 1 i g/c/a 2", &l1, &heard);
+        assert!(!bus.whole(&heard.lock()), "a first message that is not caught up");
+        bus.receive(b"new 2 H", &l1, &heard);
+        assert!(bus.whole(&heard.lock()));
+        bus.set_present(HashSet::from(["absent".to_string()]));
+        assert!(!bus.whole(&heard.lock()), "alive in the store, never heard");
+        bus.receive(b"absent 1 B", &l1, &heard);
+        assert!(bus.whole(&heard.lock()), "a goodbye ends the wait");
     }
 
     #[test]

@@ -1,3 +1,6 @@
+//! Unit tests of configuration loading and validation: defaults, file, environment, and an
+//! error naming the key for every bad value.
+
 use super::*;
 
 /// Loads `text` as the config file. Runs inside a figment `Jail`, which serialises the tests

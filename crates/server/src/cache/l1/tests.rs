@@ -1,3 +1,6 @@
+//! Unit tests of L1: the races between fills and writes (tickets, stripes, eviction), single
+//! flight with cancellation, remote writes and clearing.
+
 use std::time::Duration;
 
 use super::*;
