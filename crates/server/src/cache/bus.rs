@@ -574,7 +574,10 @@ mod tests {
         bus.receive(b"me 1 H", &l1, &heard);
         assert!(bus.whole(&heard.lock()), "alone and heard: whole");
         bus.receive(b"new 1 i g/c/a 2", &l1, &heard);
-        assert!(!bus.whole(&heard.lock()), "a first message that is not caught up");
+        assert!(
+            !bus.whole(&heard.lock()),
+            "a first message that is not caught up"
+        );
         bus.receive(b"new 2 H", &l1, &heard);
         assert!(bus.whole(&heard.lock()));
         bus.set_present(HashSet::from(["absent".to_string()]));
