@@ -255,6 +255,10 @@ impl CacheConfig {
         if self.bus_silence < 2 * self.bus_heartbeat {
             return invalid("bus_silence", "must be at least twice cache.bus_heartbeat");
         }
+        // A heartbeat may wait for a repair call and its own PUBLISH, each up to l2_timeout.
+        if 2 * self.l2_timeout >= self.bus_silence {
+            return invalid("l2_timeout", "must be less than half of cache.bus_silence");
+        }
         if self.bus_forget_after < 2 * self.bus_silence {
             return invalid(
                 "bus_forget_after",

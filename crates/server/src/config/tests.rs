@@ -104,6 +104,7 @@ fn invalid_values_name_their_key() {
         ("l2_prefix = \"Bad Prefix\"", "cache.l2_prefix"),
         ("l2_prefix = \"\"", "cache.l2_prefix"),
         ("l2_timeout = \"0s\"", "cache.l2_timeout"),
+        ("l2_timeout = \"200ms\"", "cache.l2_timeout"),
         (
             "bus_heartbeat = \"100ms\"\nbus_silence = \"150ms\"",
             "cache.bus_silence",
