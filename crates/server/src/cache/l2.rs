@@ -307,21 +307,25 @@ impl L2 {
         if !self.breaker.allow() {
             return false;
         }
-        let calls = keys.iter().map(|key| async move {
-            let mut call = self.begin.prepare_invoke();
-            call.key(self.value_key(key))
-                .key(self.mark_key(key))
-                .arg(ttl_ms(self.mark_ttl))
-                .arg(format!("w{write:x}"));
-            let mut conn = self.conn.clone();
-            self.bounded("begin", call.invoke_async::<i64>(&mut conn))
-                .await
-                .is_ok()
-        });
+        let field = format!("w{write:x}");
+        let calls = keys.iter().map(|key| self.mark(key, &field));
         futures_util::future::join_all(calls)
             .await
             .into_iter()
             .all(|ok| ok)
+    }
+
+    /// Runs *begin* for one key with the marker field `field`: true when Redis took it.
+    async fn mark(&self, key: &str, field: &str) -> bool {
+        let mut call = self.begin.prepare_invoke();
+        call.key(self.value_key(key))
+            .key(self.mark_key(key))
+            .arg(ttl_ms(self.mark_ttl))
+            .arg(field);
+        let mut conn = self.conn.clone();
+        self.bounded("begin", call.invoke_async::<i64>(&mut conn))
+            .await
+            .is_ok()
     }
 
     /// Re-arms the markers of `keys` for `ttl` (a write still waiting for its COMMIT's verdict).
@@ -395,17 +399,8 @@ impl L2 {
         // `mark_ttl`, so a fill of an older version read before the commit (at most
         // `fill_window` old) cannot land after the repair either. One call per key (a cluster
         // slot each).
-        let calls = keys.iter().map(|key| async move {
-            let mut call = self.begin.prepare_invoke();
-            call.key(self.value_key(key))
-                .key(self.mark_key(key))
-                .arg(ttl_ms(self.mark_ttl))
-                .arg(format!("r{:x}", fastrand::u64(..)));
-            let mut conn = self.conn.clone();
-            self.bounded("repair", call.invoke_async::<i64>(&mut conn))
-                .await
-                .is_ok()
-        });
+        let field = format!("r{:x}", fastrand::u64(..));
+        let calls = keys.iter().map(|key| self.mark(key, &field));
         let done = futures_util::future::join_all(calls).await;
         let mut repair = self.repair.lock();
         for (key, ok) in keys.iter().zip(done) {

@@ -191,11 +191,10 @@ impl Service {
                 // the tiers must not vouch for the older version meanwhile.
                 cache.outcome_unknown(&tickets, SETTLE_LIMIT).await;
             }
-            let reply = self.settle(&p, tickets, result, committing).await;
-            if matches!(reply, Err(ref e) if e.code == ErrorCode::Internal && self.aborted(&p)) {
-                drop(settled);
-                return; // the fault point: as if the process died after the COMMIT
+            if result.is_ok() && self.aborted(&p) {
+                return; // the fault point: as if the process died right after the COMMIT
             }
+            let reply = self.settle(&p, tickets, result, committing).await;
             let _ = answer.send(reply);
             drop(settled);
             if lost_while_committing {
@@ -258,9 +257,6 @@ impl Service {
         match result {
             Ok((new_rows, outcomes)) => {
                 self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-                if self.aborted(p) {
-                    return Err(ServiceError::internal("fault point: aborted after commit"));
-                }
                 let changed = p
                     .keys
                     .iter()
