@@ -45,16 +45,20 @@ impl Service {
             .collect();
         let budget = &self.inner.budget;
         let mut batch = self.inner.cache.batch(keys, Ttls::of(config));
+        // For each requested id, its distinct key (found once, used by every step below).
+        let slot_of: Vec<usize> = ids
+            .iter()
+            .map(|id| unique.binary_search(&id.as_str()).unwrap_or_default())
+            .collect();
         let answer = |found: &[Option<Cached>]| -> Vec<Option<Cached>> {
-            ids.iter()
-                .map(|id| {
-                    let index = unique.binary_search(&id.as_str()).ok()?;
-                    found[index].clone()
-                })
-                .collect()
+            slot_of.iter().map(|slot| found[*slot].clone()).collect()
         };
         let found_bytes = |batch: &crate::cache::BatchRead<'_>| {
-            documents_bytes(answer(batch.found()).iter().flatten())
+            documents_bytes(
+                slot_of
+                    .iter()
+                    .filter_map(|slot| batch.found()[*slot].as_ref()),
+            )
         };
         let mut hit_bytes = found_bytes(&batch);
         if hit_bytes > budget.max_bytes {
