@@ -42,7 +42,7 @@ impl OwnRedis {
     fn start() -> OwnRedis {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, &dir);
+        let child = Self::spawn(port, &dir, &[]);
         OwnRedis {
             port,
             child,
@@ -50,10 +50,13 @@ impl OwnRedis {
         }
     }
 
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+    /// Starts redis-server on `port` with its files in `dir` and `extra` arguments; waits until
+    /// it accepts connections.
+    fn spawn(port: u16, dir: &tempfile::TempDir, extra: &[&str]) -> Child {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -83,7 +86,7 @@ impl OwnRedis {
     fn restart_empty(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = Self::spawn(self.port, &self._dir);
+        self.child = Self::spawn(self.port, &self._dir, &[]);
     }
 }
 
@@ -338,12 +341,9 @@ async fn a_frozen_redis_makes_every_instance_bypass_its_caches() {
         return;
     }
     let redis = OwnRedis::start();
-    let prefix = unique_prefix();
-    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(redis.url(), &prefix)).await
-    else {
+    let Some((a, b, _)) = pair_on(redis.url(), redis.url(), false).await else {
         return;
     };
-    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
     let mut version = put(&a, "f", 0).await;
     until_served(&b, "f", version, Duration::from_secs(2)).await;
     let load = Load::start(&b, "f");
@@ -401,12 +401,9 @@ async fn a_writer_cut_off_from_redis_makes_the_others_bypass_their_caches() {
     }
     let redis = OwnRedis::start();
     let proxy = Proxy::start(redis.port).await;
-    let prefix = unique_prefix();
-    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(proxy.url(), &prefix)).await
-    else {
+    let Some((a, b, prefix)) = pair_on(proxy.url(), redis.url(), false).await else {
         return;
     };
-    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
     let mut version = put(&a, "c", 0).await;
     until_served(&b, "c", version, Duration::from_secs(2)).await;
     let load = Load::start(&b, "c");
@@ -445,12 +442,9 @@ async fn redis_stopped_and_restarted_empty_fails_nothing() {
         return;
     }
     let mut redis = OwnRedis::start();
-    let prefix = unique_prefix();
-    let Some(a) = TestServer::start_with(Backend::Postgres, with_l2(redis.url(), &prefix)).await
-    else {
+    let Some((a, b, _)) = pair_on(redis.url(), redis.url(), false).await else {
         return;
     };
-    let b = a.sibling_with(with_l2(redis.url(), &prefix)).await;
     let mut version = put(&a, "r", 0).await;
     until_served(&b, "r", version, Duration::from_secs(2)).await;
     let load = Load::start(&b, "r");
@@ -492,28 +486,23 @@ impl OwnCluster {
             .map(|_| {
                 let port = free_port();
                 let dir = tempfile::tempdir().unwrap();
-                let child = Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                    // A replica may take over however long ago it synced, and syncs at once.
-                    .args(["--cluster-replica-validity-factor", "0"])
-                    .args([
+                let child = OwnRedis::spawn(
+                    port,
+                    &dir,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "1000",
+                        // A replica may take over however long ago it synced, and syncs at once.
+                        "--cluster-replica-validity-factor",
+                        "0",
                         "--repl-diskless-sync",
                         "yes",
                         "--repl-diskless-sync-delay",
                         "0",
-                    ])
-                    .arg("--dir")
-                    .arg(dir.path())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server runs");
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                    assert!(Instant::now() < deadline, "redis-server did not start");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                    ],
+                );
                 OwnRedis {
                     port,
                     child,
@@ -653,11 +642,27 @@ async fn a_cluster_master_killed_fails_nothing() {
     drop(cluster.nodes.remove(0));
 }
 
-fn with_l2_forgetting(url: String, prefix: &str) -> impl Fn(&mut Config) + '_ {
-    move |config: &mut Config| {
-        with_l2(url.clone(), prefix)(config);
-        config.cache.bus_forget_after = Duration::from_millis(1000);
-    }
+/// Two instances on one PostgreSQL store and one key prefix, `a` reaching Redis at `a_url` and
+/// `b` at `b_url` (the same server, or `a` through a proxy); `forget_quickly` sets
+/// `bus_forget_after` to 1 s. `None` to skip.
+async fn pair_on(
+    a_url: String,
+    b_url: String,
+    forget_quickly: bool,
+) -> Option<(TestServer, TestServer, String)> {
+    let prefix = unique_prefix();
+    let configure = |url: String| {
+        let prefix = prefix.clone();
+        move |config: &mut Config| {
+            with_l2(url, &prefix)(config);
+            if forget_quickly {
+                config.cache.bus_forget_after = Duration::from_millis(1000);
+            }
+        }
+    };
+    let a = TestServer::start_with(Backend::Postgres, configure(a_url)).await?;
+    let b = a.sibling_with(configure(b_url)).await;
+    Some((a, b, prefix))
 }
 
 /// A writer cut off from Redis for longer than `bus_forget_after` is still alive in the store's
@@ -670,15 +675,9 @@ async fn a_writer_cut_off_longer_than_the_forget_bound_is_still_waited_for() {
     }
     let redis = OwnRedis::start();
     let proxy = Proxy::start(redis.port).await;
-    let prefix = unique_prefix();
-    let Some(a) =
-        TestServer::start_with(Backend::Postgres, with_l2_forgetting(proxy.url(), &prefix)).await
-    else {
+    let Some((a, b, _)) = pair_on(proxy.url(), redis.url(), true).await else {
         return;
     };
-    let b = a
-        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
-        .await;
     let mut version = put(&a, "q", 0).await;
     until_served(&b, "q", version, Duration::from_secs(2)).await;
     proxy.freeze(true);
@@ -708,15 +707,9 @@ async fn a_crashed_instance_is_forgotten_after_the_bound() {
         return;
     }
     let redis = OwnRedis::start();
-    let prefix = unique_prefix();
-    let Some(a) =
-        TestServer::start_with(Backend::Postgres, with_l2_forgetting(redis.url(), &prefix)).await
-    else {
+    let Some((a, b, _)) = pair_on(redis.url(), redis.url(), true).await else {
         return;
     };
-    let b = a
-        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
-        .await;
     tokio::time::sleep(Duration::from_millis(600)).await; // presence rounds have seen both
     let cache = b.running.service.cache();
     assert!(cache.trusted());
@@ -749,15 +742,9 @@ async fn a_clean_shutdown_does_not_hold_the_others_back() {
         return;
     }
     let redis = OwnRedis::start();
-    let prefix = unique_prefix();
-    let Some(a) =
-        TestServer::start_with(Backend::Postgres, with_l2_forgetting(redis.url(), &prefix)).await
-    else {
+    let Some((a, b, _)) = pair_on(redis.url(), redis.url(), true).await else {
         return;
     };
-    let b = a
-        .sibling_with(with_l2_forgetting(redis.url(), &prefix))
-        .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let counters = a.running.service.cache().bus().unwrap().counters();
     let before = counters.distrusted.load(Ordering::SeqCst);
