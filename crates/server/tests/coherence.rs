@@ -665,6 +665,70 @@ async fn pair_on(
     Some((a, b, prefix))
 }
 
+/// Readers of one key share an L2 lookup, but one who starts after the instance learnt of a
+/// newer version must not receive the answer of a lookup sent before: it starts its own.
+/// This test's own Redis is paused (`CLIENT PAUSE`) so the first lookup is still on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
+    if support::Redis::Standalone.urls().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let prefix = unique_prefix();
+    let Some(a) = TestServer::start_with(Backend::Postgres, |config| {
+        with_l2(redis.url(), &prefix)(config);
+        config.cache.l2_timeout = Duration::from_millis(140);
+    })
+    .await
+    else {
+        return;
+    };
+    let put = a
+        .client
+        .put(&a.path("players/j"), r#"{"value":{"v":1}}"#)
+        .await;
+    assert_eq!(put.status, 201);
+    let cache = a.running.service.cache();
+    cache.l1().invalidate(&format!("{}/players/j", a.game));
+    let before = l2_lookups(&a);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(120)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = |server: &TestServer| {
+        let (service, game) = (server.running.service.clone(), server.game.clone());
+        tokio::spawn(async move { service.get(&game, "players", "j").await })
+    };
+    let first = read(&a);
+    let joined = read(&a);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(l2_lookups(&a) - before, 1, "two readers, one lookup");
+    // Another instance committed version 2 (as the bus would report it).
+    cache.l1().remote_write(&format!("{}/players/j", a.game), 2);
+    let after = read(&a);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        l2_lookups(&a) - before,
+        2,
+        "the reader after the invalidation started its own lookup"
+    );
+    for read in [first, joined, after] {
+        assert_eq!(read.await.unwrap().unwrap().version, 1);
+    }
+}
+
+fn l2_lookups(server: &TestServer) -> u64 {
+    let cache = server.running.service.cache();
+    let l2 = cache.l2().expect("L2 is configured");
+    l2.counters()
+        .lookups
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A writer cut off from Redis for longer than `bus_forget_after` is still alive in the store's
 /// list of instances, so the others keep bypassing their caches: no stale read however long
 /// the cut lasts (it used to be forgotten after 10 s, and L2's older version served again).

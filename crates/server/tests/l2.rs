@@ -331,6 +331,7 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
 }
 
 redis_tests!(
+    tcp_reads_of_l2_hits_store_reads_and_errors_at_once,
     overlapping_writes_leave_no_value_until_the_last_ends,
     without_l1_every_read_is_answered_by_l2,
     a_write_reaches_l2_and_another_instance_reads_it_there,
@@ -341,6 +342,88 @@ redis_tests!(
     a_writer_dying_after_its_commit_leaves_no_older_version_in_l2,
     without_redis_requests_still_succeed,
 );
+
+/// TCP GETs that L1 cannot answer are handed to L2 together (one lookup for what one read from
+/// the socket held): every one still gets its own answer, with its own tier or error, whether
+/// L2 had the document, the store had to be read, or the request was bad.
+async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    for i in 0..20 {
+        let body = format!(r#"{{"value":{{"i":{i}}}}}"#);
+        assert_eq!(
+            a.client
+                .put(&a.path(&format!("players/l2-{i}")), &body)
+                .await
+                .status,
+            201
+        );
+    }
+    // Written without L2: in the store only.
+    let plain = a.sibling().await;
+    for i in 0..5 {
+        let body = format!(r#"{{"value":{{"s":{i}}}}}"#);
+        let path = plain.path(&format!("players/db-{i}"));
+        assert_eq!(plain.client.put(&path, &body).await.status, 201);
+    }
+    let client = datamiddleware_client::Client::new(
+        b.running.tcp_addr.unwrap().to_string(),
+        Default::default(),
+    );
+    let game = b.game.clone();
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("l2-{i}"))
+        .chain((0..5).map(|i| format!("db-{i}")))
+        .chain((0..5).map(|i| format!("none-{i}")))
+        .collect();
+    let reads = ids.iter().map(|id| client.get(&game, "players", id));
+    let bad_collection = client.get(&game, "no_such_collection", "x");
+    let bad_id = client.get(&game, "players", "");
+    let (reads, bad_collection, bad_id) =
+        tokio::join!(futures::future::join_all(reads), bad_collection, bad_id);
+    for (id, read) in ids.iter().zip(reads) {
+        match id.split('-').next() {
+            Some("l2") => {
+                let doc = read.unwrap_or_else(|e| panic!("{id}: {e}"));
+                assert_eq!(
+                    (doc.tier, doc.version),
+                    (datamiddleware_client::Tier::L2, 1),
+                    "{id}"
+                );
+                let i: u32 = id[3..].parse().unwrap();
+                assert_eq!(doc.parse().unwrap()["value"]["i"], i, "{id}");
+            }
+            Some("db") => {
+                let doc = read.unwrap_or_else(|e| panic!("{id}: {e}"));
+                assert_eq!(doc.tier, datamiddleware_client::Tier::Db, "{id}");
+                let i: u32 = id[3..].parse().unwrap();
+                assert_eq!(doc.parse().unwrap()["value"]["s"], i, "{id}");
+            }
+            _ => assert_eq!(
+                read.unwrap_err().code(),
+                Some(datamiddleware_client::ErrorCode::NotFound),
+                "{id}"
+            ),
+        }
+    }
+    assert_eq!(
+        bad_collection.unwrap_err().code(),
+        Some(datamiddleware_client::ErrorCode::UnknownCollection)
+    );
+    assert_eq!(
+        bad_id.unwrap_err().code(),
+        Some(datamiddleware_client::ErrorCode::InvalidId)
+    );
+    assert_eq!(
+        b.store_reads(),
+        10,
+        "the store was read for db-* and none-* only"
+    );
+    // What L2 answered is now in L1 (under the ticket taken before the lookup).
+    let again = client.get(&game, "players", "l2-3").await.unwrap();
+    assert_eq!(again.tier, datamiddleware_client::Tier::L1);
+}
 
 /// Two overlapping writes of one key (W1 ends while W2 is still in progress): L2 keeps no value
 /// until the last one ends, so an instance told of W1's version cannot read it back after W2

@@ -74,11 +74,11 @@ struct Stripe {
     /// Bumped by every write that touches a key of this stripe.
     epoch: u64,
     /// Store reads in progress, one per key.
-    inflight: HashMap<Box<str>, Flight>,
+    inflight: HashMap<Box<str>, Flight, foldhash::fast::RandomState>,
 }
 
 /// The stripe epoch observed before a store read or a write transaction started.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     stripe: usize,
     epoch: u64,
@@ -93,7 +93,7 @@ pub struct L1 {
 struct Inner {
     entries: quick_cache::sync::Cache<Box<str>, Entry, EntryWeighter>,
     stripes: Box<[Mutex<Stripe>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl L1 {

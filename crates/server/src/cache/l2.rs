@@ -237,19 +237,10 @@ impl L2 {
         self.fill_window
     }
 
-    /// The cached answer for `key`, or `None` on a miss, a failure or an open breaker.
+    /// The cached answer for `key`, or `None` on a miss, a failure or an open breaker. (Reads
+    /// through the cache share lookups instead, see `coalesce.rs`.)
     pub async fn get(&self, key: &str) -> Option<Cached> {
-        if !self.breaker.allow() {
-            return None;
-        }
-        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.value_key(key));
-        let found = decode(self.call::<Option<Vec<u8>>>("GET", &cmd).await.ok()??);
-        if found.is_some() {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        found
+        self.get_many(&[key]).await.pop().flatten()
     }
 
     /// The cached answers for `keys`, in order: one `MGET` (split by hash slot on a cluster,
@@ -259,18 +250,25 @@ impl L2 {
             return vec![None; keys.len()];
         }
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let redis_keys: Vec<String> = keys.iter().map(|key| self.value_key(key)).collect();
+        let redis_keys: Vec<&str> = redis_keys.iter().map(String::as_str).collect();
+        let found = self.mget(&redis_keys).await;
+        let hits = found.iter().flatten().count() as u64;
+        self.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        found
+    }
+
+    /// One `MGET` of Redis keys (see [`L2::value_key`]), decoded, in order; all `None` on a
+    /// failure. Counts nothing.
+    pub async fn mget(&self, redis_keys: &[&str]) -> Vec<Option<Cached>> {
         let mut cmd = redis::cmd("MGET");
-        for key in keys {
-            cmd.arg(self.value_key(key));
-        }
+        cmd.arg(redis_keys);
         let Ok(values) = self.call::<Vec<Option<Vec<u8>>>>("MGET", &cmd).await else {
-            return vec![None; keys.len()];
+            return vec![None; redis_keys.len()];
         };
         let mut found: Vec<Option<Cached>> =
             values.into_iter().map(|v| v.and_then(decode)).collect();
-        let hits = found.iter().flatten().count() as u64;
-        self.counters.hits.fetch_add(hits, Ordering::Relaxed);
-        found.resize(keys.len(), None);
+        found.resize(redis_keys.len(), None);
         found
     }
 
@@ -447,8 +445,14 @@ impl L2 {
         }
     }
 
-    fn value_key(&self, key: &str) -> String {
-        format!("{}:{{{key}}}", self.prefix)
+    /// The Redis key of `key`'s value.
+    pub fn value_key(&self, key: &str) -> String {
+        let mut value_key = String::with_capacity(self.prefix.len() + key.len() + 3);
+        value_key.push_str(&self.prefix);
+        value_key.push_str(":{");
+        value_key.push_str(key);
+        value_key.push('}');
+        value_key
     }
 
     fn mark_key(&self, key: &str) -> String {

@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod bus;
+mod coalesce;
 pub mod key;
 pub mod l1;
 pub mod l2;
@@ -25,6 +26,7 @@ pub use l1::{Cached, L1, Ticket};
 pub use l2::L2;
 pub use sketch::Sketch;
 
+use self::coalesce::{Coalescer, Want};
 use crate::config::CollectionConfig;
 use crate::error::ServiceError;
 use crate::model::Tier;
@@ -80,6 +82,8 @@ pub struct FaultPoints {
 pub struct Cache {
     l1: L1,
     l2: Option<Arc<L2>>,
+    /// Single-key L2 lookups, shared and batched (present with L2).
+    reads: Option<Arc<Coalescer>>,
     bus: Option<Arc<Bus>>,
     /// Counts L1 misses to find hot keys, and where to report them (adaptive warm-up).
     hot: Option<(Arc<Sketch>, tokio::sync::mpsc::Sender<String>)>,
@@ -90,9 +94,11 @@ impl Cache {
     /// L1 alone (a single instance), or with L2 and the bus that keeps instances coherent.
     pub fn new(l1: L1, shared: Option<(Arc<L2>, Arc<Bus>)>) -> Cache {
         let (l2, bus) = shared.unzip();
+        let reads = l2.as_ref().map(|_| Arc::new(Coalescer::new(l1.clone())));
         Cache {
             l1,
             l2,
+            reads,
             bus,
             hot: None,
             faults: Arc::default(),
@@ -209,15 +215,105 @@ impl Cache {
         Fut: Future<Output = Result<Cached, ServiceError>>,
     {
         let looked_up = Instant::now();
-        if let Some(l2) = &self.l2
-            && self.trusted()
-            && let Some(hit) = l2.get(key).await
-        {
-            return Ok((hit, Tier::L2));
+        if let Some(shared) = self.l2_now() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.lookup_l2(shared, key, ttls, reply);
+            if let Ok(Some(hit)) = answer.await {
+                return Ok((hit, Tier::L2));
+            }
         }
         let loaded = load().await?;
         self.fill_l2(key.to_string(), loaded.clone(), ttls, looked_up);
         Ok((loaded, Tier::Db))
+    }
+
+    /// L2 and its lookups, when L2 may be asked now: configured, the caches trusted, the
+    /// breaker closed (or letting this call probe).
+    fn l2_now(&self) -> Option<(&Arc<L2>, &Arc<Coalescer>)> {
+        let (l2, reads) = (self.l2.as_ref()?, self.reads.as_ref()?);
+        (self.trusted() && l2.breaker().allow()).then_some((l2, reads))
+    }
+
+    /// Starts an L2 lookup of `key` for `waiter`, shared with other readers of the key and sent
+    /// in a batch (see `coalesce.rs`).
+    fn lookup_l2(
+        &self,
+        (l2, reads): (&Arc<L2>, &Arc<Coalescer>),
+        key: &str,
+        ttls: Ttls,
+        waiter: tokio::sync::oneshot::Sender<Option<Cached>>,
+    ) {
+        let want = Want {
+            key,
+            redis_key: l2.value_key(key),
+            l1_ttl: ttls.l1,
+            l1_missing_ttl: ttls.l1_missing,
+        };
+        reads.lookup(l2, want, waiter);
+    }
+
+    /// After L1 missed each of `keys`, for callers that answer without a task: asks L2 for all
+    /// of them in its next batch and calls `then` with the answers, in order, where they arrive
+    /// (`None`: not in L2). Gives `then` back, uncalled, when L2 cannot be asked now; either way
+    /// the store is the caller's next step for what L2 did not answer
+    /// ([`Cache::read_past_l2`]).
+    pub fn read_l2_many_then<F>(&self, keys: &[(&str, Ttls)], then: F) -> Result<(), F>
+    where
+        F: FnOnce(Vec<Option<Cached>>) + Send + 'static,
+    {
+        for (key, _) in keys {
+            self.missed(key);
+        }
+        let Some((l2, reads)) = self.l2_now() else {
+            return Err(then);
+        };
+        // What L2 answers fills L1 under a ticket taken now, as a read through the store does;
+        // not where L1 keeps no documents (a "missing" answer then goes unremembered too).
+        let fills: Vec<Option<(String, Ticket, Ttls)>> = keys
+            .iter()
+            .map(|(key, ttls)| {
+                (!ttls.l1.is_zero()).then(|| (key.to_string(), self.l1.ticket(key), *ttls))
+            })
+            .collect();
+        let l1 = self.l1.clone();
+        let then = move |found: Vec<Option<Cached>>| {
+            for (fill, found) in fills.into_iter().zip(&found) {
+                if let (Some((key, ticket, ttls)), Some(value)) = (fill, found) {
+                    l1.fill(&key, ticket, value.clone(), ttls.l1_for(value));
+                }
+            }
+            then(found);
+        };
+        let redis_keys = keys.iter().map(|(key, _)| l2.value_key(key)).collect();
+        reads.lookup_many(l2, redis_keys, Box::new(then));
+        Ok(())
+    }
+
+    /// The read of `key` after L2 missed (see [`Cache::read_l2_many_then`]): L1 once more, then the
+    /// store, with the single flight of [`Cache::read`].
+    pub async fn read_past_l2<F, Fut>(
+        &self,
+        key: &str,
+        ttls: Ttls,
+        load: F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
+        let looked_up = Instant::now();
+        self.l1
+            .load_once(
+                key,
+                self.trusted(),
+                |value| ttls.l1_for(value),
+                || async {
+                    let loaded = load().await?;
+                    self.fill_l2(key.to_string(), loaded.clone(), ttls, looked_up);
+                    Ok((loaded, Tier::Db))
+                },
+            )
+            .await
     }
 
     /// Fills L2 in the background: the reader does not wait for it.

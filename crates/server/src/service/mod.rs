@@ -12,24 +12,26 @@ pub mod budget;
 mod many;
 pub mod ops;
 mod presence;
+mod read;
 pub mod request;
 mod warm;
 mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::{Bus, Cache, Cached, KeyBuf, L1, L2, Sketch, Ttls};
+use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{DocKey, StoredDoc, Tier, check_id, encode_document};
+use crate::model::{DocKey, StoredDoc, Tier, encode_document};
 use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
+pub use read::{Get, Reply};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
 pub use warm::Warming;
 pub use write::{SETTLE_LIMIT, Settled};
@@ -280,75 +282,6 @@ impl Service {
         }
     }
 
-    /// Reads one document.
-    pub async fn get(
-        &self,
-        game_name: &str,
-        collection: &str,
-        id: &str,
-    ) -> Result<ReadResult, ServiceError> {
-        let game = self.game(game_name)?;
-        let config = self.collection(game, collection)?;
-        check_id(id, "id")?;
-        let key = KeyBuf::new(game_name, collection, id);
-        // The miss path (single flight, store query) is boxed so that the future of a hit
-        // stays small: hyper moves the request future on every request (measured).
-        let (cached, tier) = match self.inner.cache.cached(key.as_str()) {
-            Some(hit) => (hit, Tier::L1),
-            None => {
-                Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
-            }
-        };
-        read_result(cached, tier)
-    }
-
-    /// Answers a read from L1 alone: `None` when the document is not cached (a miss), else the
-    /// document or the error a full [`Service::get`] would give (unknown game, bad id, or a
-    /// cached "missing"). Lets an ingress answer hits without creating a task.
-    pub fn get_cached(
-        &self,
-        game_name: &str,
-        collection: &str,
-        id: &str,
-    ) -> Option<Result<ReadResult, ServiceError>> {
-        let checked = self
-            .game(game_name)
-            .and_then(|game| self.collection(game, collection))
-            .and_then(|_| check_id(id, "id"));
-        if let Err(e) = checked {
-            return Some(Err(e));
-        }
-        let key = KeyBuf::new(game_name, collection, id);
-        Some(read_result(
-            self.inner.cache.cached(key.as_str())?,
-            Tier::L1,
-        ))
-    }
-
-    /// The read of one document that L1 missed, through L2 and the store (single flight).
-    async fn load(
-        &self,
-        game_name: &str,
-        game: &Game,
-        config: &CollectionConfig,
-        collection: &str,
-        id: &str,
-        key: &str,
-    ) -> Result<(Cached, Tier), ServiceError> {
-        self.inner
-            .cache
-            .read(key, Ttls::of(config), || async {
-                self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
-                let doc_key = DocKey {
-                    collection: collection.to_string(),
-                    id: id.to_string(),
-                };
-                let row = self.budget(game.store.get(game_name, &doc_key)).await?;
-                Ok(to_cached(id, row.as_ref()))
-            })
-            .await
-    }
-
     /// Applies write operations atomically: all commit, or none does and the first failing
     /// operation's error (with its index) is returned. The write runs to its end even if the
     /// caller goes away (see `write.rs`); `settled` is dropped once it has settled.
@@ -428,17 +361,6 @@ impl Service {
 }
 
 /// What a single-document read returns for a cached entry.
-fn read_result(cached: Cached, tier: Tier) -> Result<ReadResult, ServiceError> {
-    match cached {
-        Cached::Doc { version, body } => Ok(ReadResult {
-            body,
-            version,
-            tier,
-        }),
-        Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
-    }
-}
-
 fn to_cached(id: &str, row: Option<&StoredDoc>) -> Cached {
     match row {
         Some(StoredDoc {

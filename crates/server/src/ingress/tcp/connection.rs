@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use datamiddleware_protocol::message::{encode_doc_frame, get_fields};
 use datamiddleware_protocol::{
-    Credential, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
+    Credential, DocRef, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
     PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, decode_checked, request_id_of,
 };
 use tokio::net::TcpStream;
@@ -27,9 +27,10 @@ use super::TcpContext;
 use super::dispatch::{self, Request};
 use super::order::{Order, Touch, Waits};
 use super::outbox::{Answer, Done, Outbox, Wake};
+use crate::error::ServiceError;
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
-use crate::service::ResponsePermit;
+use crate::service::{Get, ReadResult, Reply, ResponsePermit};
 
 /// Bytes reserved for reading when a read finds no room.
 const READ_CHUNK: usize = 4096;
@@ -80,6 +81,9 @@ struct Conn<'a> {
     written: u64,
     /// Budget reservations of large answers in `out`, with the offset their frame ends at.
     permits: VecDeque<(u64, ResponsePermit)>,
+    /// GETs that L1 could not answer inline, handed to the service together once the bytes at
+    /// hand are parsed.
+    gets: Vec<Get<Answer>>,
     /// Set when the handshake completes: the timer, armed for the handshake deadline, must
     /// start ticking for heartbeats now rather than at that deadline.
     handshake_done: bool,
@@ -128,6 +132,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         idle: true,
         written: 0,
         permits: VecDeque::new(),
+        gets: Vec::new(),
         handshake_done: false,
     };
     let _registration = drain.register(conn.outbox.clone());
@@ -293,6 +298,9 @@ impl Conn<'_> {
                 Err(e) => self.violation(header.request_id, &e),
             }
         }
+        if !self.gets.is_empty() {
+            self.ctx.service.get_each(std::mem::take(&mut self.gets));
+        }
     }
 
     /// Checks a request's id against the previous request's (docs/protocol.md, "Request ids")
@@ -425,6 +433,25 @@ impl Conn<'_> {
         self.idle = false;
         let outbox = self.outbox.clone();
         let answer = Answer::new(outbox.clone(), id, done);
+        let request = match request {
+            // A GET with nothing to wait for runs without a task: the GETs of one read from
+            // the socket go to the service together once it is parsed (`process_buffered`).
+            Request::Message(Message::Get(doc)) if waits.is_empty() => {
+                let DocRef {
+                    game,
+                    collection,
+                    id,
+                } = doc;
+                self.gets.push(Get {
+                    game,
+                    collection,
+                    id,
+                    reply: answer,
+                });
+                return;
+            }
+            request => request,
+        };
         let service = self.ctx.service.clone();
         tokio::spawn(async move {
             for earlier in &waits.before_start {
@@ -640,4 +667,11 @@ fn touch(request: &Request) -> Option<Touch<'_>> {
         },
         Request::Txn { ops: Err(_), .. } => return None,
     })
+}
+
+impl Reply for Answer {
+    fn reply(self, read: Result<ReadResult, ServiceError>) {
+        // A GET is done once answered: dropping what `send` returns says so.
+        let _done = self.send(&dispatch::read_response(read), None);
+    }
 }

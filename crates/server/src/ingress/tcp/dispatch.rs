@@ -10,7 +10,9 @@ use crate::error::{ErrorCode, ServiceError};
 use crate::model::Tier;
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
-use crate::service::{KeyedOp, OpOutcome, ResponsePermit, Service, Settled, txn_results_json};
+use crate::service::{
+    KeyedOp, OpOutcome, ReadResult, ResponsePermit, Service, Settled, txn_results_json,
+};
 
 /// A request as the connection hands it over.
 pub enum Request {
@@ -57,12 +59,35 @@ pub type Response = (Message, Option<ResponsePermit>);
 
 /// Runs one request and returns its response message. A write drops `settled` once it has
 /// settled (which may be after its response); any other request drops it at once.
+///
+/// A GET (an L1 miss: answered by L2 or the store) keeps its future small; every other request
+/// runs boxed, because the largest arm sets the size of the future that each request's task
+/// moves into place when it is spawned (measured: 5 KB for a GET before this split).
 pub async fn handle(service: &Service, request: Request, settled: Option<Settled>) -> Response {
     let result = match request {
-        Request::Message(message) => run(service, message, settled).await,
-        Request::Txn { game, ops } => txn(service, &game, ops, settled).await,
+        Request::Message(Message::Get(doc)) => get(service, &doc).await,
+        Request::Message(message) => Box::pin(run(service, message, settled)).await,
+        Request::Txn { game, ops } => Box::pin(txn(service, &game, ops, settled)).await,
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
+}
+
+async fn get(service: &Service, doc: &DocRef) -> Result<Response, ServiceError> {
+    let read = service.get(&doc.game, &doc.collection, &doc.id).await;
+    Ok((read_response(read), None))
+}
+
+/// The response to a GET.
+pub fn read_response(read: Result<ReadResult, ServiceError>) -> Message {
+    match read {
+        Ok(read) => Message::Doc {
+            tier: wire_tier(read.tier),
+            created: false,
+            version: read.version,
+            doc: read.body,
+        },
+        Err(e) => error_message(&e),
+    }
 }
 
 async fn txn(
@@ -85,7 +110,7 @@ pub fn error_message(e: &ServiceError) -> Message {
     }
 }
 
-/// Every request but TXN (which arrives parsed, as [`Request::Txn`]).
+/// Every request but TXN (which arrives parsed, as [`Request::Txn`]) and GET.
 async fn run(
     service: &Service,
     request: Message,
@@ -93,15 +118,7 @@ async fn run(
 ) -> Result<Response, ServiceError> {
     let mut permit = None;
     let message = match request {
-        Message::Get(doc) => {
-            let read = service.get(&doc.game, &doc.collection, &doc.id).await?;
-            Message::Doc {
-                tier: wire_tier(read.tier),
-                created: false,
-                version: read.version,
-                doc: read.body,
-            }
-        }
+        Message::Get(doc) => return get(service, &doc).await,
         Message::BatchGet {
             game,
             collection,

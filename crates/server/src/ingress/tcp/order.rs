@@ -44,7 +44,6 @@ pub(super) struct Waits {
     pub before_answer: Vec<Arc<Done>>,
 }
 
-#[cfg(test)]
 impl Waits {
     pub fn is_empty(&self) -> bool {
         self.before_start.is_empty() && self.before_answer.is_empty()

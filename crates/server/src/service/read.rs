@@ -1,0 +1,198 @@
+//! Reads of one document: [`Service::get`] (a future), [`Service::get_cached`] (L1 alone,
+//! synchronous) and [`Service::get_each`] (callbacks, so a connection can read L2 without a
+//! task per request). All three take the same checks and the same tiers.
+
+use std::sync::atomic::Ordering;
+
+use super::{Game, ReadResult, Service, to_cached};
+use crate::cache::{Cached, KeyBuf, Ttls};
+use crate::config::CollectionConfig;
+use crate::error::ServiceError;
+use crate::model::{DocKey, Tier, check_id};
+
+/// Where the result of one read of [`Service::get_each`] goes.
+pub trait Reply: Send + 'static {
+    fn reply(self, read: Result<ReadResult, ServiceError>);
+}
+
+/// One read of [`Service::get_each`].
+pub struct Get<R> {
+    pub game: String,
+    pub collection: String,
+    pub id: String,
+    pub reply: R,
+}
+
+impl Service {
+    /// Reads one document.
+    pub async fn get(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<ReadResult, ServiceError> {
+        let (game, config, key) = self.locate(game_name, collection, id)?;
+        // The miss path (single flight, store query) is boxed so that the future of a hit
+        // stays small: hyper moves the request future on every request (measured).
+        let (cached, tier) = match self.inner.cache.cached(key.as_str()) {
+            Some(hit) => (hit, Tier::L1),
+            None => {
+                Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
+            }
+        };
+        read_result(cached, tier)
+    }
+
+    /// Answers a read from L1 alone: `None` when the document is not cached (a miss), else the
+    /// document or the error a full [`Service::get`] would give (unknown game, bad id, or a
+    /// cached "missing"). Lets an ingress answer hits without creating a task.
+    pub fn get_cached(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Option<Result<ReadResult, ServiceError>> {
+        let key = match self.locate(game_name, collection, id) {
+            Ok((_, _, key)) => key,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(read_result(
+            self.inner.cache.cached(key.as_str())?,
+            Tier::L1,
+        ))
+    }
+
+    /// The read of one document that L1 missed, through L2 and the store (single flight).
+    async fn load(
+        &self,
+        game_name: &str,
+        game: &Game,
+        config: &CollectionConfig,
+        collection: &str,
+        id: &str,
+        key: &str,
+    ) -> Result<(Cached, Tier), ServiceError> {
+        self.inner
+            .cache
+            .read(key, Ttls::of(config), || {
+                self.read_row(game_name, game, collection, id)
+            })
+            .await
+    }
+
+    /// Reads documents like [`Service::get`], each answered through its own [`Reply`] instead
+    /// of returned, for a front end that answers without a task per request: a bad request or
+    /// an L1 hit is answered before this returns, L2 hits where Redis's answer arrives (one
+    /// lookup for all of them, see `cache/coalesce.rs`), and a read from the store in a task
+    /// per document.
+    pub fn get_each<R: Reply>(&self, gets: Vec<Get<R>>) {
+        let mut keys = Vec::with_capacity(gets.len());
+        let mut waiting = Vec::with_capacity(gets.len());
+        for get in gets {
+            let (ttls, key) = match self.locate(&get.game, &get.collection, &get.id) {
+                Ok((_, config, key)) => (Ttls::of(config), key),
+                Err(e) => {
+                    get.reply.reply(Err(e));
+                    continue;
+                }
+            };
+            match self.inner.cache.cached(key.as_str()) {
+                Some(hit) => get.reply.reply(read_result(hit, Tier::L1)),
+                None => {
+                    keys.push((key, ttls));
+                    waiting.push(get);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let service = self.clone();
+        let then = move |found: Vec<Option<Cached>>| {
+            for (get, found) in waiting.into_iter().zip(found) {
+                match found {
+                    Some(hit) => get.reply.reply(read_result(hit, Tier::L2)),
+                    None => service.get_in_task(get),
+                }
+            }
+        };
+        let keys: Vec<(&str, Ttls)> = keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        if let Err(then) = self.inner.cache.read_l2_many_then(&keys, then) {
+            then(vec![None; keys.len()]);
+        }
+    }
+
+    /// Finishes one read of [`Service::get_each`] that L2 did not answer, in a task.
+    fn get_in_task<R: Reply>(&self, get: Get<R>) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let read = service
+                .get_past_l2(&get.game, &get.collection, &get.id)
+                .await;
+            get.reply.reply(read);
+        });
+    }
+
+    /// The rest of a read of [`Service::get_each`] after L2 missed (or could not be asked):
+    /// L1 once more, then the store, in the single flight of every read of the key.
+    async fn get_past_l2(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<ReadResult, ServiceError> {
+        let (game, config, key) = self.locate(game_name, collection, id)?;
+        let (cached, tier) = self
+            .inner
+            .cache
+            .read_past_l2(key.as_str(), Ttls::of(config), || {
+                self.read_row(game_name, game, collection, id)
+            })
+            .await?;
+        read_result(cached, tier)
+    }
+
+    /// The game and collection a read names, and its cache key; the error a bad name or id
+    /// gets.
+    fn locate(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<(&Game, &CollectionConfig, KeyBuf), ServiceError> {
+        let game = self.game(game_name)?;
+        let config = self.collection(game, collection)?;
+        check_id(id, "id")?;
+        Ok((game, config, KeyBuf::new(game_name, collection, id)))
+    }
+
+    /// One document's row from the store, as the caches keep it.
+    async fn read_row(
+        &self,
+        game_name: &str,
+        game: &Game,
+        collection: &str,
+        id: &str,
+    ) -> Result<Cached, ServiceError> {
+        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        let doc_key = DocKey {
+            collection: collection.to_string(),
+            id: id.to_string(),
+        };
+        // Boxed: the store's future is large, and it would otherwise sit inside the future of
+        // every L1 miss, L2 hits included (moved whole when a task is spawned).
+        let row = Box::pin(self.budget(game.store.get(game_name, &doc_key))).await?;
+        Ok(to_cached(id, row.as_ref()))
+    }
+}
+
+fn read_result(cached: Cached, tier: Tier) -> Result<ReadResult, ServiceError> {
+    match cached {
+        Cached::Doc { version, body } => Ok(ReadResult {
+            body,
+            version,
+            tier,
+        }),
+        Cached::Missing { .. } => Err(ServiceError::not_found("no such document")),
+    }
+}
