@@ -34,6 +34,7 @@ backend_tests!(
     list_by_owner_with_cursor,
     cold_key_is_read_once_for_1000_concurrent_gets,
     missing_ids_are_negatively_cached,
+    without_l1_a_remembered_missing_id_does_not_hide_a_write,
     writes_on_another_instance_are_seen_after_ttl_only_but_own_writes_at_once,
 );
 
@@ -685,6 +686,31 @@ async fn missing_ids_are_negatively_cached(backend: Backend) {
         s.client.get(&s.path("players/ghost")).await.json()["value"]["boo"],
         1
     );
+}
+
+/// `l1_ttl = 0` keeps no documents in L1, but "missing" answers are still remembered for the
+/// negative TTL: a write of that id must not leave the "missing" behind (it used to, for up to
+/// the negative TTL after an acknowledged write).
+async fn without_l1_a_remembered_missing_id_does_not_hide_a_write(backend: Backend) {
+    let no_l1 = |config: &mut datamiddleware::config::Config| {
+        for game in config.games.values_mut() {
+            for collection in game.collections.values_mut() {
+                collection.l1_ttl = Duration::ZERO;
+            }
+        }
+    };
+    let Some(s) = TestServer::start_with(backend, no_l1).await else {
+        return;
+    };
+    let path = s.path("players/late");
+    assert_eq!(s.client.get(&path).await.code(), "not_found");
+    assert_eq!(
+        s.client.put(&path, r#"{"value":{"n":1}}"#).await.status,
+        201
+    );
+    let read = s.client.get(&path).await;
+    assert_eq!(read.status, 200, "the write is read back at once");
+    assert_eq!(read.json()["value"]["n"], 1);
 }
 
 async fn writes_on_another_instance_are_seen_after_ttl_only_but_own_writes_at_once(

@@ -262,10 +262,12 @@ impl L1 {
         drop(guard);
     }
 
+    /// Stores `value` (newer than what the entry holds) for `ttl`. A zero lifetime keeps
+    /// nothing, and drops the older entry: with `l1_ttl = 0` a "missing" is still kept for the
+    /// negative TTL, and must not outlive the write of its id.
     fn insert(&self, key: &str, value: Cached, ttl: Duration) {
         if ttl.is_zero() {
-            // Not kept (`l1_ttl = 0`); an older entry cannot be there either: every insert of
-            // this key had the same lifetime.
+            self.inner.entries.remove(key);
             return;
         }
         let entry = Entry {
