@@ -677,7 +677,10 @@ async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
     let prefix = unique_prefix();
     let Some(a) = TestServer::start_with(Backend::Postgres, |config| {
         with_l2(redis.url(), &prefix)(config);
-        config.cache.l2_timeout = Duration::from_millis(140);
+        // Room for the pause below: Redis answers after it, within the L2 budget, and the bus
+        // (which the pause holds up too) stays whole.
+        config.cache.bus_silence = Duration::from_secs(1);
+        config.cache.l2_timeout = Duration::from_millis(400);
     })
     .await
     else {
@@ -695,7 +698,7 @@ async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(120)
+        .arg(300)
         .query_async(&mut conn)
         .await
         .unwrap();

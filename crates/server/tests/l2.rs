@@ -332,6 +332,7 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
 
 redis_tests!(
     tcp_reads_of_l2_hits_store_reads_and_errors_at_once,
+    reads_alone_close_an_open_breaker,
     overlapping_writes_leave_no_value_until_the_last_ends,
     without_l1_every_read_is_answered_by_l2,
     a_write_reaches_l2_and_another_instance_reads_it_there,
@@ -423,6 +424,53 @@ async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
     // What L2 answered is now in L1 (under the ticket taken before the lookup).
     let again = client.get(&game, "players", "l2-3").await.unwrap();
     assert_eq!(again.tier, datamiddleware_client::Tier::L1);
+}
+
+/// While the breaker is open, reads are misses without calling Redis, but one batch per probe
+/// interval goes through as the probe: reads alone (no write, no health check) find out that
+/// Redis answers again and use L2 from then on.
+async fn reads_alone_close_an_open_breaker(redis: Redis) {
+    let prefix = unique_prefix();
+    let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
+        redis.configure(config, &prefix);
+        for collection in config
+            .games
+            .values_mut()
+            .flat_map(|g| g.collections.values_mut())
+        {
+            collection.l1_ttl = Duration::ZERO;
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let put = s
+        .client
+        .put(&s.path("players/b"), r#"{"value":{"a":1}}"#)
+        .await;
+    assert_eq!(put.status, 201);
+    let cache = s.running.service.cache();
+    let breaker = cache.l2().unwrap().breaker();
+    for _ in 0..3 {
+        breaker.failure("test", &"a failure injected by the test");
+    }
+    assert!(breaker.is_open());
+    let read = s.client.get(&s.path("players/b")).await;
+    assert_eq!(read.header("x-cache"), Some("DB"), "an open breaker: no L2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let read = s.client.get(&s.path("players/b")).await;
+        if read.header("x-cache") == Some("L2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never probed Redis: the breaker stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!breaker.is_open());
 }
 
 /// Two overlapping writes of one key (W1 ends while W2 is still in progress): L2 keeps no value

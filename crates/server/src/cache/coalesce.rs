@@ -16,14 +16,15 @@
 //! who learnt of a newer version never receives an answer Redis gave before it (the same rule
 //! as L1's own flights). An L2 hit fills L1 once, under the ticket of its lookup.
 //!
-//! Time: a lookup waits at most for the batches ahead of it (each bounded by the L2 time
-//! budget) and its own, so about twice `cache.l2_timeout`; a failed batch is a miss for every
-//! key in it.
+//! Time: a lookup still queued after `cache.l2_timeout` is not sent but answered as a miss,
+//! and a sent one waits at most `cache.l2_timeout` for Redis, so no lookup waits much longer
+//! than twice that. A failed batch is a miss for every key in it, and while the breaker is open
+//! a batch is a miss without being sent (one goes through as the breaker's probe).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -71,15 +72,24 @@ struct State {
 
 enum Queued {
     /// A lookup of one key (in `lookups`), which other readers may join.
-    One(u64),
+    One(u64, Instant),
     /// Several keys for one caller, shared with nobody.
-    Many(Vec<String>, ThenMany),
+    Many(Vec<String>, ThenMany, Instant),
 }
 
 /// What one `MGET` answers, in the order of its keys.
 enum Part {
     One(u64),
     Many(usize, ThenMany),
+}
+
+/// What the flusher sends in one `MGET`, and the lookups too late to be sent.
+#[derive(Default)]
+struct Batch {
+    keys: Vec<String>,
+    parts: Vec<Part>,
+    late: Vec<Part>,
+    late_keys: usize,
 }
 
 /// The queue shared by the readers and the flusher.
@@ -139,7 +149,7 @@ impl Coalescer {
             },
         );
         state.joinable.insert(want.key.into(), id);
-        state.queued.push(Queued::One(id));
+        state.queued.push(Queued::One(id, Instant::now()));
         let first = state.queued.len() == 1;
         drop(state);
         if first {
@@ -157,7 +167,9 @@ impl Coalescer {
         l2.counters().lookups.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut state = self.state.lock();
-            state.queued.push(Queued::Many(redis_keys, then));
+            state
+                .queued
+                .push(Queued::Many(redis_keys, then, Instant::now()));
             state.queued.len() == 1
         };
         if first {
@@ -165,10 +177,11 @@ impl Coalescer {
         }
     }
 
-    /// The next batch (its Redis keys, and who gets which answers), waiting for one; `None`
-    /// once the L2 tier is gone. A batch stops once it has [`MAX_KEYS`] keys, but never splits
-    /// one caller's keys.
-    async fn next_batch(&self, l2: &Weak<L2>) -> Option<(Vec<String>, Vec<Part>)> {
+    /// The next batch, waiting for one; `None` once the L2 tier is gone. A batch stops once it
+    /// has [`MAX_KEYS`] keys, but never splits one caller's keys. Lookups queued for longer
+    /// than `max_wait` (Redis slow or frozen, the batches ahead of them stuck) are not sent:
+    /// they come back in [`Batch::late`], to be answered as misses.
+    async fn next_batch(&self, l2: &Weak<L2>, max_wait: Duration) -> Option<Batch> {
         loop {
             if l2.strong_count() == 0 {
                 return None;
@@ -176,39 +189,46 @@ impl Coalescer {
             {
                 let mut state = self.state.lock();
                 if !state.queued.is_empty() {
-                    let mut keys = Vec::new();
-                    let mut parts = Vec::new();
+                    let oldest_sent = Instant::now().checked_sub(max_wait);
+                    let mut batch = Batch::default();
                     let mut taken = 0;
                     for queued in &mut state.queued {
                         taken += 1;
-                        match std::mem::replace(queued, Queued::One(u64::MAX)) {
-                            Queued::One(id) => {
-                                parts.push(Part::One(id));
-                                keys.push(String::new()); // filled below
+                        let (part, keys, at) = match std::mem::replace(
+                            queued,
+                            Queued::Many(Vec::new(), Box::new(drop), Instant::now()),
+                        ) {
+                            // The key is taken out of its lookup below.
+                            Queued::One(id, at) => (Part::One(id), vec![String::new()], at),
+                            Queued::Many(keys, then, at) => {
+                                (Part::Many(keys.len(), then), keys, at)
                             }
-                            Queued::Many(many, then) => {
-                                parts.push(Part::Many(many.len(), then));
-                                keys.extend(many);
-                            }
+                        };
+                        if oldest_sent.is_some_and(|oldest| at < oldest) {
+                            batch.late_keys += keys.len();
+                            batch.late.push(part);
+                            continue;
                         }
-                        if keys.len() >= MAX_KEYS {
+                        batch.keys.extend(keys);
+                        batch.parts.push(part);
+                        if batch.keys.len() >= MAX_KEYS {
                             break;
                         }
                     }
                     state.queued.drain(..taken);
                     let mut at = 0;
-                    for part in &parts {
+                    for part in &batch.parts {
                         match part {
                             Part::One(id) => {
                                 if let Some(lookup) = state.lookups.get_mut(id) {
-                                    keys[at] = std::mem::take(&mut lookup.redis_key);
+                                    batch.keys[at] = std::mem::take(&mut lookup.redis_key);
                                 }
                                 at += 1;
                             }
                             Part::Many(count, _) => at += count,
                         }
                     }
-                    return Some((keys, parts));
+                    return Some(batch);
                 }
             }
             // `notify_one` keeps a permit when nobody waits, so a lookup queued between the
@@ -264,25 +284,38 @@ impl Coalescer {
 /// The flusher: takes batches while fewer than [`MAX_IN_FLIGHT`] are outstanding.
 async fn flush(queue: Arc<Coalescer>, l2: Weak<L2>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let max_wait = l2.upgrade().map_or(Duration::ZERO, |l2| l2.timeout());
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(batch) = queue.next_batch(&l2).await else {
+        let Some(batch) = queue.next_batch(&l2, max_wait).await else {
             return;
         };
         let Some(l2) = l2.upgrade() else { return };
+        if !batch.late.is_empty() {
+            queue.answer(batch.late, vec![None; batch.late_keys]);
+        }
+        if batch.parts.is_empty() {
+            continue;
+        }
+        // The breaker is asked per batch: while it is open, what was queued is a miss (one
+        // batch goes through as the probe), instead of every queued lookup timing out in turn.
+        if !l2.breaker().allow() {
+            let misses = vec![None; batch.keys.len()];
+            queue.answer(batch.parts, misses);
+            continue;
+        }
         let queue = queue.clone();
         tokio::spawn(async move {
-            let (redis_keys, parts) = batch;
             let found = {
-                let keys: Vec<&str> = redis_keys.iter().map(String::as_str).collect();
+                let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
                 l2.mget(&keys).await
             };
             drop(slot);
             let hits = found.iter().flatten().count() as u64;
             l2.counters().hits.fetch_add(hits, Ordering::Relaxed);
-            queue.answer(parts, found);
+            queue.answer(batch.parts, found);
         });
     }
 }

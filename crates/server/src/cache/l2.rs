@@ -141,9 +141,10 @@ impl ConnectionLike for RedisConn {
 /// Counters of L2 calls, read by tests and (later) the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct L2Counters {
-    /// Lookups sent (a `_batch_get` counts once).
+    /// Lookups made: one per key a task reads (shared by the tasks reading it at once), one per
+    /// `_batch_get`, one per connection's batch of GETs (see `coalesce.rs`).
     pub lookups: AtomicU64,
-    /// Keys found.
+    /// Keys found (so a multi-key lookup may count several).
     pub hits: AtomicU64,
     /// Fills Redis accepted.
     pub fills: AtomicU64,
@@ -217,6 +218,11 @@ impl L2 {
             repair: Mutex::new(HashSet::new()),
             repair_lost: Default::default(),
         }))
+    }
+
+    /// The time budget of one Redis call (`cache.l2_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn counters(&self) -> &L2Counters {

@@ -13,6 +13,15 @@ use crate::model::{DocKey, Tier, check_id};
 /// Where the result of one read of [`Service::get_each`] goes.
 pub trait Reply: Send + 'static {
     fn reply(self, read: Result<ReadResult, ServiceError>);
+
+    /// True when nobody waits for the answer any more (its connection closed): a store read
+    /// for it is not started.
+    fn gone(&self) -> bool {
+        false
+    }
+
+    /// Releases the reply without an answer (see [`Reply::gone`]).
+    fn skip(self);
 }
 
 /// One read of [`Service::get_each`].
@@ -124,6 +133,9 @@ impl Service {
 
     /// Finishes one read of [`Service::get_each`] that L2 did not answer, in a task.
     fn get_in_task<R: Reply>(&self, get: Get<R>) {
+        if get.reply.gone() {
+            return get.reply.skip();
+        }
         let service = self.clone();
         tokio::spawn(async move {
             let read = service

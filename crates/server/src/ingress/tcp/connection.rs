@@ -674,4 +674,12 @@ impl Reply for Answer {
         // A GET is done once answered: dropping what `send` returns says so.
         let _done = self.send(&dispatch::read_response(read), None);
     }
+
+    fn gone(&self) -> bool {
+        self.connection_closed()
+    }
+
+    fn skip(self) {
+        Answer::skip(self);
+    }
 }

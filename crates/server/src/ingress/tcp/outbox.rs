@@ -234,6 +234,11 @@ impl Answer {
         }
     }
 
+    /// True once the connection has ended: nobody reads this answer.
+    pub fn connection_closed(&self) -> bool {
+        self.outbox.is_closed()
+    }
+
     /// The connection ended before the request started: nothing is run or written, but the
     /// window slot and the requests waiting for this one are released.
     pub fn skip(mut self) {
