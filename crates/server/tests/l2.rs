@@ -302,10 +302,10 @@ async fn without_redis_requests_still_succeed(_redis: Redis) {
     );
 }
 
-/// `l1_ttl = 0`: the collection is not kept in L1, so every read is answered by L2.
-async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
+/// An instance on `redis` whose collections are not kept in L1 (`l1_ttl = 0`).
+async fn without_l1(redis: Redis) -> Option<TestServer> {
     let prefix = unique_prefix();
-    let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
+    TestServer::start_with(Backend::Postgres, |config| {
         redis.configure(config, &prefix);
         for collection in config
             .games
@@ -316,7 +316,11 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
         }
     })
     .await
-    else {
+}
+
+/// `l1_ttl = 0`: the collection is not kept in L1, so every read is answered by L2.
+async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
+    let Some(s) = without_l1(redis).await else {
         return;
     };
     s.client
@@ -430,19 +434,7 @@ async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
 /// interval goes through as the probe: reads alone (no write, no health check) find out that
 /// Redis answers again and use L2 from then on.
 async fn reads_alone_close_an_open_breaker(redis: Redis) {
-    let prefix = unique_prefix();
-    let Some(s) = TestServer::start_with(Backend::Postgres, |config| {
-        redis.configure(config, &prefix);
-        for collection in config
-            .games
-            .values_mut()
-            .flat_map(|g| g.collections.values_mut())
-        {
-            collection.l1_ttl = Duration::ZERO;
-        }
-    })
-    .await
-    else {
+    let Some(s) = without_l1(redis).await else {
         return;
     };
     let put = s
