@@ -104,8 +104,8 @@ for round in $(seq "$rounds"); do
   for depth in 1 16; do
     run_bench "tcp_ours_d$depth" --target tcp --addr 127.0.0.1:17480 --keys 1 --no-load -c 50 -d $depth
     run_bench "redis_d$depth" --target redis --addr 127.0.0.1:16390 --keys 1 --value-size "$size" -c 50 -d $depth
-    # How the instance's L2 reads reach Redis: lookups of many requests share one MGET (the
-    # flusher in cache/coalesce.rs), so Redis runs far fewer commands than requests arrive.
+    # How the instance's L2 reads reach Redis: lookups of many requests share one MGET
+    # (cache/coalesce.rs), so Redis runs far fewer commands than requests arrive.
     mgets() { redis-cli -p 16390 info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_mget:/{print $2}'; }
     m0=$(mgets); m0=${m0:-0}
     run_bench "tcp_l2_d$depth" --target tcp --addr 127.0.0.1:17483 --keys 1000 --no-load -c 50 -d $depth

@@ -3,10 +3,11 @@
 //!
 //! Every L1 miss that reaches L2 used to be its own `GET`, read by a task of its own: one
 //! command through redis-rs's multiplexer and one reply parsed per request. Here a lookup joins
-//! a queue; one flusher task takes everything queued and sends it as one `MGET` (split by hash
-//! slot by redis-rs on a cluster), keeping at most [`MAX_IN_FLIGHT`] outstanding. While those
+//! a queue, and everything queued goes out as one `MGET` (split by hash slot by redis-rs on a
+//! cluster): a lookup that finds fewer than [`MAX_IN_FLIGHT`] senders running starts one, and
+//! a sender whose `MGET` returned sends what was queued meanwhile before it stops. While those
 //! are on the wire the queue fills, so a batch grows with the load and a lone lookup waits for
-//! nothing but its own round trip. A task waits for one key ([`Coalescer::lookup`]); a
+//! nothing but its own round trip (no task is woken to send it). A task waits for one key ([`Coalescer::lookup`]); a
 //! connection hands over the misses of everything it read at once, with a callback run where
 //! the answers arrive ([`Coalescer::lookup_many`]), so it reads L2 without a task per request.
 //!
@@ -22,12 +23,12 @@
 //! a batch is a miss without being sent (one goes through as the breaker's probe).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::oneshot;
 
 use super::l1::{Cached, L1, Ticket};
 use super::l2::L2;
@@ -68,6 +69,8 @@ struct State {
     /// Lookups not sent yet, in order.
     queued: Vec<Queued>,
     next: u64,
+    /// Senders running (at most [`MAX_IN_FLIGHT`]).
+    sending: usize,
 }
 
 enum Queued {
@@ -83,7 +86,7 @@ enum Part {
     Many(usize, ThenMany),
 }
 
-/// What the flusher sends in one `MGET`, and the lookups too late to be sent.
+/// What a sender sends in one `MGET`, and the lookups too late to be sent.
 #[derive(Default)]
 struct Batch {
     keys: Vec<String>,
@@ -92,12 +95,10 @@ struct Batch {
     late_keys: usize,
 }
 
-/// The queue shared by the readers and the flusher.
+/// The queue shared by the readers and the senders.
 pub(super) struct Coalescer {
     l1: L1,
     state: Mutex<State>,
-    wake: Notify,
-    started: AtomicBool,
 }
 
 /// A lookup request: what to read, and how long L1 keeps the answer.
@@ -113,18 +114,12 @@ impl Coalescer {
         Coalescer {
             l1,
             state: Mutex::default(),
-            wake: Notify::new(),
-            started: AtomicBool::new(false),
         }
     }
 
     /// Looks `want.key` up in L2 for `waiter`, joining a lookup of the same key when that is
-    /// safe (see the module documentation). Starts the flusher on first use, on the caller's
-    /// runtime.
+    /// safe (see the module documentation).
     pub fn lookup(self: &Arc<Self>, l2: &Arc<L2>, want: Want<'_>, waiter: Waiter) {
-        if !self.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(flush(self.clone(), Arc::downgrade(l2)));
-        }
         let ticket = self.l1.ticket(want.key);
         let mut state = self.state.lock();
         if let Some(id) = state.joinable.get(want.key).copied()
@@ -150,91 +145,36 @@ impl Coalescer {
         );
         state.joinable.insert(want.key.into(), id);
         state.queued.push(Queued::One(id, Instant::now()));
-        let first = state.queued.len() == 1;
-        drop(state);
-        if first {
-            self.wake.notify_one();
-        }
+        self.send_if_free(state, l2);
     }
 
     /// Looks several keys up for one caller: they go out in the next batch, joining no other
     /// reader's lookup (so no answer can be older than the call), and `then` gets every answer
     /// at once.
     pub fn lookup_many(self: &Arc<Self>, l2: &Arc<L2>, redis_keys: Vec<String>, then: ThenMany) {
-        if !self.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(flush(self.clone(), Arc::downgrade(l2)));
-        }
         l2.counters().lookups.fetch_add(1, Ordering::Relaxed);
-        let first = {
-            let mut state = self.state.lock();
-            state
-                .queued
-                .push(Queued::Many(redis_keys, then, Instant::now()));
-            state.queued.len() == 1
-        };
-        if first {
-            self.wake.notify_one();
-        }
+        let mut state = self.state.lock();
+        state
+            .queued
+            .push(Queued::Many(redis_keys, then, Instant::now()));
+        self.send_if_free(state, l2);
     }
 
-    /// The next batch, waiting for one; `None` once the L2 tier is gone. A batch stops once it
-    /// has [`MAX_KEYS`] keys, but never splits one caller's keys. Lookups queued for longer
-    /// than `max_wait` (Redis slow or frozen, the batches ahead of them stuck) are not sent:
-    /// they come back in [`Batch::late`], to be answered as misses.
-    async fn next_batch(&self, l2: &Weak<L2>, max_wait: Duration) -> Option<Batch> {
-        loop {
-            if l2.strong_count() == 0 {
-                return None;
-            }
-            {
-                let mut state = self.state.lock();
-                if !state.queued.is_empty() {
-                    let oldest_sent = Instant::now().checked_sub(max_wait);
-                    let mut batch = Batch::default();
-                    let mut taken = 0;
-                    for queued in &mut state.queued {
-                        taken += 1;
-                        let (part, keys, at) = match std::mem::replace(
-                            queued,
-                            Queued::Many(Vec::new(), Box::new(drop), Instant::now()),
-                        ) {
-                            // The key is taken out of its lookup below.
-                            Queued::One(id, at) => (Part::One(id), vec![String::new()], at),
-                            Queued::Many(keys, then, at) => {
-                                (Part::Many(keys.len(), then), keys, at)
-                            }
-                        };
-                        if oldest_sent.is_some_and(|oldest| at < oldest) {
-                            batch.late_keys += keys.len();
-                            batch.late.push(part);
-                            continue;
-                        }
-                        batch.keys.extend(keys);
-                        batch.parts.push(part);
-                        if batch.keys.len() >= MAX_KEYS {
-                            break;
-                        }
-                    }
-                    state.queued.drain(..taken);
-                    let mut at = 0;
-                    for part in &batch.parts {
-                        match part {
-                            Part::One(id) => {
-                                if let Some(lookup) = state.lookups.get_mut(id) {
-                                    batch.keys[at] = std::mem::take(&mut lookup.redis_key);
-                                }
-                                at += 1;
-                            }
-                            Part::Many(count, _) => at += count,
-                        }
-                    }
-                    return Some(batch);
-                }
-            }
-            // `notify_one` keeps a permit when nobody waits, so a lookup queued between the
-            // check above and this wait is not missed. The timeout notices a dropped L2.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+    /// Starts a sender for what is queued when fewer than [`MAX_IN_FLIGHT`] run; otherwise a
+    /// running sender takes it when its `MGET` returns.
+    fn send_if_free(self: &Arc<Self>, mut state: MutexGuard<'_, State>, l2: &Arc<L2>) {
+        if state.sending >= MAX_IN_FLIGHT {
+            return;
         }
+        state.sending += 1;
+        let batch = next_batch(&mut state, l2.timeout());
+        drop(state);
+        let sender = Sender {
+            queue: self.clone(),
+            l2: l2.clone(),
+            released: false,
+        };
+        tokio::spawn(sender.run(batch));
     }
 
     /// Hands each part of a batch its answers; an L2 hit of a shared lookup also fills L1
@@ -281,41 +221,101 @@ impl Coalescer {
     }
 }
 
-/// The flusher: takes batches while fewer than [`MAX_IN_FLIGHT`] are outstanding.
-async fn flush(queue: Arc<Coalescer>, l2: Weak<L2>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let max_wait = l2.upgrade().map_or(Duration::ZERO, |l2| l2.timeout());
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+/// The next batch from the queue (which must not be empty). A batch stops once it has
+/// [`MAX_KEYS`] keys, but never splits one caller's keys. Lookups queued for longer than
+/// `max_wait` (Redis slow or frozen, the batches ahead of them stuck) are not sent: they come
+/// back in [`Batch::late`], to be answered as misses.
+fn next_batch(state: &mut State, max_wait: Duration) -> Batch {
+    let oldest_sent = Instant::now().checked_sub(max_wait);
+    let mut batch = Batch::default();
+    let mut taken = 0;
+    for queued in &mut state.queued {
+        taken += 1;
+        let placeholder = Queued::Many(Vec::new(), Box::new(drop), Instant::now());
+        let (part, keys, at) = match std::mem::replace(queued, placeholder) {
+            // The key is taken out of its lookup below.
+            Queued::One(id, at) => (Part::One(id), vec![String::new()], at),
+            Queued::Many(keys, then, at) => (Part::Many(keys.len(), then), keys, at),
         };
-        let Some(batch) = queue.next_batch(&l2, max_wait).await else {
-            return;
-        };
-        let Some(l2) = l2.upgrade() else { return };
+        if oldest_sent.is_some_and(|oldest| at < oldest) {
+            batch.late_keys += keys.len();
+            batch.late.push(part);
+            continue;
+        }
+        batch.keys.extend(keys);
+        batch.parts.push(part);
+        if batch.keys.len() >= MAX_KEYS {
+            break;
+        }
+    }
+    state.queued.drain(..taken);
+    let mut at = 0;
+    for part in &batch.parts {
+        match part {
+            Part::One(id) => {
+                if let Some(lookup) = state.lookups.get_mut(id) {
+                    batch.keys[at] = std::mem::take(&mut lookup.redis_key);
+                }
+                at += 1;
+            }
+            Part::Many(count, _) => at += count,
+        }
+    }
+    batch
+}
+
+/// One of the at most [`MAX_IN_FLIGHT`] senders: sends its batch, answers it, and goes on with
+/// whatever was queued meanwhile, so under load no task is started per batch and nobody is
+/// woken to send. Gives its slot back when the queue is empty (or, through its drop, if it
+/// panics).
+struct Sender {
+    queue: Arc<Coalescer>,
+    l2: Arc<L2>,
+    released: bool,
+}
+
+impl Sender {
+    async fn run(mut self, mut batch: Batch) {
+        loop {
+            self.send(batch).await;
+            let mut state = self.queue.state.lock();
+            if state.queued.is_empty() {
+                // Under the lock that lookups queue under: none is left without a sender.
+                state.sending -= 1;
+                self.released = true;
+                return;
+            }
+            batch = next_batch(&mut state, self.l2.timeout());
+        }
+    }
+
+    async fn send(&self, batch: Batch) {
         if !batch.late.is_empty() {
-            queue.answer(batch.late, vec![None; batch.late_keys]);
+            self.queue.answer(batch.late, vec![None; batch.late_keys]);
         }
         if batch.parts.is_empty() {
-            continue;
+            return;
         }
         // The breaker is asked per batch: while it is open, what was queued is a miss (one
         // batch goes through as the probe), instead of every queued lookup timing out in turn.
-        if !l2.breaker().allow() {
+        if !self.l2.breaker().allow() {
             let misses = vec![None; batch.keys.len()];
-            queue.answer(batch.parts, misses);
-            continue;
+            return self.queue.answer(batch.parts, misses);
         }
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let found = {
-                let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
-                l2.mget(&keys).await
-            };
-            drop(slot);
-            let hits = found.iter().flatten().count() as u64;
-            l2.counters().hits.fetch_add(hits, Ordering::Relaxed);
-            queue.answer(batch.parts, found);
-        });
+        let found = {
+            let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
+            self.l2.mget(&keys).await
+        };
+        let hits = found.iter().flatten().count() as u64;
+        self.l2.counters().hits.fetch_add(hits, Ordering::Relaxed);
+        self.queue.answer(batch.parts, found);
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if !self.released {
+            self.queue.state.lock().sending -= 1;
+        }
     }
 }

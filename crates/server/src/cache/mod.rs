@@ -217,8 +217,8 @@ impl Cache {
         let looked_up = Instant::now();
         if let Some(shared) = self.l2_now() {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            // The flusher answers within about twice the L2 budget (see `coalesce.rs`); the
-            // bound here only guards against a flusher that is gone.
+            // Lookups are answered within about twice the L2 budget (see `coalesce.rs`); the
+            // bound here only guards against a sender that is gone.
             let limit = 3 * shared.0.timeout() + Duration::from_millis(100);
             self.lookup_l2(shared, key, ttls, reply);
             if let Ok(Ok(Some(hit))) = tokio::time::timeout(limit, answer).await {
@@ -231,7 +231,7 @@ impl Cache {
     }
 
     /// L2 and its lookups, when L2 may be asked now: configured, and the caches trusted. (The
-    /// breaker is asked by the flusher, once per batch: asking it here would take the probe
+    /// breaker is asked by the sender, once per batch: asking it here would take the probe
     /// it lets through while open, and no batch would ever carry it.)
     fn l2_now(&self) -> Option<(&Arc<L2>, &Arc<Coalescer>)> {
         let (l2, reads) = (self.l2.as_ref()?, self.reads.as_ref()?);
