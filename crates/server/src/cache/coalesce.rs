@@ -7,9 +7,10 @@
 //! cluster): a lookup that finds fewer than [`MAX_IN_FLIGHT`] senders running starts one, and
 //! a sender whose `MGET` returned sends what was queued meanwhile before it stops. While those
 //! are on the wire the queue fills, so a batch grows with the load and a lone lookup waits for
-//! nothing but its own round trip (no task is woken to send it). A task waits for one key ([`Coalescer::lookup`]); a
-//! connection hands over the misses of everything it read at once, with a callback run where
-//! the answers arrive ([`Coalescer::lookup_many`]), so it reads L2 without a task per request.
+//! nothing but its own round trip (no task is woken to send it). A task waits for one key
+//! ([`Coalescer::lookup`]); a connection hands over the misses of everything it read at once,
+//! with a callback run where the answers arrive ([`Coalescer::lookup_many`]), so it reads L2
+//! without a task per request.
 //!
 //! **Single flight without stale answers.** A task reading a key joins the lookup already queued
 //! or on the wire for it only when the key's L1 ticket has not moved since that lookup started. A
