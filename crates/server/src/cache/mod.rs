@@ -225,6 +225,22 @@ impl Cache {
                 return Ok((hit, Tier::L2));
             }
         }
+        self.load_store(key, ttls, looked_up, load).await
+    }
+
+    /// The store's answer for `key`, which then fills L2 (in the background) for a lookup that
+    /// missed at `looked_up`.
+    async fn load_store<F, Fut>(
+        &self,
+        key: &str,
+        ttls: Ttls,
+        looked_up: Instant,
+        load: &F,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Cached, ServiceError>>,
+    {
         let loaded = load().await?;
         self.fill_l2(key.to_string(), loaded.clone(), ttls, looked_up);
         Ok((loaded, Tier::Db))
@@ -311,11 +327,7 @@ impl Cache {
                 key,
                 self.trusted(),
                 |value| ttls.l1_for(value),
-                || async {
-                    let loaded = load().await?;
-                    self.fill_l2(key.to_string(), loaded.clone(), ttls, looked_up);
-                    Ok((loaded, Tier::Db))
-                },
+                || self.load_store(key, ttls, looked_up, &load),
             )
             .await
     }
