@@ -693,7 +693,7 @@ async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
     assert_eq!(put.status, 201);
     let cache = a.running.service.cache();
     cache.l1().invalidate(&format!("{}/players/j", a.game));
-    let before = l2_lookups(&a);
+    let before = a.l2_lookups();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("CLIENT")
@@ -709,27 +709,19 @@ async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
     let first = read(&a);
     let joined = read(&a);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(l2_lookups(&a) - before, 1, "two readers, one lookup");
+    assert_eq!(a.l2_lookups() - before, 1, "two readers, one lookup");
     // Another instance committed version 2 (as the bus would report it).
     cache.l1().remote_write(&format!("{}/players/j", a.game), 2);
     let after = read(&a);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        l2_lookups(&a) - before,
+        a.l2_lookups() - before,
         2,
         "the reader after the invalidation started its own lookup"
     );
     for read in [first, joined, after] {
         assert_eq!(read.await.unwrap().unwrap().version, 1);
     }
-}
-
-fn l2_lookups(server: &TestServer) -> u64 {
-    let cache = server.running.service.cache();
-    let l2 = cache.l2().expect("L2 is configured");
-    l2.counters()
-        .lookups
-        .load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// A writer cut off from Redis for longer than `bus_forget_after` is still alive in the store's

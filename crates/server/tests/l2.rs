@@ -30,18 +30,6 @@ async fn another(redis: Redis, of: &TestServer, prefix: &str) -> TestServer {
     .await
 }
 
-fn lookups(server: &TestServer) -> u64 {
-    l2_counter(server, |c| c.lookups.load(Ordering::SeqCst))
-}
-
-fn l2_counter(
-    server: &TestServer,
-    read: impl Fn(&datamiddleware::cache::l2::L2Counters) -> u64,
-) -> u64 {
-    let cache = server.running.service.cache();
-    read(cache.l2().expect("L2 is configured").counters())
-}
-
 /// Waits until `check` holds (background fills land a little after the answer).
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..200 {
@@ -92,7 +80,7 @@ async fn a_store_read_fills_l2_for_the_other_instances(redis: Redis) {
     let cold = b.client.get(&b.path("players/p2")).await;
     assert_eq!(cold.header("x-cache"), Some("DB"));
     eventually("the fill of L2", async || {
-        l2_counter(&b, |c| c.fills.load(Ordering::SeqCst)) == 1
+        b.l2_counter(|c| c.fills.load(Ordering::SeqCst)) == 1
     })
     .await;
     let c = another(redis, &a, &prefix).await;
@@ -111,7 +99,7 @@ async fn a_store_read_fills_l2_for_the_other_instances(redis: Redis) {
     // A missing id is remembered in L2 too.
     assert_eq!(b.client.get(&b.path("players/none")).await.status, 404);
     eventually("the fill of the missing id", async || {
-        l2_counter(&b, |c| c.fills.load(Ordering::SeqCst)) == 2
+        b.l2_counter(|c| c.fills.load(Ordering::SeqCst)) == 2
     })
     .await;
     let missing = a.client.get(&a.path("players/none")).await;
@@ -143,10 +131,10 @@ async fn concurrent_cold_reads_share_one_l2_lookup_and_one_store_read(redis: Red
     let cache = b.running.service.cache();
     let bus = cache.bus().unwrap().counters();
     assert_eq!(
-        lookups(&b),
+        b.l2_lookups(),
         1,
         "one Redis read for 1,000 concurrent misses (L2 failures {}, bus: distrusted {}, gaps {})",
-        l2_counter(&b, |c| c.failures.load(Ordering::SeqCst)),
+        b.l2_counter(|c| c.failures.load(Ordering::SeqCst)),
         bus.distrusted.load(Ordering::SeqCst),
         bus.gaps.load(Ordering::SeqCst),
     );
@@ -170,7 +158,7 @@ async fn a_batch_reads_l2_in_one_call(redis: Redis) {
     assert_eq!(batch.status, 200);
     assert_eq!(batch.header("x-cache"), Some("L2"));
     assert_eq!(batch.json()["docs"].as_array().unwrap().len(), 50);
-    assert_eq!(lookups(&b), 1, "one multi-key call for 50 ids");
+    assert_eq!(b.l2_lookups(), 1, "one multi-key call for 50 ids");
     assert_eq!(b.store_reads(), 0);
     // One id L2 does not know goes to the store; the others still come from L2.
     let c_ids = [ids[0].clone(), "unknown".to_string(), ids[1].clone()];
@@ -210,7 +198,7 @@ async fn a_slow_fill_of_an_older_version_loses_to_the_newer_write(redis: Redis) 
         .await;
     assert_eq!(newer.json()["version"], 2);
     eventually("the slow fill to be refused", async || {
-        l2_counter(&b, |c| c.fills_refused.load(Ordering::SeqCst)) == 1
+        b.l2_counter(|c| c.fills_refused.load(Ordering::SeqCst)) == 1
     })
     .await;
     let c = another(redis, &a, &prefix).await;
@@ -255,7 +243,7 @@ async fn a_writer_dying_after_its_commit_leaves_no_older_version_in_l2(redis: Re
         .await;
     assert_eq!(dying.status, 500, "the writer 'died' after its commit");
     eventually("the reader's fill to be refused", async || {
-        l2_counter(&b, |c| c.fills_refused.load(Ordering::SeqCst)) == 1
+        b.l2_counter(|c| c.fills_refused.load(Ordering::SeqCst)) == 1
     })
     .await;
     let c = another(redis, &a, &prefix).await;
@@ -331,11 +319,12 @@ async fn without_l1_every_read_is_answered_by_l2(redis: Redis) {
         assert_eq!(read.header("x-cache"), Some("L2"));
     }
     assert!(s.running.service.cache().l1().is_empty());
-    assert_eq!(lookups(&s), 3);
+    assert_eq!(s.l2_lookups(), 3);
 }
 
 redis_tests!(
     tcp_reads_of_l2_hits_store_reads_and_errors_at_once,
+    tcp_gets_sent_at_once_make_one_l2_lookup,
     reads_alone_close_an_open_breaker,
     overlapping_writes_leave_no_value_until_the_last_ends,
     without_l1_every_read_is_answered_by_l2,
@@ -428,6 +417,85 @@ async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
     // What L2 answered is now in L1 (under the ticket taken before the lookup).
     let again = client.get(&game, "players", "l2-3").await.unwrap();
     assert_eq!(again.tier, datamiddleware_client::Tier::L1);
+}
+
+/// README: "over TCP, the L1 misses of what one connection sent at once go to Redis together in
+/// one `MGET`". Twenty GETs in one write (raw frames, so nothing splits them) make one lookup.
+async fn tcp_gets_sent_at_once_make_one_l2_lookup(redis: Redis) {
+    use bytes::BytesMut;
+    use datamiddleware_protocol::{Credential, DocRef, Hello, Message, Tier};
+    use tokio::io::AsyncWriteExt;
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    for i in 0..20 {
+        let path = a.path(&format!("players/once-{i}"));
+        assert_eq!(a.client.put(&path, r#"{"value":{}}"#).await.status, 201);
+    }
+    let mut stream = tokio::net::TcpStream::connect(b.running.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut frames, mut input) = (BytesMut::new(), BytesMut::new());
+    let hello = Hello {
+        version: 1,
+        client_name: "l2-test".into(),
+        credential: Credential::None,
+    };
+    Message::Hello(hello).encode(1, &mut frames);
+    stream.write_all(&frames).await.unwrap();
+    let (_, ok) = next_frame(&mut stream, &mut input).await;
+    assert!(matches!(ok, Message::HelloOk(_)), "{ok:?}");
+    let before = b.l2_lookups();
+    frames.clear();
+    for i in 0..20u32 {
+        let doc = DocRef {
+            game: b.game.clone(),
+            collection: "players".into(),
+            id: format!("once-{i}"),
+        };
+        Message::Get(doc).encode(i + 2, &mut frames);
+    }
+    stream.write_all(&frames).await.unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..20 {
+        let (header, message) = next_frame(&mut stream, &mut input).await;
+        match message {
+            Message::Doc { tier, version, .. } => {
+                assert_eq!(
+                    (tier, version),
+                    (Tier::L2, 1),
+                    "request {}",
+                    header.request_id
+                )
+            }
+            other => panic!("request {}: {other:?}", header.request_id),
+        }
+        answered.push(header.request_id);
+    }
+    answered.sort();
+    assert_eq!(answered, (2..22).collect::<Vec<u32>>());
+    assert_eq!(b.l2_lookups() - before, 1, "one lookup for the twenty GETs");
+}
+
+/// The next frame from `stream` (`input` keeps what was read past it).
+async fn next_frame(
+    stream: &mut tokio::net::TcpStream,
+    input: &mut bytes::BytesMut,
+) -> (
+    datamiddleware_protocol::Header,
+    datamiddleware_protocol::Message,
+) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(frame) = datamiddleware_protocol::decode(input, u32::MAX).unwrap() {
+            return frame;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(input)).await;
+        assert!(
+            matches!(read, Ok(Ok(n)) if n > 0),
+            "no frame from the server"
+        );
+    }
 }
 
 /// While the breaker is open, reads are misses without calling Redis, but one batch per probe

@@ -195,6 +195,17 @@ impl TestServer {
             .store_reads
             .load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// A counter of this instance's L2 (which must be configured).
+    pub fn l2_counter(&self, read: impl Fn(&datamiddleware::cache::l2::L2Counters) -> u64) -> u64 {
+        let cache = self.running.service.cache();
+        read(cache.l2().expect("L2 is configured").counters())
+    }
+
+    /// L2 lookups made so far (see `L2Counters::lookups`).
+    pub fn l2_lookups(&self) -> u64 {
+        self.l2_counter(|c| c.lookups.load(std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 /// A second connection holding SQLite's write lock: writes through the server wait (and run
