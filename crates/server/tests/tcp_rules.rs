@@ -860,6 +860,49 @@ async fn order_put_then_get_of_a_new_id() {
     }
 }
 
+/// A GET that L1 cannot answer, then a PUT and a GET of the same id in one write: the first GET
+/// is answered before the PUT applies (version n), the PUT next (n+1), the last GET sees it.
+/// The collection is kept out of L1, so every GET reads the store. 200 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_get_of_an_uncached_document_then_put_then_get() {
+    let s = server_with(|config| {
+        for game in config.games.values_mut() {
+            for collection in game.collections.values_mut() {
+                collection.l1_ttl = Duration::ZERO;
+            }
+        }
+    })
+    .await;
+    let (mut c, _) = Raw::ready(&s).await;
+    let mut next = 10u32;
+    c.send(next, &put(&s, "kept-out", json!({"round": 0})))
+        .await;
+    let (h, m) = c.recv().await;
+    expect_doc(&h, &m, next);
+    for round in 1..=200u64 {
+        let (g1, p, g2) = (next + 1, next + 2, next + 3);
+        next += 3;
+        c.send_bytes(&frames(&[
+            (g1, get(&s, "kept-out")),
+            (p, put(&s, "kept-out", json!({"round": round}))),
+            (g2, get(&s, "kept-out")),
+        ]))
+        .await;
+        let (h, m) = c.recv().await;
+        let (version, _, _) = expect_doc(&h, &m, g1);
+        assert_eq!(
+            version, round,
+            "round {round}: the first GET reads before the PUT"
+        );
+        let (h, m) = c.recv().await;
+        let (version, _, _) = expect_doc(&h, &m, p);
+        assert_eq!(version, round + 1, "round {round}: then the PUT");
+        let (h, m) = c.recv().await;
+        let (version, _, _) = expect_doc(&h, &m, g2);
+        assert_eq!(version, round + 1, "round {round}: the last GET sees it");
+    }
+}
+
 /// INCR, PATCH, GET of one id pipelined in one write are answered in that order, with
 /// versions n+1, n+2, n+2. 20 times on fresh ids (each already cached at version n = 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

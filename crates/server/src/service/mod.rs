@@ -31,7 +31,7 @@ use crate::model::{DocKey, StoredDoc, Tier, encode_document};
 use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
-pub use read::{Get, Reply};
+pub use read::{Get, L1Answer, Missed, Reply};
 pub use request::{KeyedOp, TxnOpRequest, TxnRequest};
 pub use warm::Warming;
 pub use write::{SETTLE_LIMIT, Settled};

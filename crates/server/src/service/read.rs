@@ -30,6 +30,26 @@ pub struct Get<R> {
     pub collection: String,
     pub id: String,
     pub reply: R,
+    /// Set when the read was checked and L1 missed it already ([`L1Answer::Missed`]).
+    pub missed: Option<Missed>,
+}
+
+/// What L1 alone says of a read ([`Service::get_from_l1`]).
+// The miss holds the key inline (a `KeyBuf`, no allocation); boxing it would allocate per miss
+// to save moving a few hundred bytes once.
+#[allow(clippy::large_enum_variant)]
+pub enum L1Answer {
+    /// The document, or the error a full read would give (unknown game, bad id, a cached
+    /// "missing").
+    Answered(Result<ReadResult, ServiceError>),
+    /// Not in L1; the read is valid.
+    Missed(Missed),
+}
+
+/// A valid read that L1 missed: its cache key and lifetimes, for [`Get::missed`].
+pub struct Missed {
+    key: KeyBuf,
+    ttls: Ttls,
 }
 
 impl Service {
@@ -61,14 +81,26 @@ impl Service {
         collection: &str,
         id: &str,
     ) -> Option<Result<ReadResult, ServiceError>> {
-        let key = match self.locate(game_name, collection, id) {
-            Ok((_, _, key)) => key,
-            Err(e) => return Some(Err(e)),
+        match self.get_from_l1(game_name, collection, id) {
+            L1Answer::Answered(read) => Some(read),
+            L1Answer::Missed(_) => None,
+        }
+    }
+
+    /// Like [`Service::get_cached`], and a miss carries what [`Service::get_each`] needs, so
+    /// the read is not checked nor looked up in L1 twice.
+    pub fn get_from_l1(&self, game_name: &str, collection: &str, id: &str) -> L1Answer {
+        let (config, key) = match self.locate(game_name, collection, id) {
+            Ok((_, config, key)) => (config, key),
+            Err(e) => return L1Answer::Answered(Err(e)),
         };
-        Some(read_result(
-            self.inner.cache.cached(key.as_str())?,
-            Tier::L1,
-        ))
+        match self.inner.cache.cached(key.as_str()) {
+            Some(hit) => L1Answer::Answered(read_result(hit, Tier::L1)),
+            None => L1Answer::Missed(Missed {
+                key,
+                ttls: Ttls::of(config),
+            }),
+        }
     }
 
     /// The read of one document that L1 missed, through L2 and the store (single flight).
@@ -97,21 +129,19 @@ impl Service {
     pub fn get_each<R: Reply>(&self, gets: Vec<Get<R>>) {
         let mut keys = Vec::with_capacity(gets.len());
         let mut waiting = Vec::with_capacity(gets.len());
-        for get in gets {
-            let (ttls, key) = match self.locate(&get.game, &get.collection, &get.id) {
-                Ok((_, config, key)) => (Ttls::of(config), key),
-                Err(e) => {
-                    get.reply.reply(Err(e));
-                    continue;
-                }
+        for mut get in gets {
+            let missed = match get.missed.take() {
+                Some(missed) => missed,
+                None => match self.get_from_l1(&get.game, &get.collection, &get.id) {
+                    L1Answer::Answered(read) => {
+                        get.reply.reply(read);
+                        continue;
+                    }
+                    L1Answer::Missed(missed) => missed,
+                },
             };
-            match self.inner.cache.cached(key.as_str()) {
-                Some(hit) => get.reply.reply(read_result(hit, Tier::L1)),
-                None => {
-                    keys.push((key, ttls));
-                    waiting.push(get);
-                }
-            }
+            keys.push((missed.key, missed.ttls));
+            waiting.push(get);
         }
         if waiting.is_empty() {
             return;

@@ -30,7 +30,7 @@ use super::outbox::{Answer, Done, Outbox, Wake};
 use crate::error::ServiceError;
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
-use crate::service::{Get, ReadResult, Reply, ResponsePermit};
+use crate::service::{Get, L1Answer, ReadResult, Reply, ResponsePermit};
 
 /// Bytes reserved for reading when a read finds no room.
 const READ_CHUNK: usize = 4096;
@@ -333,6 +333,7 @@ impl Conn<'_> {
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = BytesMut::new();
         }
+        self.outbox.release_room();
     }
 
     /// The hot path: a whole GET frame that L1 can answer (the document, or an error such as
@@ -348,8 +349,8 @@ impl Conn<'_> {
         if !self.order.is_free(game, collection, id, self.moved) {
             return false;
         }
-        match self.ctx.service.get_cached(game, collection, id) {
-            Some(Ok(read)) => encode_doc_frame(
+        match self.ctx.service.get_from_l1(game, collection, id) {
+            L1Answer::Answered(Ok(read)) => encode_doc_frame(
                 &mut self.out,
                 header.request_id,
                 Tier::L1,
@@ -357,8 +358,32 @@ impl Conn<'_> {
                 &read.body,
             ),
             // Unknown game, bad id, or a cached "missing": answered without the store too.
-            Some(Err(e)) => dispatch::error_message(&e).encode(header.request_id, &mut self.out),
-            None => return false,
+            L1Answer::Answered(Err(e)) => {
+                dispatch::error_message(&e).encode(header.request_id, &mut self.out)
+            }
+            // Joins this read's batch for L2 (see `dispatch`), already checked and looked up.
+            L1Answer::Missed(missed) => {
+                let done = Arc::new(Done::default());
+                let touch = Touch::Docs {
+                    game,
+                    docs: vec![(collection, id)],
+                    write: false,
+                };
+                let waits = self.order.enter(&touch, &done, self.moved);
+                // `is_free`: every earlier request on the document is done, so a read has
+                // nothing to wait for.
+                debug_assert!(waits.is_empty());
+                self.outbox.dispatched();
+                self.idle = false;
+                let get = Get {
+                    game: game.to_string(),
+                    collection: collection.to_string(),
+                    id: id.to_string(),
+                    reply: Answer::new(self.outbox.clone(), header.request_id, done),
+                    missed: Some(missed),
+                };
+                self.gets.push(get);
+            }
         }
         self.read_buf.advance(header.frame_len());
         true
@@ -447,6 +472,7 @@ impl Conn<'_> {
                     collection,
                     id,
                     reply: answer,
+                    missed: None,
                 });
                 return;
             }

@@ -67,8 +67,8 @@ struct CollectionOrder {
 
 /// The order table of one connection; owned by the connection task.
 pub(super) struct Order {
-    docs: HashMap<u64, DocOrder>,
-    collections: HashMap<u64, CollectionOrder>,
+    docs: Table<DocOrder>,
+    collections: Table<CollectionOrder>,
     hasher: foldhash::fast::RandomState,
     /// Size at which done entries are pruned next (amortises the pruning).
     prune_at: usize,
@@ -76,11 +76,18 @@ pub(super) struct Order {
 
 const MIN_PRUNE_AT: usize = 64;
 
+/// Tables keyed by 64-bit hashes already: hashed again cheaply (SipHash, the default, took
+/// 0.9 % of the samples of TCP reads answered from L2 at depth 16).
+type Table<V> = HashMap<u64, V, foldhash::fast::FixedState>;
+
+/// Entries a table keeps room for when it is cleared (beyond, the memory is given back).
+const KEEP_CAPACITY: usize = 1024;
+
 impl Default for Order {
     fn default() -> Self {
         Order {
-            docs: HashMap::new(),
-            collections: HashMap::new(),
+            docs: Table::default(),
+            collections: Table::default(),
             hasher: Default::default(),
             prune_at: MIN_PRUNE_AT,
         }
@@ -106,8 +113,15 @@ impl Order {
     /// Forgets everything: every request read so far has been answered and written out.
     pub fn clear(&mut self) {
         if !self.is_empty() {
-            self.docs = HashMap::new();
-            self.collections = HashMap::new();
+            // Kept when small: a busy connection empties its table after every batch.
+            if self.docs.capacity() > KEEP_CAPACITY {
+                self.docs = Table::default();
+            }
+            if self.collections.capacity() > KEEP_CAPACITY {
+                self.collections = Table::default();
+            }
+            self.docs.clear();
+            self.collections.clear();
             self.prune_at = MIN_PRUNE_AT;
         }
     }
