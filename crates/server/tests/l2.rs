@@ -327,7 +327,6 @@ redis_tests!(
     tcp_gets_sent_at_once_make_one_l2_lookup,
     reads_alone_close_an_open_breaker,
     overlapping_writes_leave_no_value_until_the_last_ends,
-    an_end_publishes_what_it_committed_on_a_standalone_redis,
     without_l1_every_read_is_answered_by_l2,
     a_write_reaches_l2_and_another_instance_reads_it_there,
     a_store_read_fills_l2_for_the_other_instances,
@@ -556,72 +555,19 @@ async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
     let ttl = Duration::from_secs(60);
     assert!(l2.begin_write(std::slice::from_ref(&key), 1).await);
     assert!(l2.begin_write(std::slice::from_ref(&key), 2).await);
-    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl)), None).await);
+    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl))).await);
     assert_eq!(
         l2.get(&key).await,
         None,
         "W2 is still in progress: no value"
     );
     // An end of a write that never began (its begin was skipped) changes nothing for W2.
-    assert!(l2.end_write(&key, 3, Some((&doc(6), ttl)), None).await);
+    assert!(l2.end_write(&key, 3, Some((&doc(6), ttl))).await);
     l2.fill(&key, &doc(6), ttl, std::time::Instant::now()).await;
     assert_eq!(l2.get(&key).await, None, "fills stay blocked while W2 runs");
-    assert!(l2.end_write(&key, 2, Some((&doc(7), ttl)), None).await);
+    assert!(l2.end_write(&key, 2, Some((&doc(7), ttl))).await);
     assert_eq!(l2.get(&key).await, Some(doc(7)));
     // And a late end of an older version never replaces it.
-    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl)), None).await);
+    assert!(l2.end_write(&key, 1, Some((&doc(6), ttl))).await);
     assert_eq!(l2.get(&key).await, Some(doc(7)));
-}
-
-/// On a standalone Redis the *end* script publishes the committed change itself (one call per
-/// written key instead of two); a write that committed nothing publishes nothing. On a cluster
-/// the bus's publisher sends changes (its sequence numbers show a message lost between nodes).
-async fn an_end_publishes_what_it_committed_on_a_standalone_redis(redis: Redis) {
-    use datamiddleware::cache::{Cached, L2};
-    use futures::StreamExt;
-    let mut config = datamiddleware::config::CacheConfig::default();
-    let Some(urls) = redis.urls() else { return };
-    let url = urls[0].clone();
-    match redis {
-        Redis::Standalone => config.l2_url = Some(url.clone()),
-        Redis::Cluster => config.l2_cluster_nodes = urls,
-    }
-    config.l2_prefix = unique_prefix();
-    let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
-    if redis == Redis::Cluster {
-        assert!(!l2.announces_in_scripts());
-        return;
-    }
-    assert!(l2.announces_in_scripts());
-    let channel = format!("{}:bus", config.l2_prefix);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(&channel).await.unwrap();
-    let mut messages = pubsub.into_on_message();
-    let key = "g/players/announced".to_string();
-    let doc = Cached::Doc {
-        version: 4,
-        body: bytes::Bytes::from_static(b"{}"),
-    };
-    let ttl = Duration::from_secs(60);
-    assert!(l2.begin_write(std::slice::from_ref(&key), 1).await);
-    assert!(
-        l2.end_write(&key, 1, None, Some((&channel, "nothing")))
-            .await
-    );
-    assert!(l2.begin_write(std::slice::from_ref(&key), 2).await);
-    assert!(
-        l2.end_write(&key, 2, Some((&doc, ttl)), Some((&channel, "x E k 4")))
-            .await
-    );
-    let first = tokio::time::timeout(Duration::from_secs(2), messages.next())
-        .await
-        .expect("the end script published nothing")
-        .unwrap();
-    assert_eq!(
-        first.get_payload::<String>().unwrap(),
-        "x E k 4",
-        "only the write that committed is announced"
-    );
-    assert_eq!(l2.get(&key).await, Some(doc));
 }

@@ -19,9 +19,7 @@
 //!
 //! Message format (text): `<instance> <seq> H` (heartbeat), `<instance> <seq> I <key> <version>
 //! …` (changes; `i` from an instance not caught up, not a heartbeat), `<instance> <seq> B`
-//! (goodbye), and `<instance> E <key> <version>`: a change published by an L2 *end* script on a
-//! standalone Redis (see `Cache::committed`), unsequenced, so neither a heartbeat nor part of
-//! the sequence; a change whose script failed is sent again by the publisher.
+//! (goodbye).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -63,7 +61,6 @@ pub struct BusCounters {
 /// The bus handle held by the cache.
 pub struct Bus {
     id: String,
-    channel: String,
     changes: mpsc::UnboundedSender<Change>,
     /// Asks the publisher to say goodbye (and stop); answered once said.
     byes: mpsc::UnboundedSender<oneshot::Sender<()>>,
@@ -111,10 +108,8 @@ impl Bus {
             .collect::<Result<Vec<_>, _>>()?;
         let (changes, queue) = mpsc::unbounded_channel();
         let (byes, bye_requests) = mpsc::unbounded_channel();
-        let channel = format!("{}:bus", config.l2_prefix);
         let bus = Arc::new(Bus {
             id: format!("{:016x}", fastrand::u64(..)),
-            channel: channel.clone(),
             changes,
             byes,
             trusted: AtomicBool::new(false),
@@ -126,6 +121,7 @@ impl Bus {
             present_known: AtomicBool::new(false),
             mute: AtomicBool::new(false),
         });
+        let channel = format!("{}:bus", config.l2_prefix);
         let heard = Arc::new(Mutex::new(HashMap::<String, Heard>::new()));
         let subscribed = Arc::new(AtomicBool::new(false));
         // The bus has a thread (and a small runtime) of its own. As tasks on the shared runtime,
@@ -178,17 +174,6 @@ impl Bus {
 
     pub fn counters(&self) -> &BusCounters {
         &self.counters
-    }
-
-    /// The pub/sub channel of the bus.
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
-    /// The message announcing that `key` was committed at `version`, for an L2 script to
-    /// publish (see `L2::end_write`): unsequenced, so it is no heartbeat and shows no gap.
-    pub fn change_message(&self, key: &str, version: u64) -> String {
-        format!("{} E {key} {version}", self.id)
     }
 
     /// This instance's id on the bus (and in the store's `dmw_instances`).
@@ -410,17 +395,8 @@ impl Bus {
             return;
         };
         let mut parts = text.split(' ');
-        let (Some(from), Some(seq)) = (parts.next(), parts.next()) else {
-            return;
-        };
-        if seq == "E" {
-            // A change published by an L2 script: no sequence number, no sign of life.
-            if from != self.id {
-                self.apply(parts, l1);
-            }
-            return;
-        }
-        let Ok(seq) = seq.parse::<u64>() else {
+        let (Some(from), Some(Ok(seq))) = (parts.next(), parts.next().map(str::parse::<u64>))
+        else {
             return;
         };
         let kind = parts.next();
@@ -459,11 +435,6 @@ impl Bus {
         if from == self.id || !matches!(kind, Some("I" | "i")) {
             return; // this instance's own changes are in its L1 already
         }
-        self.apply(parts, l1);
-    }
-
-    /// Applies `<key> <version> …` pairs of another instance to L1.
-    fn apply<'a>(&self, mut parts: impl Iterator<Item = &'a str>, l1: &L1) {
         while let (Some(key), Some(Ok(version))) = (parts.next(), parts.next().map(str::parse)) {
             l1.remote_write(key, version);
             self.counters.applied.fetch_add(1, Ordering::Relaxed);
@@ -535,7 +506,6 @@ mod tests {
     fn bus() -> Bus {
         Bus {
             id: "me".to_string(),
-            channel: "test:bus".to_string(),
             changes: mpsc::unbounded_channel().0,
             byes: mpsc::unbounded_channel().0,
             trusted: AtomicBool::new(true),
@@ -631,24 +601,5 @@ mod tests {
             "but it does not count as alive"
         );
         assert_eq!(heard["other"].seq, 2);
-    }
-
-    #[test]
-    fn changes_published_by_l2_scripts_are_applied_without_touching_the_sequence() {
-        let (bus, l1, heard) = (bus(), L1::new(1 << 20), Mutex::new(HashMap::new()));
-        bus.receive(b"other 1 H", &l1, &heard);
-        let alive_at = heard.lock()["other"].at;
-        fill(&l1, "g/c/a", 1);
-        fill(&l1, "g/c/b", 1);
-        std::thread::sleep(Duration::from_millis(5));
-        let message = bus.change_message("g/c/a", 2).replace("me", "other");
-        bus.receive(message.as_bytes(), &l1, &heard);
-        assert_eq!(l1.get("g/c/a"), None, "the change is applied");
-        assert_eq!(heard.lock()["other"].at, alive_at, "no sign of life");
-        bus.receive(b"other 2 H", &l1, &heard);
-        assert_eq!(l1.get("g/c/b"), Some(doc(1)), "and no gap in the sequence");
-        fill(&l1, "g/c/a", 1);
-        bus.receive(bus.change_message("g/c/a", 2).as_bytes(), &l1, &heard);
-        assert_eq!(l1.get("g/c/a"), Some(doc(1)), "its own are in L1 already");
     }
 }

@@ -14,8 +14,7 @@
 //! - **end** (after it): a committed version raises the floor; the write's field goes; the
 //!   value is set only when no other write is in progress (else it stays deleted, so an
 //!   instance told of the first of two overlapping writes cannot read it back after the second)
-//!   and it is newer. On a standalone Redis it also publishes the committed change on the
-//!   invalidation bus (one call instead of two; see `bus.rs`).
+//!   and it is newer.
 //!
 //! So no fill can park a version older than a commit, even when the writer dies between its
 //! commit and its `end`: its marker blocks fills until it expires, `mark_ttl` after the write
@@ -86,7 +85,6 @@ if v and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('HDEL', KEYS[2], ARGV[4])
 if not v then return 0 end
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 local others = redis.call('HLEN', KEYS[2])
 local f = redis.call('HGET', KEYS[2], 'f')
 if f then others = others - 1 end
@@ -222,15 +220,6 @@ impl L2 {
         }))
     }
 
-    /// True on a standalone Redis: a message published by a script there reaches every
-    /// subscriber as surely as one sent by the bus's publisher. (On a cluster it would be
-    /// published on the key's node and reach subscribers on the others over the cluster bus,
-    /// where a loss would go unnoticed by the sequence numbers: the bus's publisher sends
-    /// those.)
-    pub fn announces_in_scripts(&self) -> bool {
-        matches!(self.conn, RedisConn::Single(_))
-    }
-
     /// The time budget of one Redis call (`cache.l2_timeout`).
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -355,15 +344,11 @@ impl L2 {
 
     /// Ends a write of `key` begun with [`L2::begin_write`]: `Some` with the committed state,
     /// `None` when nothing was committed. True when Redis took it.
-    ///
-    /// `announce` (channel, message): published by the same script when something was
-    /// committed, so a write's L2 step and its announcement on the bus are one Redis call.
     pub async fn end_write(
         &self,
         key: &str,
         write: u64,
         committed: Option<(&Cached, Duration)>,
-        announce: Option<(&str, &str)>,
     ) -> bool {
         if !self.breaker.allow() {
             return false;
@@ -378,8 +363,6 @@ impl L2 {
             None => call.arg("").arg("").arg(0),
         };
         call.arg(format!("w{write:x}"));
-        let (channel, message) = announce.unwrap_or(("", ""));
-        call.arg(channel).arg(message);
         let mut conn = self.conn.clone();
         self.bounded("end", call.invoke_async::<i64>(&mut conn))
             .await

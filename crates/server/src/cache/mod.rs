@@ -410,9 +410,6 @@ impl Cache {
             }
         }
         let Some(l2) = &self.l2 else { return };
-        // On a standalone Redis the *end* script publishes the change itself: one Redis call
-        // per key instead of two, and the bus thread is not woken for every write.
-        let in_scripts = self.bus.as_ref().filter(|_| l2.announces_in_scripts());
         let ends = write
             .keys
             .iter()
@@ -421,34 +418,19 @@ impl Cache {
                 let committed = change
                     .as_ref()
                     .map(|(value, ttls)| (value, ttls.l2_for(value)));
-                let message = in_scripts
-                    .zip(committed)
-                    .map(|(bus, (value, _))| bus.change_message(key, value.version()));
-                let announce = in_scripts
-                    .zip(message.as_deref())
-                    .map(|(bus, m)| (bus.channel(), m));
-                l2.end_write(key, write.write, committed, announce).await
+                let ok = l2.end_write(key, write.write, committed).await;
+                (!ok && change.is_some()).then(|| key.clone())
             });
-        let changes = |only: &[bool]| -> Vec<(String, u64)> {
-            write
-                .keys
-                .iter()
-                .zip(&changed)
-                .zip(only)
-                .filter_map(|((key, change), only)| {
+        let announce = async {
+            if let Some(bus) = &self.bus {
+                let announced = write.keys.iter().zip(&changed).filter_map(|(key, change)| {
                     change
                         .as_ref()
-                        .filter(|_| *only)
                         .map(|(value, _)| (key.clone(), value.version()))
-                })
-                .collect()
-        };
-        let announce = |changes: Vec<(String, u64)>| async move {
-            if let (Some(bus), false) = (&self.bus, changes.is_empty()) {
-                bus.announce(changes).await;
+                });
+                bus.announce(announced).await;
             }
         };
-        let every = vec![true; write.keys.len()];
         // With the markers taken, L2 and the announcement go at once (one round trip instead of
         // two per write): *begin* deleted the value and the markers block fills, so an instance
         // that hears of the change before L2 has it misses L2 and reads the store, which has
@@ -457,28 +439,19 @@ impl Cache {
         // markers L2 may still hold the older version: it must be replaced first, or an
         // instance hearing of the change could read that version back into its L1; a failed
         // replacement is recorded for repair before the announcement, which then says "not
-        // caught up". A change whose *end* script failed to announce it goes through the bus's
-        // publisher, whose sequence numbers make a lost message visible.
-        let done = if write.l2_marked && in_scripts.is_none() {
-            let (done, ()) = tokio::join!(
-                futures_util::future::join_all(ends),
-                announce(changes(&every))
-            );
-            done
+        // caught up".
+        if write.l2_marked {
+            let (_, ()) = tokio::join!(futures_util::future::join_all(ends), announce);
         } else {
-            futures_util::future::join_all(ends).await
-        };
-        let failed: Vec<bool> = done.iter().map(|ok| !ok).collect();
-        if !write.l2_marked {
-            let lost = changes(&failed);
-            if !lost.is_empty() {
-                l2.needs_repair(lost.into_iter().map(|(key, _)| key));
+            let failed: Vec<String> = futures_util::future::join_all(ends)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            if !failed.is_empty() {
+                l2.needs_repair(failed);
             }
-        }
-        if in_scripts.is_some() {
-            announce(changes(&failed)).await;
-        } else if !write.l2_marked {
-            announce(changes(&every)).await;
+            announce.await;
         }
     }
 
@@ -492,7 +465,7 @@ impl Cache {
             let ends = write
                 .keys
                 .iter()
-                .map(|key| l2.end_write(key, write.write, None, None));
+                .map(|key| l2.end_write(key, write.write, None));
             futures_util::future::join_all(ends).await;
         }
     }
