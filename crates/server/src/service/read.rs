@@ -166,12 +166,18 @@ impl Service {
         if get.reply.gone() {
             return get.reply.skip();
         }
+        // Not the whole `Get`: its room for a `Missed` key would make every such task larger.
+        let Get {
+            game,
+            collection,
+            id,
+            reply,
+            ..
+        } = get;
         let service = self.clone();
         tokio::spawn(async move {
-            let read = service
-                .get_past_l2(&get.game, &get.collection, &get.id)
-                .await;
-            get.reply.reply(read);
+            let read = service.get_past_l2(&game, &collection, &id).await;
+            reply.reply(read);
         });
     }
 

@@ -327,13 +327,17 @@ impl Conn<'_> {
         if self.reads_this_tick >= BUSY_READS {
             return;
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+        // Not `capacity() > 0`: a buffer written out (advanced) to its end reports no
+        // capacity left while it still holds its whole allocation. An empty new one is free.
+        if self.read_buf.is_empty() {
             self.read_buf = BytesMut::new();
         }
-        if self.out.is_empty() && self.out.capacity() > 0 {
+        if self.out.is_empty() {
             self.out = BytesMut::new();
         }
-        self.outbox.release_room();
+        if self.order.is_empty() {
+            self.order = Order::default(); // `clear` keeps the tables' room for busy times
+        }
     }
 
     /// The hot path: a whole GET frame that L1 can answer (the document, or an error such as
