@@ -331,6 +331,7 @@ redis_tests!(
     a_write_reaches_l2_and_another_instance_reads_it_there,
     a_store_read_fills_l2_for_the_other_instances,
     concurrent_cold_reads_share_one_l2_lookup_and_one_store_read,
+    tcp_cold_reads_of_one_document_share_one_store_read,
     a_batch_reads_l2_in_one_call,
     a_slow_fill_of_an_older_version_loses_to_the_newer_write,
     a_writer_dying_after_its_commit_leaves_no_older_version_in_l2,
@@ -423,7 +424,7 @@ async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
 /// one `MGET`". Twenty GETs in one write (raw frames, so nothing splits them) make one lookup.
 async fn tcp_gets_sent_at_once_make_one_l2_lookup(redis: Redis) {
     use bytes::BytesMut;
-    use datamiddleware_protocol::{Credential, DocRef, Hello, Message, Tier};
+    use datamiddleware_protocol::{DocRef, Message, Tier};
     use tokio::io::AsyncWriteExt;
     let Some((a, b, _)) = pair(redis).await else {
         return;
@@ -432,21 +433,9 @@ async fn tcp_gets_sent_at_once_make_one_l2_lookup(redis: Redis) {
         let path = a.path(&format!("players/once-{i}"));
         assert_eq!(a.client.put(&path, r#"{"value":{}}"#).await.status, 201);
     }
-    let mut stream = tokio::net::TcpStream::connect(b.running.tcp_addr.unwrap())
-        .await
-        .unwrap();
-    let (mut frames, mut input) = (BytesMut::new(), BytesMut::new());
-    let hello = Hello {
-        version: 1,
-        client_name: "l2-test".into(),
-        credential: Credential::None,
-    };
-    Message::Hello(hello).encode(1, &mut frames);
-    stream.write_all(&frames).await.unwrap();
-    let (_, ok) = next_frame(&mut stream, &mut input).await;
-    assert!(matches!(ok, Message::HelloOk(_)), "{ok:?}");
+    let (mut stream, mut input) = tcp_ready(&b).await;
     let before = b.l2_lookups();
-    frames.clear();
+    let mut frames = BytesMut::new();
     for i in 0..20u32 {
         let doc = DocRef {
             game: b.game.clone(),
@@ -475,6 +464,72 @@ async fn tcp_gets_sent_at_once_make_one_l2_lookup(redis: Redis) {
     answered.sort();
     assert_eq!(answered, (2..22).collect::<Vec<u32>>());
     assert_eq!(b.l2_lookups() - before, 1, "one lookup for the twenty GETs");
+}
+
+/// A TCP connection to `s` past its handshake, and the buffer of what was read past HELLO_OK.
+async fn tcp_ready(s: &TestServer) -> (tokio::net::TcpStream, bytes::BytesMut) {
+    use datamiddleware_protocol::{Credential, Hello, Message};
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(s.running.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut frames, mut input) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    let hello = Hello {
+        version: 1,
+        client_name: "l2-test".into(),
+        credential: Credential::None,
+    };
+    Message::Hello(hello).encode(1, &mut frames);
+    stream.write_all(&frames).await.unwrap();
+    let (_, ok) = next_frame(&mut stream, &mut input).await;
+    assert!(matches!(ok, Message::HelloOk(_)), "{ok:?}");
+    (stream, input)
+}
+
+/// README: over TCP, "what Redis does not have is read from the store, sharing a store read of
+/// that key already in progress". 20 connections send 25 GETs each of one document that is
+/// neither in L1 nor in L2, all at once: every GET answers version 1, and the store is read
+/// once.
+async fn tcp_cold_reads_of_one_document_share_one_store_read(redis: Redis) {
+    use datamiddleware_protocol::{DocRef, Message};
+    use tokio::io::AsyncWriteExt;
+    let Some((a, b, _)) = pair(redis).await else {
+        return;
+    };
+    // Written by an instance without L2, so Redis does not have it.
+    let plain = a.sibling().await;
+    let path = plain.path("players/shared-cold");
+    assert_eq!(plain.client.put(&path, r#"{"value":{}}"#).await.status, 201);
+    let mut connections = Vec::new();
+    for _ in 0..20 {
+        connections.push(tcp_ready(&b).await);
+    }
+    let mut frames = bytes::BytesMut::new();
+    for id in 2..27u32 {
+        let doc = DocRef {
+            game: b.game.clone(),
+            collection: "players".into(),
+            id: "shared-cold".into(),
+        };
+        Message::Get(doc).encode(id, &mut frames);
+    }
+    let before = b.store_reads();
+    let sent = connections
+        .iter_mut()
+        .map(|(stream, _)| stream.write_all(&frames));
+    for sent in futures::future::join_all(sent).await {
+        sent.unwrap();
+    }
+    for (stream, input) in &mut connections {
+        for _ in 2..27 {
+            let (header, message) = next_frame(stream, input).await;
+            match message {
+                Message::Doc { version, .. } => assert_eq!(version, 1),
+                other => panic!("request {}: {other:?}", header.request_id),
+            }
+        }
+    }
+    assert_eq!(b.store_reads() - before, 1, "500 GETs, one store read");
 }
 
 /// The next frame from `stream` (`input` keeps what was read past it).
