@@ -332,6 +332,7 @@ redis_tests!(
     a_store_read_fills_l2_for_the_other_instances,
     concurrent_cold_reads_share_one_l2_lookup_and_one_store_read,
     tcp_cold_reads_of_one_document_share_one_store_read,
+    a_repair_set_that_overflowed_is_never_caught_up,
     a_batch_reads_l2_in_one_call,
     a_slow_fill_of_an_older_version_loses_to_the_newer_write,
     a_writer_dying_after_its_commit_leaves_no_older_version_in_l2,
@@ -625,4 +626,32 @@ async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
     // And a late end of an older version never replaces it.
     assert!(l2.end_write(&key, 1, Some((&doc(6), ttl))).await);
     assert_eq!(l2.get(&key).await, Some(doc(7)));
+}
+
+/// README limits: "an instance that loses Redis while writing keeps up to 100,000 written keys
+/// to repair in L2 — beyond that it keeps the other instances bypassing their caches until it
+/// restarts". Below the bound a repair with Redis up empties the set; past it the keys are
+/// dropped and the instance never says it is caught up again, Redis up or not.
+async fn a_repair_set_that_overflowed_is_never_caught_up(redis: Redis) {
+    use datamiddleware::cache::L2;
+    let mut config = datamiddleware::config::CacheConfig::default();
+    let Some(urls) = redis.urls() else { return };
+    match redis {
+        Redis::Standalone => config.l2_url = urls.into_iter().next(),
+        Redis::Cluster => config.l2_cluster_nodes = urls,
+    }
+    config.l2_prefix = unique_prefix();
+    let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
+    l2.needs_repair((0..10).map(|i| format!("g/players/r{i}")));
+    assert!(l2.has_pending_repair());
+    assert!(l2.repair().await, "Redis answers: ten keys repaired");
+    assert!(!l2.has_pending_repair(), "caught up again");
+    l2.needs_repair((0..100_000).map(|i| format!("g/players/r{i}")));
+    assert!(l2.has_pending_repair(), "keys wait for repair");
+    l2.needs_repair(std::iter::once("g/players/one-more".to_string()));
+    assert!(l2.repair().await, "nothing is left in the set to repair");
+    assert!(
+        l2.has_pending_repair(),
+        "past the bound the instance is never caught up again"
+    );
 }
