@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
+use super::Ttls;
 use super::l1::{Cached, L1, Ticket};
 use super::l2::L2;
 
@@ -54,8 +55,7 @@ struct Lookup {
     redis_key: String,
     ticket: Ticket,
     /// How long L1 keeps what L2 answered.
-    l1_ttl: Duration,
-    l1_missing_ttl: Duration,
+    ttls: Ttls,
     waiters: Vec<Waiter>,
 }
 
@@ -106,8 +106,7 @@ pub(super) struct Coalescer {
 pub(super) struct Want<'a> {
     pub key: &'a str,
     pub redis_key: String,
-    pub l1_ttl: Duration,
-    pub l1_missing_ttl: Duration,
+    pub ttls: Ttls,
 }
 
 impl Coalescer {
@@ -139,8 +138,7 @@ impl Coalescer {
                 key: want.key.into(),
                 redis_key: want.redis_key,
                 ticket,
-                l1_ttl: want.l1_ttl,
-                l1_missing_ttl: want.l1_missing_ttl,
+                ttls: want.ttls,
                 waiters: vec![waiter],
             },
         );
@@ -206,10 +204,7 @@ impl Coalescer {
         }
         for (lookup, found) in answered {
             if let Some(value) = &found {
-                let ttl = match value {
-                    Cached::Doc { .. } => lookup.l1_ttl,
-                    Cached::Missing { .. } => lookup.l1_missing_ttl,
-                };
+                let ttl = lookup.ttls.l1_for(value);
                 self.l1.fill(&lookup.key, lookup.ticket, value.clone(), ttl);
             }
             for waiter in lookup.waiters {

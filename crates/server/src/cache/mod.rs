@@ -177,9 +177,9 @@ impl Cache {
         self.l1.get(key)
     }
 
-    /// Reads `key` through the tiers; `load` reads the store. Concurrent misses of one key
-    /// share one L2 lookup and one store read.
-    pub async fn read<F, Fut>(
+    /// Reads `key`, which L1 just missed ([`Cache::cached`]), through L2 and the store; `load`
+    /// reads the store. Concurrent misses of one key share one L2 lookup and one store read.
+    pub async fn read_missed<F, Fut>(
         &self,
         key: &str,
         ttls: Ttls,
@@ -189,17 +189,25 @@ impl Cache {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Cached, ServiceError>>,
     {
-        if let Some(hit) = self.cached(key) {
-            return Ok((hit, Tier::L1));
-        }
         self.missed(key);
+        self.single_flight(key, ttls, || self.load(key, ttls, &load))
+            .await
+    }
+
+    /// Runs `load` for `key` in the key's single flight, unless L1 has it by then (asked again
+    /// under the flight's lock), and fills L1 with its answer.
+    async fn single_flight<G, GFut>(
+        &self,
+        key: &str,
+        ttls: Ttls,
+        load: G,
+    ) -> Result<(Cached, Tier), ServiceError>
+    where
+        G: Fn() -> GFut,
+        GFut: Future<Output = Result<(Cached, Tier), ServiceError>>,
+    {
         self.l1
-            .load_once(
-                key,
-                self.trusted(),
-                |value| ttls.l1_for(value),
-                || self.load(key, ttls, &load),
-            )
+            .load_once(key, self.trusted(), |value| ttls.l1_for(value), load)
             .await
     }
 
@@ -266,8 +274,7 @@ impl Cache {
         let want = Want {
             key,
             redis_key: l2.value_key(key),
-            l1_ttl: ttls.l1,
-            l1_missing_ttl: ttls.l1_missing,
+            ttls,
         };
         reads.lookup(l2, want, waiter);
     }
@@ -310,7 +317,7 @@ impl Cache {
     }
 
     /// The read of `key` after L2 missed (see [`Cache::read_l2_many_then`]): L1 once more, then the
-    /// store, with the single flight of [`Cache::read`].
+    /// store, with the single flight of [`Cache::read_missed`].
     pub async fn read_past_l2<F, Fut>(
         &self,
         key: &str,
@@ -322,13 +329,7 @@ impl Cache {
         Fut: Future<Output = Result<Cached, ServiceError>>,
     {
         let looked_up = Instant::now();
-        self.l1
-            .load_once(
-                key,
-                self.trusted(),
-                |value| ttls.l1_for(value),
-                || self.load_store(key, ttls, looked_up, &load),
-            )
+        self.single_flight(key, ttls, || self.load_store(key, ttls, looked_up, &load))
             .await
     }
 

@@ -115,7 +115,7 @@ impl Service {
     ) -> Result<(Cached, Tier), ServiceError> {
         self.inner
             .cache
-            .read(key, Ttls::of(config), || {
+            .read_missed(key, Ttls::of(config), || {
                 self.read_row(game_name, game, collection, id)
             })
             .await
