@@ -692,18 +692,19 @@ async fn missing_ids_are_negatively_cached(backend: Backend) {
 /// negative TTL: a write of that id must not leave the "missing" behind (it used to, for up to
 /// the negative TTL after an acknowledged write).
 async fn without_l1_a_remembered_missing_id_does_not_hide_a_write(backend: Backend) {
-    let no_l1 = |config: &mut datamiddleware::config::Config| {
-        for game in config.games.values_mut() {
-            for collection in game.collections.values_mut() {
-                collection.l1_ttl = Duration::ZERO;
-            }
-        }
-    };
-    let Some(s) = TestServer::start_with(backend, no_l1).await else {
+    let Some(s) = TestServer::start_with(backend, support::without_l1).await else {
         return;
     };
     let path = s.path("players/late");
     assert_eq!(s.client.get(&path).await.code(), "not_found");
+    // The "missing" is remembered: asking again reads no row.
+    let reads = s.store_reads();
+    assert_eq!(s.client.get(&path).await.code(), "not_found");
+    assert_eq!(
+        s.store_reads(),
+        reads,
+        "the missing id was remembered in L1"
+    );
     assert_eq!(
         s.client.put(&path, r#"{"value":{"n":1}}"#).await.status,
         201

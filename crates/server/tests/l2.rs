@@ -295,13 +295,7 @@ async fn without_l1(redis: Redis) -> Option<TestServer> {
     let prefix = unique_prefix();
     TestServer::start_with(Backend::Postgres, |config| {
         redis.configure(config, &prefix);
-        for collection in config
-            .games
-            .values_mut()
-            .flat_map(|g| g.collections.values_mut())
-        {
-            collection.l1_ttl = Duration::ZERO;
-        }
+        support::without_l1(config);
     })
     .await
 }
@@ -567,6 +561,9 @@ async fn reads_alone_close_an_open_breaker(redis: Redis) {
         .await;
     assert_eq!(put.status, 201);
     let cache = s.running.service.cache();
+    // The store reads below fill L2 in the background, and a fill that succeeds closes the
+    // breaker too: held back past the deadline, they leave the lookups alone to do it.
+    cache.faults().fill_delay_ms.store(10_000, Ordering::SeqCst);
     let breaker = cache.l2().unwrap().breaker();
     for _ in 0..3 {
         breaker.failure("test", &"a failure injected by the test");
@@ -589,20 +586,25 @@ async fn reads_alone_close_an_open_breaker(redis: Redis) {
     assert!(!breaker.is_open());
 }
 
-/// Two overlapping writes of one key (W1 ends while W2 is still in progress): L2 keeps no value
-/// until the last one ends, so an instance told of W1's version cannot read it back after W2
-/// committed; an *end* of a write that never began takes nothing from the others.
-async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
-    use datamiddleware::cache::{Cached, L2};
+/// The L2 tier alone (no instance) on `redis`, under a prefix of its own; `None` (skip) when
+/// that Redis is not configured.
+fn l2_alone(redis: Redis) -> Option<std::sync::Arc<datamiddleware::cache::L2>> {
     let mut config = datamiddleware::config::CacheConfig::default();
-    let prefix = unique_prefix();
-    let Some(urls) = redis.urls() else { return };
+    let urls = redis.urls()?;
     match redis {
         Redis::Standalone => config.l2_url = urls.into_iter().next(),
         Redis::Cluster => config.l2_cluster_nodes = urls,
     }
-    config.l2_prefix = prefix;
-    let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
+    config.l2_prefix = unique_prefix();
+    Some(datamiddleware::cache::L2::connect(&config, Duration::from_secs(5)).unwrap())
+}
+
+/// Two overlapping writes of one key (W1 ends while W2 is still in progress): L2 keeps no value
+/// until the last one ends, so an instance told of W1's version cannot read it back after W2
+/// committed; an *end* of a write that never began takes nothing from the others.
+async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
+    use datamiddleware::cache::Cached;
+    let Some(l2) = l2_alone(redis) else { return };
     let key = "g/players/overlap".to_string();
     let doc = |version| Cached::Doc {
         version,
@@ -633,15 +635,7 @@ async fn overlapping_writes_leave_no_value_until_the_last_ends(redis: Redis) {
 /// restarts". Below the bound a repair with Redis up empties the set; past it the keys are
 /// dropped and the instance never says it is caught up again, Redis up or not.
 async fn a_repair_set_that_overflowed_is_never_caught_up(redis: Redis) {
-    use datamiddleware::cache::L2;
-    let mut config = datamiddleware::config::CacheConfig::default();
-    let Some(urls) = redis.urls() else { return };
-    match redis {
-        Redis::Standalone => config.l2_url = urls.into_iter().next(),
-        Redis::Cluster => config.l2_cluster_nodes = urls,
-    }
-    config.l2_prefix = unique_prefix();
-    let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
+    let Some(l2) = l2_alone(redis) else { return };
     l2.needs_repair((0..10).map(|i| format!("g/players/r{i}")));
     assert!(l2.has_pending_repair());
     assert!(l2.repair().await, "Redis answers: ten keys repaired");

@@ -865,14 +865,7 @@ async fn order_put_then_get_of_a_new_id() {
 /// The collection is kept out of L1, so every GET reads the store. 200 rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_get_of_an_uncached_document_then_put_then_get() {
-    let s = server_with(|config| {
-        for game in config.games.values_mut() {
-            for collection in game.collections.values_mut() {
-                collection.l1_ttl = Duration::ZERO;
-            }
-        }
-    })
-    .await;
+    let s = server_with(support::without_l1).await;
     let (mut c, _) = Raw::ready(&s).await;
     let mut next = 10u32;
     c.send(next, &put(&s, "kept-out", json!({"round": 0})))

@@ -106,6 +106,18 @@ pub fn collection() -> CollectionConfig {
     }
 }
 
+/// Keeps no collection's documents in L1 (`l1_ttl = 0`; "missing" answers are still kept for
+/// the negative TTL).
+pub fn without_l1(config: &mut Config) {
+    for collection in config
+        .games
+        .values_mut()
+        .flat_map(|game| game.collections.values_mut())
+    {
+        collection.l1_ttl = Duration::ZERO;
+    }
+}
+
 /// A config for one game with collections `players`, `items` and `orders` on `store_url`.
 pub fn config(game: &str, store_url: &str) -> Config {
     let mut config = Config::default();
