@@ -521,4 +521,26 @@ mod tests {
         assert_eq!(decode(b"x|D{}".to_vec()), None);
         assert_eq!(decode(b"7".to_vec()), None);
     }
+
+    /// The README's limit, exactly: 100,000 keys wait for repair; one more and the set is
+    /// given up (the instance stays "not caught up" until it restarts).
+    #[tokio::test]
+    async fn the_repair_set_holds_exactly_max_repair_keys() {
+        let config = CacheConfig {
+            l2_url: Some("redis://127.0.0.1:1/0".to_string()), // never asked here
+            ..CacheConfig::default()
+        };
+        let l2 = L2::connect(&config, Duration::from_secs(5)).unwrap();
+        l2.needs_repair((0..MAX_REPAIR_KEYS).map(|i| format!("g/c/{i}")));
+        assert_eq!(l2.repair.lock().len(), MAX_REPAIR_KEYS);
+        assert!(
+            !l2.repair_lost.load(Ordering::Relaxed),
+            "at the limit: kept"
+        );
+        l2.needs_repair(std::iter::once("g/c/one-more".to_string()));
+        assert!(l2.repair.lock().is_empty(), "past it: given up");
+        assert!(l2.repair_lost.load(Ordering::Relaxed));
+        assert!(l2.has_pending_repair());
+        assert_eq!(MAX_REPAIR_KEYS, 100_000, "the number the README states");
+    }
 }
