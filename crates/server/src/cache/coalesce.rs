@@ -78,22 +78,13 @@ enum Queued {
     /// A lookup of one key (in `lookups`), which other readers may join.
     One(u64, Instant),
     /// Several keys for one caller, shared with nobody.
-    Many(ManyLookup, Instant),
-}
-
-/// A lookup of several keys for one caller.
-struct ManyLookup {
-    /// Taken out when the lookup is sent.
-    redis_keys: Vec<String>,
-    /// Per key: the L1 key, its ticket when the lookup started, and how long L1 keeps it.
-    fills: Vec<(Box<str>, Ticket, Ttls)>,
-    then: ThenMany,
+    Many(Vec<String>, ThenMany, Instant),
 }
 
 /// What one `MGET` answers, in the order of its keys.
 enum Part {
     One(u64),
-    Many(ManyLookup),
+    Many(usize, ThenMany),
 }
 
 /// What a sender sends in one `MGET`, and the lookups too late to be sent.
@@ -158,21 +149,13 @@ impl Coalescer {
 
     /// Looks several keys up for one caller: they go out in the next batch, joining no other
     /// reader's lookup (so no answer can be older than the call), and `then` gets every answer
-    /// at once (after the hits filled L1, as a shared lookup's do).
-    pub fn lookup_many(self: &Arc<Self>, l2: &Arc<L2>, wants: Vec<Want<'_>>, then: ThenMany) {
+    /// at once.
+    pub fn lookup_many(self: &Arc<Self>, l2: &Arc<L2>, redis_keys: Vec<String>, then: ThenMany) {
         l2.counters().lookups.fetch_add(1, Ordering::Relaxed);
-        let fills = wants
-            .iter()
-            .map(|want| (want.key.into(), self.l1.ticket(want.key), want.ttls))
-            .collect();
-        let redis_keys = wants.into_iter().map(|want| want.redis_key).collect();
-        let many = ManyLookup {
-            redis_keys,
-            fills,
-            then,
-        };
         let mut state = self.state.lock();
-        state.queued.push(Queued::Many(many, Instant::now()));
+        state
+            .queued
+            .push(Queued::Many(redis_keys, then, Instant::now()));
         self.send_if_free(state, l2);
     }
 
@@ -213,34 +196,24 @@ impl Coalescer {
                         }
                         answered.push((lookup, value));
                     }
-                    Part::Many(lookup) => {
-                        let count = lookup.fills.len();
-                        many.push((found.by_ref().take(count).collect::<Vec<_>>(), lookup))
+                    Part::Many(count, then) => {
+                        many.push((found.by_ref().take(count).collect::<Vec<_>>(), then))
                     }
                 }
             }
         }
         for (lookup, found) in answered {
             if let Some(value) = &found {
-                self.fill(&lookup.key, lookup.ticket, lookup.ttls, value);
+                let ttl = lookup.ttls.l1_for(value);
+                self.l1.fill(&lookup.key, lookup.ticket, value.clone(), ttl);
             }
             for waiter in lookup.waiters {
                 let _ = waiter.send(found.clone());
             }
         }
-        for (found, lookup) in many {
-            for ((key, ticket, ttls), value) in lookup.fills.iter().zip(&found) {
-                if let Some(value) = value {
-                    self.fill(key, *ticket, *ttls, value);
-                }
-            }
-            (lookup.then)(found);
+        for (found, then) in many {
+            then(found);
         }
-    }
-
-    /// L1 keeps what L2 answered for `key`, under the ticket of its lookup.
-    fn fill(&self, key: &str, ticket: Ticket, ttls: Ttls, value: &Cached) {
-        self.l1.fill(key, ticket, value.clone(), ttls.l1_for(value));
     }
 }
 
@@ -254,14 +227,11 @@ fn next_batch(state: &mut State, max_wait: Duration) -> Batch {
     let mut taken = 0;
     for queued in &mut state.queued {
         taken += 1;
-        let placeholder = Queued::One(u64::MAX, Instant::now());
+        let placeholder = Queued::Many(Vec::new(), Box::new(drop), Instant::now());
         let (part, keys, at) = match std::mem::replace(queued, placeholder) {
             // The key is taken out of its lookup below.
             Queued::One(id, at) => (Part::One(id), vec![String::new()], at),
-            Queued::Many(mut lookup, at) => {
-                let keys = std::mem::take(&mut lookup.redis_keys);
-                (Part::Many(lookup), keys, at)
-            }
+            Queued::Many(keys, then, at) => (Part::Many(keys.len(), then), keys, at),
         };
         if oldest_sent.is_some_and(|oldest| at < oldest) {
             batch.late_keys += keys.len();
@@ -284,7 +254,7 @@ fn next_batch(state: &mut State, max_wait: Duration) -> Batch {
                 }
                 at += 1;
             }
-            Part::Many(lookup) => at += lookup.fills.len(),
+            Part::Many(count, _) => at += count,
         }
     }
     batch

@@ -281,7 +281,7 @@ impl Cache {
 
     /// After L1 missed each of `keys`, for callers that answer without a task: asks L2 for all
     /// of them in its next batch and calls `then` with the answers, in order, where they arrive
-    /// (`None`: not in L2), once the hits filled L1 like any L2 hit. Gives `then` back, uncalled, when L2 cannot be asked now; either way
+    /// (`None`: not in L2). Gives `then` back, uncalled, when L2 cannot be asked now; either way
     /// the store is the caller's next step for what L2 did not answer
     /// ([`Cache::read_past_l2`]).
     pub fn read_l2_many_then<F>(&self, keys: &[(&str, Ttls)], then: F) -> Result<(), F>
@@ -294,15 +294,25 @@ impl Cache {
         let Some((l2, reads)) = self.l2_now() else {
             return Err(then);
         };
-        let wants = keys
+        // What L2 answers fills L1 under a ticket taken now, as a read through the store does;
+        // not where L1 keeps no documents (a "missing" answer then goes unremembered too).
+        let fills: Vec<Option<(String, Ticket, Ttls)>> = keys
             .iter()
-            .map(|(key, ttls)| Want {
-                key,
-                redis_key: l2.value_key(key),
-                ttls: *ttls,
+            .map(|(key, ttls)| {
+                (!ttls.l1.is_zero()).then(|| (key.to_string(), self.l1.ticket(key), *ttls))
             })
             .collect();
-        reads.lookup_many(l2, wants, Box::new(then));
+        let l1 = self.l1.clone();
+        let then = move |found: Vec<Option<Cached>>| {
+            for (fill, found) in fills.into_iter().zip(&found) {
+                if let (Some((key, ticket, ttls)), Some(value)) = (fill, found) {
+                    l1.fill(&key, ticket, value.clone(), ttls.l1_for(value));
+                }
+            }
+            then(found);
+        };
+        let redis_keys = keys.iter().map(|(key, _)| l2.value_key(key)).collect();
+        reads.lookup_many(l2, redis_keys, Box::new(then));
         Ok(())
     }
 
