@@ -33,7 +33,8 @@ const (
 	ErrNotANumber           ErrorCode = "not_a_number"           // INCR target is not a 64-bit integer (or its parent is missing)
 	ErrVersionConflict      ErrorCode = "version_conflict"       // a version or existence precondition failed
 	ErrAlreadyExists        ErrorCode = "already_exists"         // a create-only precondition failed
-	ErrUnauthorized         ErrorCode = "unauthorized"           // credentials refused (HELLO)
+	ErrUnauthorized         ErrorCode = "unauthorized"           // credentials refused (HELLO); the connection closes
+	ErrForbidden            ErrorCode = "forbidden"              // valid credentials that do not allow this request
 	ErrPayloadTooLarge      ErrorCode = "payload_too_large"      // value over the collection's max_document_bytes
 	ErrResponseTooLarge     ErrorCode = "response_too_large"     // a BATCH_GET or TXN answer over responses.max_bytes
 	ErrUnsupportedMediaType ErrorCode = "unsupported_media_type" // HTTP only; listed for completeness
@@ -53,7 +54,7 @@ var knownCodes = map[ErrorCode]bool{
 	ErrBadRequest: true, ErrInvalidJSON: true, ErrInvalidID: true, ErrNotFound: true,
 	ErrUnknownGame: true, ErrUnknownCollection: true, ErrMethodNotAllowed: true,
 	ErrBoundViolation: true, ErrNotANumber: true, ErrVersionConflict: true,
-	ErrAlreadyExists: true, ErrUnauthorized: true, ErrPayloadTooLarge: true,
+	ErrAlreadyExists: true, ErrUnauthorized: true, ErrForbidden: true, ErrPayloadTooLarge: true,
 	ErrResponseTooLarge: true, ErrUnsupportedMediaType: true, ErrInternal: true,
 	ErrOverloaded: true, ErrTimeout: true, ErrProtocolError: true,
 	ErrUnsupportedVersion: true, ErrUnknownOpcode: true, ErrFrameTooLarge: true,

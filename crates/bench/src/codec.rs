@@ -58,27 +58,48 @@ pub struct HttpApi {
     pub game: String,
     pub collection: String,
     pub value: String,
+    /// Header lines sent with every request (the API key), each ending in CRLF.
+    pub extra_headers: String,
 }
 
 impl Codec for HttpApi {
     fn encode(&mut self, op: &Op, _id: u32, out: &mut Vec<u8>) {
         let base = format!("/api/v1/{}/{}", self.game, self.collection);
         match op {
-            Op::Get(key) => http_request(out, "GET", &format!("{base}/k{key}"), None),
+            Op::Get(key) => http_request(
+                out,
+                "GET",
+                &format!("{base}/k{key}"),
+                &self.extra_headers,
+                None,
+            ),
             Op::Put(key) => {
                 let body = format!(r#"{{"value":{}}}"#, self.value);
-                http_request(out, "PUT", &format!("{base}/k{key}"), Some(&body));
+                http_request(
+                    out,
+                    "PUT",
+                    &format!("{base}/k{key}"),
+                    &self.extra_headers,
+                    Some(&body),
+                );
             }
             Op::Incr(key) => http_request(
                 out,
                 "POST",
                 &format!("{base}/k{key}/_incr"),
+                &self.extra_headers,
                 Some(r#"{"path":"/n","by":1}"#),
             ),
             Op::Batch(keys) => {
                 let ids: Vec<String> = keys.iter().map(|k| format!("\"k{k}\"")).collect();
                 let body = format!(r#"{{"ids":[{}]}}"#, ids.join(","));
-                http_request(out, "POST", &format!("{base}/_batch_get"), Some(&body));
+                http_request(
+                    out,
+                    "POST",
+                    &format!("{base}/_batch_get"),
+                    &self.extra_headers,
+                    Some(&body),
+                );
             }
         }
     }
@@ -95,7 +116,7 @@ pub struct PlainHttp {
 
 impl Codec for PlainHttp {
     fn encode(&mut self, _op: &Op, _id: u32, out: &mut Vec<u8>) {
-        http_request(out, "GET", &self.path, None);
+        http_request(out, "GET", &self.path, "", None);
     }
 
     fn parse(&mut self, buf: &[u8]) -> Result<Option<Parsed>, String> {
@@ -103,11 +124,12 @@ impl Codec for PlainHttp {
     }
 }
 
-fn http_request(out: &mut Vec<u8>, method: &str, path: &str, body: Option<&str>) {
+fn http_request(out: &mut Vec<u8>, method: &str, path: &str, headers: &str, body: Option<&str>) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\n");
+    out.extend_from_slice(headers.as_bytes());
     if let Some(body) = body {
         out.extend_from_slice(
             format!(

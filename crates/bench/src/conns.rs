@@ -81,6 +81,9 @@ pub struct ConnsArgs {
     /// (internal) index of a worker's first connection among all: it picks the sources.
     #[arg(long, default_value_t = 0, hide = true)]
     pub first: usize,
+    /// API key presented in every HELLO, for a server with auth on.
+    #[arg(long, env = crate::API_KEY_ENV, hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Runs the parent: starts workers, measures, prints the result.
@@ -120,6 +123,8 @@ pub async fn run(args: ConnsArgs) -> Result<(), String> {
             .args(["--ping-every", &args.ping_every.to_string()])
             .args(["--open-timeout", &args.open_timeout.to_string()])
             .args(["--concurrency", &args.concurrency.to_string()])
+            // The key through the environment, out of the process list.
+            .envs(args.api_key.iter().map(|key| (crate::API_KEY_ENV, key)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -351,14 +356,19 @@ pub async fn worker(args: ConnsArgs) -> Result<(), String> {
     let ping_every = Duration::from_secs(args.ping_every.max(1));
     let open_timeout = Duration::from_secs(args.open_timeout.max(1));
     let started = Instant::now();
+    let credential = args
+        .api_key
+        .clone()
+        .map_or(Credential::None, Credential::ApiKey);
     for i in 0..args.count {
         let source = sources[(args.first + i) % sources.len()];
         let (ready, failed) = (ready.clone(), failed.clone());
         let (failures, drops, connecting) = (failures.clone(), drops.clone(), connecting.clone());
         let addr = args.addr;
+        let credential = credential.clone();
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await;
-            let stream = match open_from(addr, source, open_timeout).await {
+            let stream = match open_from(addr, source, open_timeout, credential).await {
                 Ok(stream) => stream,
                 Err(failure) => {
                     failures.add(failure.kind, || {
@@ -455,6 +465,7 @@ async fn open_from(
     addr: SocketAddr,
     source: IpAddr,
     timeout: Duration,
+    credential: Credential,
 ) -> Result<TcpStream, Failure> {
     let deadline = Instant::now() + timeout;
     let timed_out = |stage: &str| {
@@ -474,7 +485,7 @@ async fn open_from(
     stream
         .set_nodelay(true)
         .map_err(|e| Failure::io("connect", &e))?;
-    tokio::time::timeout_at(deadline, handshake(&mut stream))
+    tokio::time::timeout_at(deadline, handshake(&mut stream, credential))
         .await
         .map_err(|_| timed_out("handshake"))??;
     Ok(stream)
@@ -482,12 +493,12 @@ async fn open_from(
 
 /// Sends HELLO and waits for HELLO_OK. Its own (not the load driver's) because a failure
 /// must keep its kind: the server's error code, a reset, a close.
-async fn handshake(stream: &mut TcpStream) -> Result<(), Failure> {
+async fn handshake(stream: &mut TcpStream, credential: Credential) -> Result<(), Failure> {
     let mut hello = BytesMut::new();
     Message::Hello(Hello {
         version: 1,
         client_name: "datamiddleware-bench-conns".into(),
-        credential: Credential::None,
+        credential,
     })
     .encode(0, &mut hello);
     stream

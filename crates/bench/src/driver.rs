@@ -25,12 +25,14 @@ pub enum Target {
         addr: SocketAddr,
         game: String,
         collection: String,
+        api_key: Option<String>,
     },
     /// Our TCP protocol.
     Tcp {
         addr: SocketAddr,
         game: String,
         collection: String,
+        api_key: Option<String>,
     },
     /// Redis (RESP).
     Redis { addr: SocketAddr },
@@ -57,11 +59,18 @@ impl Target {
         let value = value_json(value_size);
         match self {
             Target::Http {
-                game, collection, ..
+                game,
+                collection,
+                api_key,
+                ..
             } => Box::new(HttpApi {
                 game: game.clone(),
                 collection: collection.clone(),
                 value,
+                extra_headers: api_key
+                    .as_ref()
+                    .map(|key| format!("X-Api-Key: {key}\r\n"))
+                    .unwrap_or_default(),
             }),
             Target::Tcp {
                 game, collection, ..
@@ -197,12 +206,12 @@ pub async fn connect(target: &Target) -> Result<TcpStream, String> {
 /// Prepares a connected stream: no Nagle delay, and HELLO for our TCP protocol.
 pub async fn handshake(mut stream: TcpStream, target: &Target) -> Result<TcpStream, String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if let Target::Tcp { .. } = target {
+    if let Target::Tcp { api_key, .. } = target {
         let mut hello = BytesMut::new();
         Message::Hello(Hello {
             version: 1,
             client_name: "datamiddleware-bench".into(),
-            credential: Credential::None,
+            credential: api_key.clone().map_or(Credential::None, Credential::ApiKey),
         })
         .encode(0, &mut hello);
         stream.write_all(&hello).await.map_err(|e| e.to_string())?;

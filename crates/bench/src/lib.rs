@@ -130,7 +130,13 @@ pub struct RunArgs {
     /// Write throughput and p99 over time as SVG here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// API key for a server with auth on (`X-Api-Key` on HTTP, the HELLO credential on TCP).
+    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
+    pub api_key: Option<String>,
 }
+
+/// The environment variable that can give `--api-key` (keeps the key out of process lists).
+pub const API_KEY_ENV: &str = "DATAMIDDLEWARE_API_KEY";
 
 /// Runs a `bench` command.
 pub async fn main(args: BenchArgs) -> Result<(), String> {
@@ -156,11 +162,13 @@ fn target(args: &RunArgs) -> Result<Target, String> {
             addr: addr("127.0.0.1:8080")?,
             game: args.game.clone(),
             collection: args.collection.clone(),
+            api_key: args.api_key.clone(),
         },
         TargetKind::Tcp => Target::Tcp {
             addr: addr("127.0.0.1:7070")?,
             game: args.game.clone(),
             collection: args.collection.clone(),
+            api_key: args.api_key.clone(),
         },
         TargetKind::Redis => Target::Redis {
             addr: addr("127.0.0.1:6379")?,

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use datamiddleware_client::{Client, ClientOptions, Precondition};
+use datamiddleware_client::{Client, ClientOptions, Credential, Precondition};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -46,16 +46,27 @@ pub struct StalenessArgs {
     /// A label printed with the result (for example "at rest").
     #[arg(long, default_value = "")]
     pub label: String,
+    /// API key presented by every connection, for servers with auth on.
+    #[arg(long, env = crate::API_KEY_ENV, hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 pub async fn run(args: StalenessArgs) -> Result<(), String> {
     if args.keys == 0 || args.writes == 0 {
         return Err("--keys and --writes must be at least 1".into());
     }
+    let options = ClientOptions {
+        credential: args
+            .api_key
+            .clone()
+            .map_or(Credential::None, Credential::ApiKey),
+        ..ClientOptions::default()
+    };
     let connect = |addr: &str| {
         let addr = addr.to_string();
+        let options = options.clone();
         async move {
-            let client = Client::new(addr.clone(), ClientOptions::default());
+            let client = Client::new(addr.clone(), options);
             client
                 .connect()
                 .await

@@ -34,11 +34,14 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// Missing or rejected credentials.
     Unauthorized,
+    /// Valid credentials that do not allow this request (another game, a write with a
+    /// read-only key).
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidId,
@@ -61,6 +64,7 @@ impl ErrorCode {
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 
     /// The stable string sent to clients.
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::UnknownOpcode => "unknown_opcode",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -101,6 +106,7 @@ impl ErrorCode {
             | ErrorCode::UnsupportedVersion
             | ErrorCode::UnknownOpcode => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::FrameTooLarge => 413,
             ErrorCode::NotFound | ErrorCode::UnknownGame | ErrorCode::UnknownCollection => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -139,6 +145,7 @@ impl ErrorCode {
             ErrorCode::UnknownOpcode => "Unknown opcode",
             ErrorCode::FrameTooLarge => "Frame too large",
             ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::Forbidden => "Forbidden",
         }
     }
 

@@ -27,11 +27,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serde_json::Value::Object(value) = value else {
         unreachable!()
     };
+    let caller = datamiddleware::auth::Caller::trusted();
     service
         .write_one(
+            &caller,
             "default",
-            "players",
-            "42",
+            datamiddleware::model::DocKey::new("players", "42"),
             WriteOp::Put { value, owner: None },
             Precondition::default(),
             None,
@@ -40,7 +41,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..iterations {
-        bytes += service.get("default", "players", "42").await?.body.len();
+        bytes += service
+            .get(&caller, "default", "players", "42")
+            .await?
+            .body
+            .len();
     }
     let elapsed = started.elapsed();
     println!(

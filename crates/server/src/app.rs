@@ -2,6 +2,7 @@
 //! ends until told to stop. Shared by the binary and by tests (which bind port 0).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct Running {
     /// The TCP protocol address actually bound, when the TCP front end is enabled.
     pub tcp_addr: Option<SocketAddr>,
     pub service: Service,
+    /// The keys in force; [`Running::reload`] replaces them.
+    pub authenticator: Arc<auth::Authenticator>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     hot_keys_file: Option<std::path::PathBuf>,
@@ -69,11 +72,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
+    let authenticator = Arc::new(auth::Authenticator::new(&config.auth));
     let http = ingress::http::serve(
         listener,
         service.clone(),
         config.http.clone(),
-        config.auth.clone(),
+        authenticator.clone(),
         stopped(stop.clone()),
     );
     let mut tasks = vec![tokio::spawn(http)];
@@ -87,7 +91,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             listener,
             service.clone(),
             config.tcp.clone(),
-            auth::from_config(&config.auth),
+            authenticator.clone(),
             config.http.shutdown_grace,
             stopped(stop),
         )));
@@ -96,6 +100,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr,
         tcp_addr,
         service,
+        authenticator,
         shutdown,
         tasks,
         hot_keys_file: config.warmup.hot_keys_file.clone(),
@@ -104,6 +109,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Applies what can change without a restart from a new, valid configuration (the API
+    /// keys), logging what changed and what would need a restart.
+    pub fn reload(&self, new: &Config) {
+        if new.auth.enabled != self.authenticator.enabled() {
+            tracing::warn!("auth.enabled changed: that takes a restart; the keys are reloaded");
+        }
+        let changes = self.authenticator.reload(&new.auth);
+        if changes.is_empty() {
+            tracing::info!("configuration reloaded: no API key changed");
+        } else {
+            tracing::info!(
+                added = ?changes.added,
+                removed = ?changes.removed,
+                changed = ?changes.changed,
+                "configuration reloaded: API keys replaced"
+            );
+        }
+    }
+
     /// Stops accepting, drains in-flight requests (up to the grace period) and returns.
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);

@@ -131,13 +131,31 @@ impl TcpConfig {
     }
 }
 
-/// Authentication. Only the switch exists so far: with `enabled = false` (the default) every
-/// client is accepted; with `enabled = true` every client is refused until an authenticator
-/// (API keys, JWT) is configured — which comes with the authentication issue.
+/// Authentication (see `crate::auth` and the README's Security section). With `enabled = false`
+/// (the default) every caller may do everything, and the server refuses to listen on a
+/// non-loopback address unless `allow_insecure = true`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub enabled: bool,
+    /// Allows `enabled = false` on a non-loopback address (a private network you trust).
+    pub allow_insecure: bool,
+    /// API keys, by the SHA-256 of the key (`datamiddleware key new` makes one). Replaced on
+    /// SIGHUP without a restart.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key (`[[auth.keys]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and for the audit trail.
+    pub name: String,
+    /// SHA-256 of the key, 64 hex digits; never the key itself.
+    pub sha256: String,
+    pub role: crate::auth::Role,
+    /// The games it may touch; `["*"]` for every game.
+    pub games: Vec<String>,
 }
 
 /// Bounds of multi-document answers (batch get, list pages, transaction results); see
@@ -659,7 +677,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        self.validate_auth()
     }
 
     /// The effective configuration as TOML (for `datamiddleware config print`).
@@ -668,5 +686,6 @@ impl Config {
     }
 }
 
+mod security;
 #[cfg(test)]
 mod tests;

@@ -46,6 +46,28 @@ enum Command {
     },
     /// Load generator: drive this server (HTTP or TCP), any HTTP URL or Redis and report.
     Bench(Box<datamiddleware_bench::BenchArgs>),
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Make a new random API key: prints the key (give it to the client; it is shown only
+    /// here) and the `[[auth.keys]]` entry holding its SHA-256 (put it in the configuration).
+    New {
+        /// A name for logs and the audit trail.
+        #[arg(long)]
+        name: String,
+        /// admin, server or readonly.
+        #[arg(long, default_value = "server")]
+        role: String,
+        /// Games it may touch, comma-separated; `*` for all.
+        #[arg(long, default_value = "*")]
+        games: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,8 +78,12 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command {
-        return bench(*args);
+    match cli.command {
+        Some(Command::Bench(args)) => return bench(*args),
+        Some(Command::Key {
+            action: KeyAction::New { name, role, games },
+        }) => return new_key(&name, &role, &games),
+        _ => {}
     }
     let overrides = CliOverrides {
         listen: cli.listen,
@@ -77,8 +103,10 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config),
-        Command::Bench(_) => unreachable!("handled before loading the configuration"),
+        Command::Serve => serve(config, cli.config, overrides),
+        Command::Bench(_) | Command::Key { .. } => {
+            unreachable!("handled before loading the configuration")
+        }
     }
 }
 
@@ -105,7 +133,36 @@ fn bench(args: datamiddleware_bench::BenchArgs) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+/// Prints a new key and its configuration entry.
+fn new_key(name: &str, role: &str, games: &str) -> ExitCode {
+    if !matches!(role, "admin" | "server" | "readonly") {
+        eprintln!("datamiddleware key new: --role must be admin, server or readonly");
+        return ExitCode::from(2);
+    }
+    let key = match datamiddleware::auth::new_key() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("datamiddleware key new: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let games: Vec<String> = games
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| format!("{g:?}"))
+        .collect();
+    println!("# The key (give it to the client; it is not stored anywhere):");
+    println!("# {key}");
+    println!("[[auth.keys]]");
+    println!("name = {name:?}");
+    println!("role = {role:?}");
+    println!("games = [{}]", games.join(", "));
+    println!("sha256 = {:?}", datamiddleware::auth::digest_hex(&key));
+    ExitCode::SUCCESS
+}
+
+fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
     tracing_subscriber::fmt().with_env_filter(filter).init();
@@ -121,7 +178,10 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         tracing::info!(addr = %running.addr, "datamiddleware listening (HTTP)");
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = reload_on_hangup(&running, file.as_deref(), &overrides) => {}
+        }
         match running.stop().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -130,6 +190,36 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// On every SIGHUP, loads the configuration again and applies what can change while running;
+/// an invalid file is reported and the running configuration kept. Never completes (unless
+/// the signal cannot be watched).
+async fn reload_on_hangup(
+    running: &datamiddleware::app::Running,
+    file: Option<&std::path::Path>,
+    overrides: &CliOverrides,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: the configuration cannot be reloaded");
+            return std::future::pending().await;
+        };
+        while hangup.recv().await.is_some() {
+            match Config::load(file, overrides) {
+                Ok(config) => running.reload(&config),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the configuration is invalid; the running one is kept"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (running, file, overrides);
+    std::future::pending().await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -61,6 +61,15 @@ pub struct DocKey {
     pub id: String,
 }
 
+impl DocKey {
+    pub fn new(collection: &str, id: &str) -> DocKey {
+        DocKey {
+            collection: collection.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
 /// Where a read was answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {

@@ -3,6 +3,9 @@
 
 mod support;
 
+/// The test servers' API key, for requests written by hand.
+const KEY: &str = support::TEST_KEY;
+
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
@@ -272,7 +275,7 @@ async fn malformed_http_is_refused() {
         "transfer-encoding: chunked".to_string(),
     ] {
         let request = format!(
-            "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{framing}\r\n\r\n{chunked}"
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n{chunked}"
         );
         let (answer, closed) = exchange(&s, request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{framing}: {answer}");
@@ -286,7 +289,7 @@ async fn malformed_http_is_refused() {
     );
     // The same body with Content-Length alone is applied: the refusal is about the framing.
     let request = format!(
-        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     assert!(
@@ -384,7 +387,7 @@ async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
     // A body that stops arriving is refused, not waited for.
     let mut slow_body = TcpStream::connect(s.running.addr).await.unwrap();
     let head = format!(
-        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"value\"",
+        "PUT {} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"value\"",
         s.path("players/slow")
     );
     slow_body.write_all(head.as_bytes()).await.unwrap();
@@ -407,7 +410,7 @@ async fn writes_in_progress_are_bounded_even_when_their_clients_left() {
     let body = r#"{"value":{}}"#;
     let mut gone = TcpStream::connect(s.running.addr).await.unwrap();
     let request = format!(
-        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "PUT {} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         s.path("players/first"),
         body.len()
     );
@@ -441,12 +444,12 @@ async fn writes_in_progress_are_bounded_even_when_their_clients_left() {
     );
 }
 
-/// README: `auth.enabled = true` refuses everyone until a credential store exists — over HTTP
-/// too (401 with a challenge, nothing written); `/healthz` stays open for load balancers.
+/// README: with `auth.enabled = true` (as in every test server) a request without a key is
+/// refused — 401 with a challenge, nothing written; `/healthz` stays open for load balancers.
 #[tokio::test]
-async fn auth_enabled_refuses_every_api_request_over_http() {
-    let s = server_with(|c| c.auth.enabled = true).await;
-    let c = &s.client;
+async fn auth_enabled_refuses_every_api_request_without_a_key() {
+    let s = server_with(|_| {}).await;
+    let c = &support::Http::with_key(format!("http://{}", s.running.addr), None);
     for reply in [
         c.get(&s.path("players/p")).await,
         c.put(&s.path("players/p"), r#"{"value":{}}"#).await,
@@ -460,6 +463,7 @@ async fn auth_enabled_refuses_every_api_request_over_http() {
         assert!(reply.header("www-authenticate").is_some());
     }
     assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(s.client.get(&s.path("players/p")).await.code(), "not_found");
 }
 
 #[tokio::test]
@@ -468,7 +472,7 @@ async fn in_flight_limit_sheds_with_503() {
     // Holds the only in-flight slot: a PUT whose body never arrives.
     let mut holder = TcpStream::connect(s.running.addr).await.unwrap();
     let head = format!(
-        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        "PUT {} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
         s.path("players/h")
     );
     holder.write_all(head.as_bytes()).await.unwrap();
@@ -572,7 +576,11 @@ async fn http2_cleartext_with_prior_knowledge_is_served() {
         .http2_only(true)
         .build_http::<Full<Bytes>>();
     let uri = format!("http://{}{}", s.running.addr, s.path("players/h2"));
-    let response = client.get(uri.parse().unwrap()).await.unwrap();
+    let request = hyper::Request::get(uri)
+        .header("x-api-key", KEY)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), hyper::Version::HTTP_2);
     assert_eq!(response.headers()["x-cache"], "L1");
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -686,7 +694,7 @@ async fn a_slow_reader_gets_a_large_response_whole_and_a_stalled_one_is_cut_off(
     }
     let mut stream = TcpStream::connect(s.running.addr).await.unwrap();
     let request = format!(
-        "GET {}?limit=1000 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "GET {}?limit=1000 HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\nconnection: close\r\n\r\n",
         s.path("players")
     );
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -15,9 +15,15 @@ struct Cli {
     run: RunArgs,
 }
 
-/// Runs `bench run` with the arguments of one command line (split at whitespace).
+/// Runs `bench run` with the arguments of one command line (split at whitespace), presenting
+/// the test servers' API key.
 async fn bench(line: &str) -> datamiddleware_bench::report::Summary {
-    let cli = Cli::parse_from(std::iter::once("bench").chain(line.split_whitespace()));
+    let key = ["--api-key", support::TEST_KEY];
+    let cli = Cli::parse_from(
+        std::iter::once("bench")
+            .chain(line.split_whitespace())
+            .chain(key),
+    );
     datamiddleware_bench::run(cli.run)
         .await
         .expect("the run completes")
@@ -219,6 +225,7 @@ async fn conns_holds_connections_from_several_processes() {
             "1",
         ])
         .args(["--server-pid", &std::process::id().to_string()])
+        .env(datamiddleware_bench::API_KEY_ENV, support::TEST_KEY)
         .output()
         .await
         .unwrap();

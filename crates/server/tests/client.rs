@@ -14,7 +14,7 @@ fn options() -> ClientOptions {
         request_timeout: Duration::from_millis(800),
         max_connect_attempts: 3,
         backoff_initial: Duration::from_millis(20),
-        ..ClientOptions::default()
+        ..support::client_options()
     }
 }
 
@@ -137,10 +137,12 @@ async fn the_client_reconnects_after_the_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_is_not_retried() {
-    let s = TestServer::start_with(Backend::Sqlite, |c| c.auth.enabled = true)
-        .await
-        .unwrap();
-    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let wrong_key = ClientOptions {
+        credential: datamiddleware_client::Credential::ApiKey("dmw_wrong".into()),
+        ..options()
+    };
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), wrong_key);
     let started = std::time::Instant::now();
     let err = client.connect().await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unauthorized));

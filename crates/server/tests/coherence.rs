@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use datamiddleware::auth::Caller;
 use datamiddleware::config::Config;
 use support::{Backend, Redis, TestServer, free_port, unique_prefix};
 use tokio::io::AsyncWriteExt;
@@ -704,7 +705,7 @@ async fn a_read_after_an_invalidation_does_not_join_an_older_lookup() {
         .unwrap();
     let read = |server: &TestServer| {
         let (service, game) = (server.running.service.clone(), server.game.clone());
-        tokio::spawn(async move { service.get(&game, "players", "j").await })
+        tokio::spawn(async move { service.get(&Caller::trusted(), &game, "players", "j").await })
     };
     let first = read(&a);
     let joined = read(&a);

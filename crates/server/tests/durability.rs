@@ -174,7 +174,7 @@ async fn tcp_writer(addr: SocketAddr, game: String, round: u64, ledger: Shared) 
     Message::Hello(Hello {
         version: 1,
         client_name: "durability".into(),
-        credential: Credential::None,
+        credential: Credential::ApiKey(support::TEST_KEY.to_string()),
     })
     .encode(1, &mut frame);
     if stream.write_all(&frame).await.is_err() {

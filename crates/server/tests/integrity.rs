@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use datamiddleware::config::Config;
-use datamiddleware_client::{Client, ClientOptions};
+use datamiddleware_client::Client;
 use futures::future::join_all;
 use hyper::StatusCode;
 use serde_json::{Value, json};
@@ -143,7 +143,7 @@ async fn numbers_keep_their_digits_hot_and_cold(backend: Backend) {
     assert_eq!(value_text(&cold.body), NUMBERS_BACK, "from the store");
     let tcp = Client::new(
         s.running.tcp_addr.unwrap().to_string(),
-        ClientOptions::default(),
+        support::client_options(),
     );
     let doc = tcp.get(&s.game, "players", "numbers").await.unwrap();
     assert_eq!(value_text(&doc.json), NUMBERS_BACK, "over TCP");
@@ -378,7 +378,7 @@ async fn list_pages_end_early_at_the_byte_limit(backend: Backend) {
     // Over TCP the page is cut the same way.
     let tcp = Client::new(
         s.running.tcp_addr.unwrap().to_string(),
-        ClientOptions::default(),
+        support::client_options(),
     );
     let page = tcp.list(&s.game, "items", None, None, 1000).await.unwrap();
     assert!(page.next_cursor.is_some());

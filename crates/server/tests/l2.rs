@@ -8,6 +8,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use datamiddleware::auth::Caller;
 use datamiddleware::config::Config;
 use support::{Backend, Redis, TestServer, unique_prefix};
 
@@ -86,7 +87,7 @@ async fn a_store_read_fills_l2_for_the_other_instances(redis: Redis) {
     let c = another(redis, &a, &prefix).await;
     let client = datamiddleware_client::Client::new(
         c.running.tcp_addr.unwrap().to_string(),
-        Default::default(),
+        support::client_options(),
     );
     let doc = client.get(&c.game, "players", "p2").await.unwrap();
     assert_eq!(
@@ -123,7 +124,11 @@ async fn concurrent_cold_reads_share_one_l2_lookup_and_one_store_read(redis: Red
     let game = b.game.clone();
     let reads = (0..1000).map(|_| {
         let (service, game) = (service.clone(), game.clone());
-        tokio::spawn(async move { service.get(&game, "players", "hot").await })
+        tokio::spawn(async move {
+            service
+                .get(&Caller::trusted(), &game, "players", "hot")
+                .await
+        })
     });
     for read in futures::future::join_all(reads).await {
         assert_eq!(read.unwrap().unwrap().version, 1);
@@ -359,7 +364,7 @@ async fn tcp_reads_of_l2_hits_store_reads_and_errors_at_once(redis: Redis) {
     }
     let client = datamiddleware_client::Client::new(
         b.running.tcp_addr.unwrap().to_string(),
-        Default::default(),
+        support::client_options(),
     );
     let game = b.game.clone();
     let ids: Vec<String> = (0..20)
@@ -472,7 +477,7 @@ async fn tcp_ready(s: &TestServer) -> (tokio::net::TcpStream, bytes::BytesMut) {
     let hello = Hello {
         version: 1,
         client_name: "l2-test".into(),
-        credential: Credential::None,
+        credential: Credential::ApiKey(support::TEST_KEY.to_string()),
     };
     Message::Hello(hello).encode(1, &mut frames);
     stream.write_all(&frames).await.unwrap();

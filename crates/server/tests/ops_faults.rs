@@ -61,7 +61,7 @@ impl Raw {
             Message::Hello(Hello {
                 version: 1,
                 client_name: "ops-faults".into(),
-                credential: Credential::None,
+                credential: Credential::ApiKey(support::TEST_KEY.to_string()),
             }),
         )
         .await;

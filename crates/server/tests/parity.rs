@@ -3,7 +3,7 @@
 
 mod support;
 
-use datamiddleware_client::{Client, ClientOptions, Error, OwnerChange, Precondition};
+use datamiddleware_client::{Client, Error, OwnerChange, Precondition};
 use hyper::Method;
 use serde_json::{Value, json};
 use support::{Backend, TestServer};
@@ -513,7 +513,7 @@ async fn same_results_over_http_and_tcp(backend: Backend) {
     let tcp_server = TestServer::start(backend).await.unwrap();
     let client = Client::new(
         tcp_server.running.tcp_addr.unwrap().to_string(),
-        ClientOptions::default(),
+        support::client_options(),
     );
     let over_http = script(&OverHttp(&http_server)).await;
     let over_tcp = script(&OverTcp {

@@ -2,6 +2,9 @@
 
 mod support;
 
+/// The test servers' API key, for requests written by hand.
+const KEY: &str = support::TEST_KEY;
+
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -59,7 +62,7 @@ async fn connections_still_busy_when_the_grace_period_ends_are_closed() {
     let mut stream = TcpStream::connect(s.running.addr).await.unwrap();
     let body = r#"{"value":{"stuck":true}}"#;
     let request = format!(
-        "PUT {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "PUT {} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         s.path("players/stuck"),
         body.len()
     );

@@ -104,7 +104,7 @@ fn hello() -> Message {
     Message::Hello(Hello {
         version: 1,
         client_name: "raw-test".into(),
-        credential: Credential::None,
+        credential: Credential::ApiKey(support::TEST_KEY.to_string()),
     })
 }
 
@@ -635,11 +635,21 @@ async fn connections_over_the_limit_are_refused() {
 }
 
 #[tokio::test]
-async fn auth_enabled_without_credentials_store_refuses() {
-    let s = server_with(|c| c.auth.enabled = true).await;
-    let mut c = Raw::connect(&s).await;
-    c.send(1, hello()).await;
-    c.expect_error_then_close("unauthorized", 1).await;
+async fn a_hello_without_a_valid_key_is_refused_then_closed() {
+    let s = server_with(|_| {}).await;
+    for credential in [Credential::None, Credential::ApiKey("dmw_wrong".into())] {
+        let mut c = Raw::connect(&s).await;
+        c.send(
+            1,
+            Message::Hello(Hello {
+                version: 1,
+                client_name: "t".into(),
+                credential,
+            }),
+        )
+        .await;
+        c.expect_error_then_close("unauthorized", 1).await;
+    }
 }
 
 /// A request still running when the shutdown grace period ends does not hold the server up:

@@ -174,7 +174,7 @@ fn hello(version: u8) -> Message {
     Message::Hello(Hello {
         version,
         client_name: "tcp-rules".into(),
-        credential: Credential::None,
+        credential: Credential::ApiKey(support::TEST_KEY.to_string()),
     })
 }
 
@@ -380,11 +380,12 @@ async fn handshake_body_limit_is_4096_bytes() {
         Message::Hello(Hello {
             version: 1,
             client_name: "n".repeat(name_len),
-            credential: Credential::None,
+            credential: Credential::ApiKey(support::TEST_KEY.to_string()),
         })
     };
-    // body = 1 (version) + 2 + name + 1 (kind) + 2 (credential)
-    let exact = frame(31, &hello_of(4096 - 6));
+    // body = 1 (version) + 2 + name + 1 (kind) + 2 + credential
+    let fixed = 6 + support::TEST_KEY.len();
+    let exact = frame(31, &hello_of(4096 - fixed));
     assert_eq!(exact.len(), 16 + 4096);
     let mut c = Raw::connect(&s).await;
     c.send_bytes(&exact).await;

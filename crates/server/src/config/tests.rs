@@ -245,3 +245,81 @@ fn response_limits_are_validated() {
     let err = problem("[responses]\nmax_bytes = 100000\n");
     assert!(err.contains("responses.max_bytes"), "{err}");
 }
+
+#[test]
+fn auth_keys_are_validated_naming_the_key() {
+    let digest = crate::auth::digest_hex("dmw_a_real_looking_key_for_the_config_tests");
+    let key = |extra: &str| {
+        format!("[auth]\nenabled = true\n[[auth.keys]]\nname = \"eu1\"\nrole = \"server\"\n{extra}")
+    };
+    let ok = key(&format!("sha256 = \"{digest}\"\ngames = [\"default\"]"));
+    let config = load_toml(&ok).expect("a valid key");
+    assert_eq!(config.auth.keys[0].role, crate::auth::Role::Server);
+    let cases = [
+        (
+            "[auth]\nenabled = true\n".to_string(),
+            "auth.keys: auth.enabled = true needs at least one key",
+        ),
+        (
+            key("sha256 = \"dmw_a_real_looking_key\"\ngames = [\"*\"]"),
+            "auth.keys[0].sha256: must be the SHA-256 of the key",
+        ),
+        (
+            key(&format!(
+                "sha256 = \"{}\"\ngames = [\"*\"]",
+                crate::auth::digest_hex("changeme")
+            )),
+            "auth.keys[0].sha256: is the digest of a well-known example key",
+        ),
+        (
+            key(&format!("sha256 = \"{digest}\"\ngames = [\"nosuchgame\"]")),
+            "auth.keys[0].games: \"nosuchgame\" is not a configured game",
+        ),
+        (
+            key(&format!("sha256 = \"{digest}\"\ngames = []")),
+            "auth.keys[0].games: list its games",
+        ),
+        (
+            format!(
+                "{ok}\n[[auth.keys]]\nname = \"eu2\"\nrole = \"admin\"\nsha256 = \"{digest}\"\ngames = [\"*\"]"
+            ),
+            "auth.keys[1].sha256: the same key is configured twice",
+        ),
+        (
+            key(&format!(
+                "sha256 = \"{digest}\"\ngames = [\"*\"]\nrole2 = 1"
+            )),
+            "unknown field",
+        ),
+    ];
+    for (text, expected) in cases {
+        let problem = problem(&text);
+        assert!(problem.contains(expected), "{text}\n→ {problem}");
+    }
+    let role = problem(
+        &key(&format!("sha256 = \"{digest}\"\ngames = [\"*\"]")).replace("server", "player"),
+    );
+    assert!(
+        role.contains("found `player`") && role.contains("auth.keys.0.role"),
+        "{role}"
+    );
+}
+
+#[test]
+fn without_auth_only_loopback_addresses_are_served_unless_allowed() {
+    let open = "[http]\nlisten = \"0.0.0.0:8080\"\n";
+    assert!(
+        problem(open).contains("http.listen: 0.0.0.0:8080 is reachable from other machines"),
+        "{}",
+        problem(open)
+    );
+    let tcp_open = "[tcp]\nlisten = \"[::]:7070\"\n";
+    assert!(
+        problem(tcp_open).contains("tcp.listen:"),
+        "{}",
+        problem(tcp_open)
+    );
+    load_toml("[tcp]\nenabled = false\nlisten = \"[::]:7070\"\n").expect("TCP off");
+    load_toml(&format!("{open}[auth]\nallow_insecure = true\n")).expect("allowed explicitly");
+    load_toml("[http]\nlisten = \"127.0.0.5:8080\"\n").expect("loopback");
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::{
     BatchDocs, DEFAULT_LIST_LIMIT, ListPage, MAX_BATCH_IDS, MAX_LIST_LIMIT, Service, to_cached,
 };
+use crate::auth::{Access, Caller};
 use crate::cache::{Cached, Ttls, cache_key};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id};
@@ -21,10 +22,12 @@ impl Service {
     /// `responses.max_bytes` is refused with `response_too_large` before it is assembled.
     pub async fn batch_get(
         &self,
+        caller: &Caller,
         game_name: &str,
         collection: &str,
         ids: &[String],
     ) -> Result<BatchDocs, ServiceError> {
+        caller.authorize(game_name, Access::Read)?;
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         if ids.len() > MAX_BATCH_IDS {
@@ -121,12 +124,14 @@ impl Service {
     /// documents reach `responses.max_bytes`.
     pub async fn list(
         &self,
+        caller: &Caller,
         game_name: &str,
         collection: &str,
         owner: Option<&str>,
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ListPage, ServiceError> {
+        caller.authorize(game_name, Access::Read)?;
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         if let Some(owner) = owner {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::auth::{Access, Caller};
 use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
@@ -160,6 +161,8 @@ struct Inner {
     budget: ResponseBudget,
     /// Writes in progress, whether their callers wait or went away (`store.max_pending_writes`).
     pending_writes: Arc<tokio::sync::Semaphore>,
+    /// The caller of the service's own work (warm-up): every right.
+    itself: Caller,
 }
 
 impl Service {
@@ -205,6 +208,7 @@ impl Service {
         }
         let service = Service {
             inner: Arc::new(Inner {
+                itself: Caller::trusted(),
                 games,
                 stores,
                 cache,
@@ -287,10 +291,12 @@ impl Service {
     /// caller goes away (see `write.rs`); `settled` is dropped once it has settled.
     pub async fn write(
         &self,
+        caller: &Caller,
         game_name: &str,
         ops: Vec<KeyedOp>,
         settled: Option<Settled>,
     ) -> Result<Written, ServiceError> {
+        caller.authorize(game_name, Access::Write)?;
         let prepared = self.prepare(game_name, ops)?;
         let mut permit = if prepared.ops.len() > 1 {
             Some(
@@ -334,25 +340,21 @@ impl Service {
 impl Service {
     pub async fn write_one(
         &self,
+        caller: &Caller,
         game: &str,
-        collection: &str,
-        id: &str,
+        key: DocKey,
         op: WriteOp,
         pre: Precondition,
         settled: Option<Settled>,
     ) -> Result<OpOutcome, ServiceError> {
-        let op = KeyedOp {
-            key: DocKey {
-                collection: collection.to_string(),
-                id: id.to_string(),
-            },
-            op,
-            pre,
-        };
-        let mut written = self.write(game, vec![op], settled).await.map_err(|mut e| {
-            e.op_index = None;
-            e
-        })?;
+        let op = KeyedOp { key, op, pre };
+        let mut written = self
+            .write(caller, game, vec![op], settled)
+            .await
+            .map_err(|mut e| {
+                e.op_index = None;
+                e
+            })?;
         written
             .outcomes
             .pop()

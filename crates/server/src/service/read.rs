@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{Game, ReadResult, Service, to_cached};
+use crate::auth::{Access, Caller};
 use crate::cache::{Cached, KeyBuf, Ttls};
 use crate::config::CollectionConfig;
 use crate::error::ServiceError;
@@ -53,8 +54,20 @@ pub struct Missed {
 }
 
 impl Service {
-    /// Reads one document.
+    /// Reads one document on behalf of `caller`.
     pub async fn get(
+        &self,
+        caller: &Caller,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<ReadResult, ServiceError> {
+        caller.authorize(game_name, Access::Read)?;
+        self.read(game_name, collection, id).await
+    }
+
+    /// Reads one document, whoever asks (for the service's own work, such as warm-up).
+    pub(super) async fn read(
         &self,
         game_name: &str,
         collection: &str,
@@ -77,11 +90,12 @@ impl Service {
     /// cached "missing"). Lets an ingress answer hits without creating a task.
     pub fn get_cached(
         &self,
+        caller: &Caller,
         game_name: &str,
         collection: &str,
         id: &str,
     ) -> Option<Result<ReadResult, ServiceError>> {
-        match self.get_from_l1(game_name, collection, id) {
+        match self.get_from_l1(caller, game_name, collection, id) {
             L1Answer::Answered(read) => Some(read),
             L1Answer::Missed(_) => None,
         }
@@ -89,7 +103,16 @@ impl Service {
 
     /// Like [`Service::get_cached`], and a miss carries what [`Service::get_each`] needs, so
     /// the read is not checked nor looked up in L1 twice.
-    pub fn get_from_l1(&self, game_name: &str, collection: &str, id: &str) -> L1Answer {
+    pub fn get_from_l1(
+        &self,
+        caller: &Caller,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> L1Answer {
+        if let Err(e) = caller.authorize(game_name, Access::Read) {
+            return L1Answer::Answered(Err(e));
+        }
         let (config, key) = match self.locate(game_name, collection, id) {
             Ok((_, config, key)) => (config, key),
             Err(e) => return L1Answer::Answered(Err(e)),
@@ -126,13 +149,16 @@ impl Service {
     /// an L1 hit is answered before this returns, L2 hits where Redis's answer arrives (one
     /// lookup for all of them, see `cache/coalesce.rs`), and a read from the store in a task
     /// per document.
-    pub fn get_each<R: Reply>(&self, gets: Vec<Get<R>>) {
+    ///
+    /// Every get is made on behalf of `caller`; one that carries a [`Missed`] was checked when
+    /// it was made (by [`Service::get_from_l1`]).
+    pub fn get_each<R: Reply>(&self, caller: &Caller, gets: Vec<Get<R>>) {
         let mut keys = Vec::with_capacity(gets.len());
         let mut waiting = Vec::with_capacity(gets.len());
         for mut get in gets {
             let missed = match get.missed.take() {
                 Some(missed) => missed,
-                None => match self.get_from_l1(&get.game, &get.collection, &get.id) {
+                None => match self.get_from_l1(caller, &get.game, &get.collection, &get.id) {
                     L1Answer::Answered(read) => {
                         get.reply.reply(read);
                         continue;
@@ -201,7 +227,7 @@ impl Service {
     }
 
     /// The game and collection a read names, and its cache key; the error a bad name or id
-    /// gets.
+    /// gets. The caller was authorized before.
     fn locate(
         &self,
         game_name: &str,

@@ -99,7 +99,10 @@ impl Service {
         let mut last_line = Instant::now();
         for ((game, collection), ids) in &plan {
             for chunk in ids.chunks(config.batch) {
-                match self.batch_get(game, collection, chunk).await {
+                match self
+                    .batch_get(&self.inner.itself, game, collection, chunk)
+                    .await
+                {
                     Ok(batch) => found += batch.docs.iter().flatten().count() as u64,
                     Err(e) => {
                         tracing::warn!(%game, %collection, error = %e, "warm-up: a batch failed")
@@ -158,7 +161,7 @@ impl Service {
         if rules.related.is_empty() {
             return;
         }
-        let Ok(doc) = self.get(game_name, collection, id).await else {
+        let Ok(doc) = self.read(game_name, collection, id).await else {
             return;
         };
         let Some(owner) = crate::model::owner_of(&doc.body) else {
@@ -188,7 +191,9 @@ impl Service {
                 Err(_) => continue,
             };
             if !ids.is_empty() {
-                let _ = self.batch_get(game_name, related, &ids).await;
+                let _ = self
+                    .batch_get(&self.inner.itself, game_name, related, &ids)
+                    .await;
             }
         }
     }

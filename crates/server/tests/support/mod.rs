@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use datamiddleware::app::{self, Running};
-use datamiddleware::config::{CollectionConfig, Config, GameConfig};
+use datamiddleware::auth::{Role, digest_hex};
+use datamiddleware::config::{ApiKeyConfig, AuthConfig, CollectionConfig, Config, GameConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -118,9 +119,39 @@ pub fn without_l1(config: &mut Config) {
     }
 }
 
-/// A config for one game with collections `players`, `items` and `orders` on `store_url`.
+/// The API key of every test client: every test server runs with auth on and knows it as an
+/// admin key (`tests`), so the suites go through authentication on every request.
+pub const TEST_KEY: &str = "dmw_1f0c6a3e9b5d47c2a8e4f6b1d3c5a7e9f0b2d4c6a8e1f3b5d7c9a0e2f4b6d8c1";
+
+/// An `[[auth.keys]]` entry for `key`.
+pub fn api_key(name: &str, key: &str, role: Role, games: &[&str]) -> ApiKeyConfig {
+    ApiKeyConfig {
+        name: name.to_string(),
+        sha256: digest_hex(key),
+        role,
+        games: games.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+/// Client options that present [`TEST_KEY`].
+pub fn client_options() -> datamiddleware_client::ClientOptions {
+    datamiddleware_client::ClientOptions {
+        credential: datamiddleware_client::Credential::ApiKey(TEST_KEY.to_string()),
+        ..Default::default()
+    }
+}
+
+/// A config for one game with collections `players`, `items` and `orders` on `store_url`,
+/// with auth on and [`TEST_KEY`] an admin key.
 pub fn config(game: &str, store_url: &str) -> Config {
-    let mut config = Config::default();
+    let mut config = Config {
+        auth: AuthConfig {
+            enabled: true,
+            allow_insecure: false,
+            keys: vec![api_key("tests", TEST_KEY, Role::Admin, &["*"])],
+        },
+        ..Config::default()
+    };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.tcp.listen = "127.0.0.1:0".parse().unwrap();
     config.http.max_body_bytes = 64 * 1024;
@@ -331,12 +362,24 @@ impl Reply {
 pub struct Http {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `X-Api-Key` unless a request names its own credential header.
+    key: Option<String>,
 }
 
 impl Http {
+    /// A client presenting [`TEST_KEY`] (ignored by a server with auth off).
     pub fn new(base: String) -> Http {
+        Http::with_key(base, Some(TEST_KEY))
+    }
+
+    /// A client presenting `key`, or no credential.
+    pub fn with_key(base: String, key: Option<&str>) -> Http {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Http { base, client }
+        Http {
+            base,
+            client,
+            key: key.map(str::to_string),
+        }
     }
 
     pub async fn send(
@@ -365,6 +408,12 @@ impl Http {
             .uri(format!("{}{path}", self.base));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
+        }
+        let names_credential = headers.iter().any(|(n, _)| {
+            n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("authorization")
+        });
+        if let (Some(key), false) = (&self.key, names_credential) {
+            builder = builder.header("x-api-key", key.as_str());
         }
         if body.is_some()
             && !headers

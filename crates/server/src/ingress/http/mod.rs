@@ -27,7 +27,8 @@ use tokio::sync::Semaphore;
 
 use super::drain::{self, Drain, Wakes};
 
-use crate::config::{AuthConfig, HttpConfig};
+use crate::auth::Authenticator;
+use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::Service;
 
@@ -41,8 +42,8 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub(crate) struct HttpState {
     pub service: Service,
     pub config: HttpConfig,
-    /// `auth.enabled`: no credential store exists yet, so every API request is refused.
-    pub refuse_all: bool,
+    /// Who may call the API (every `/api/` request is authenticated before it is routed).
+    pub auth: Arc<Authenticator>,
     in_flight: InFlight,
 }
 
@@ -78,7 +79,7 @@ pub async fn serve(
     listener: TcpListener,
     service: Service,
     config: HttpConfig,
-    auth: AuthConfig,
+    auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -89,7 +90,7 @@ pub async fn serve(
         },
         service,
         config,
-        refuse_all: auth.enabled,
+        auth,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

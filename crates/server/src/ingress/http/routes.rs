@@ -18,8 +18,9 @@ use serde::Deserialize;
 
 use super::HttpState;
 use super::problem::{json, with_etag};
+use crate::auth::{Caller, Credential};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::Tier;
+use crate::model::{DocKey, Tier};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{BatchGetBody, PutBody, TxnRequest, parse_json};
 use crate::service::{OpOutcome, ResponsePermit, txn_results_json};
@@ -27,6 +28,7 @@ use crate::service::{OpOutcome, ResponsePermit, txn_results_json};
 type HttpResult = Result<Response<Full<Bytes>>, ServiceError>;
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const DEFAULT_GAME: &str = "default";
 /// Most path segments any route has (`api/v1/{game}/{collection}/{id}/_incr`).
 const MAX_SEGMENTS: usize = 6;
@@ -67,40 +69,78 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
             only(&req, &[Method::GET])?;
             Box::pin(health(state)).await
         }
-        ["api", ..] if state.refuse_all => Err(ServiceError::new(
-            ErrorCode::Unauthorized,
-            "authentication failed",
-        )),
-        ["api", "v1", game, rest @ ..] => {
-            let game = decode(game)?;
-            api(state, req, &game, rest).await
+        ["api", ..] => {
+            let caller = Caller {
+                principal: state.auth.authenticate("", credential(&parts.headers))?,
+            };
+            match segments {
+                ["api", "v1", game, rest @ ..] => {
+                    let game = decode(game)?;
+                    api(state, req, &caller, &game, rest).await
+                }
+                ["api", rest @ ..] => api(state, req, &caller, DEFAULT_GAME, rest).await,
+                _ => Err(no_route()),
+            }
         }
-        ["api", rest @ ..] => api(state, req, DEFAULT_GAME, rest).await,
         _ => Err(no_route()),
     }
 }
 
-async fn api(state: &HttpState, req: Req<'_>, game: &str, rest: &[&str]) -> HttpResult {
+/// The credential a request presents: `X-Api-Key`, else `Authorization: Bearer`. A header
+/// that is not valid text, or another scheme, presents none.
+fn credential(headers: &http::HeaderMap) -> Credential<'_> {
+    if let Some(key) = headers.get(X_API_KEY) {
+        return key.to_str().map_or(Credential::None, Credential::ApiKey);
+    }
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Credential::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Credential::None;
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Credential::Bearer(token.trim())
+        }
+        _ => Credential::None,
+    }
+}
+
+async fn api(
+    state: &HttpState,
+    req: Req<'_>,
+    caller: &Caller,
+    game: &str,
+    rest: &[&str],
+) -> HttpResult {
     match rest {
         ["_txn"] => {
             only(&req, &[Method::POST])?;
-            Box::pin(txn(state, req, game)).await
+            Box::pin(txn(state, req, caller, game)).await
         }
         [collection] => {
             only(&req, &[Method::GET])?;
-            Box::pin(list(state, &req, game, &decode(collection)?)).await
+            Box::pin(list(state, &req, caller, game, &decode(collection)?)).await
         }
         [collection, "_batch_get"] => {
             only(&req, &[Method::POST])?;
-            Box::pin(batch_get(state, req, game, &decode(collection)?)).await
+            Box::pin(batch_get(state, req, caller, game, &decode(collection)?)).await
         }
         [collection, id] => {
             let (collection, id) = (decode(collection)?, decode(id)?);
-            document(state, req, game, &collection, &id).await
+            document(state, req, caller, game, &collection, &id).await
         }
         [collection, id, "_incr"] => {
             only(&req, &[Method::POST])?;
-            Box::pin(incr(state, req, game, &decode(collection)?, &decode(id)?)).await
+            Box::pin(incr(
+                state,
+                req,
+                caller,
+                game,
+                &decode(collection)?,
+                &decode(id)?,
+            ))
+            .await
         }
         _ => Err(no_route()),
     }
@@ -109,12 +149,13 @@ async fn api(state: &HttpState, req: Req<'_>, game: &str, rest: &[&str]) -> Http
 async fn document(
     state: &HttpState,
     req: Req<'_>,
+    caller: &Caller,
     game: &str,
     collection: &str,
     id: &str,
 ) -> HttpResult {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
-        let read = state.service.get(game, collection, id).await?;
+        let read = state.service.get(caller, game, collection, id).await?;
         let current = match req.headers().get(IF_NONE_MATCH) {
             Some(tags) => none_match_names(tags, read.version)?,
             None => false,
@@ -133,12 +174,13 @@ async fn document(
             .insert(X_CACHE, tier_header(read.tier));
         return Ok(response);
     }
-    Box::pin(write_document(state, req, game, collection, id)).await
+    Box::pin(write_document(state, req, caller, game, collection, id)).await
 }
 
 async fn write_document(
     state: &HttpState,
     req: Req<'_>,
+    caller: &Caller,
     game: &str,
     collection: &str,
     id: &str,
@@ -152,7 +194,14 @@ async fn write_document(
             require_json(&req, &["application/json"])?;
             let body: PutBody = parse_json(&read_body(state, req).await?)?;
             let outcome = service
-                .write_one(game, collection, id, body.into_op()?, pre, None)
+                .write_one(
+                    caller,
+                    game,
+                    DocKey::new(collection, id),
+                    body.into_op()?,
+                    pre,
+                    None,
+                )
                 .await?;
             Ok(written(outcome))
         }
@@ -167,7 +216,14 @@ async fn write_document(
             }
             let patch: serde_json::Value = parse_json(&read_body(state, req).await?)?;
             let outcome = service
-                .write_one(game, collection, id, WriteOp::Patch { patch }, pre, None)
+                .write_one(
+                    caller,
+                    game,
+                    DocKey::new(collection, id),
+                    WriteOp::Patch { patch },
+                    pre,
+                    None,
+                )
                 .await?;
             Ok(written(outcome))
         }
@@ -175,7 +231,14 @@ async fn write_document(
             let mut pre = Precondition::version(if_match(&req)?);
             pre.if_exists = if_match_any(&req);
             let outcome = service
-                .write_one(game, collection, id, WriteOp::Delete, pre, None)
+                .write_one(
+                    caller,
+                    game,
+                    DocKey::new(collection, id),
+                    WriteOp::Delete,
+                    pre,
+                    None,
+                )
                 .await?;
             let mut response = with_etag(Response::new(Full::new(Bytes::new())), outcome.version);
             *response.status_mut() = StatusCode::NO_CONTENT;
@@ -193,6 +256,7 @@ async fn write_document(
 async fn incr(
     state: &HttpState,
     req: Req<'_>,
+    caller: &Caller,
     game: &str,
     collection: &str,
     id: &str,
@@ -203,15 +267,31 @@ async fn incr(
     let incr: Incr = parse_json(&read_body(state, req).await?)?;
     let outcome = state
         .service
-        .write_one(game, collection, id, WriteOp::Incr(incr), pre, None)
+        .write_one(
+            caller,
+            game,
+            DocKey::new(collection, id),
+            WriteOp::Incr(incr),
+            pre,
+            None,
+        )
         .await?;
     Ok(written(outcome))
 }
 
-async fn batch_get(state: &HttpState, req: Req<'_>, game: &str, collection: &str) -> HttpResult {
+async fn batch_get(
+    state: &HttpState,
+    req: Req<'_>,
+    caller: &Caller,
+    game: &str,
+    collection: &str,
+) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let body: BatchGetBody = parse_json(&read_body(state, req).await?)?;
-    let batch = state.service.batch_get(game, collection, &body.ids).await?;
+    let batch = state
+        .service
+        .batch_get(caller, game, collection, &body.ids)
+        .await?;
     let mut out = BytesMut::with_capacity(
         16 + batch
             .docs
@@ -238,12 +318,19 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) -> HttpResult {
+async fn list(
+    state: &HttpState,
+    req: &Req<'_>,
+    caller: &Caller,
+    game: &str,
+    collection: &str,
+) -> HttpResult {
     let query: ListQuery = serde_urlencoded::from_str(req.parts.uri.query().unwrap_or(""))
         .map_err(|e| ServiceError::bad_request(format!("query string: {e}")))?;
     let page = state
         .service
         .list(
+            caller,
             game,
             collection,
             query.owner.as_deref(),
@@ -274,10 +361,13 @@ async fn list(state: &HttpState, req: &Req<'_>, game: &str, collection: &str) ->
     Ok(response)
 }
 
-async fn txn(state: &HttpState, req: Req<'_>, game: &str) -> HttpResult {
+async fn txn(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let request: TxnRequest = parse_json(&read_body(state, req).await?)?;
-    let written = state.service.write(game, request.into_ops()?, None).await?;
+    let written = state
+        .service
+        .write(caller, game, request.into_ops()?, None)
+        .await?;
     let body = txn_results_json(&written.outcomes);
     drop(written.outcomes);
     Ok(json(

@@ -27,6 +27,7 @@ use super::TcpContext;
 use super::dispatch::{self, Request};
 use super::order::{Order, Touch, Waits};
 use super::outbox::{Answer, Done, Outbox, Wake};
+use crate::auth::{Caller, UNAUTHORIZED};
 use crate::error::ServiceError;
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
@@ -87,6 +88,8 @@ struct Conn<'a> {
     /// Set when the handshake completes: the timer, armed for the handshake deadline, must
     /// start ticking for heartbeats now rather than at that deadline.
     handshake_done: bool,
+    /// On whose behalf requests run: nobody (no rights) until the handshake authenticates.
+    caller: Caller,
 }
 
 /// Why a connection ended (for the debug log).
@@ -134,6 +137,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         permits: VecDeque::new(),
         gets: Vec::new(),
         handshake_done: false,
+        caller: Caller::nobody(),
     };
     let _registration = drain.register(conn.outbox.clone());
     let mut drain_seen = drain::Phase::Serving;
@@ -289,6 +293,10 @@ impl Conn<'_> {
                     self.fail(header.request_id, ErrorCode::ProtocolError, &detail);
                     break;
                 }
+                if !self.caller_still_valid() {
+                    self.fail(header.request_id, ErrorCode::Unauthorized, UNAUTHORIZED);
+                    break;
+                }
                 if header.opcode == Opcode::Get && self.answer_cached_get(&header) {
                     continue;
                 }
@@ -299,7 +307,23 @@ impl Conn<'_> {
             }
         }
         if !self.gets.is_empty() {
-            self.ctx.service.get_each(std::mem::take(&mut self.gets));
+            let gets = std::mem::take(&mut self.gets);
+            self.ctx.service.get_each(&self.caller, gets);
+        }
+    }
+
+    /// False when the key this connection authenticated with was removed by a reload (its
+    /// requests are then refused); a key still configured gets its new role and games.
+    fn caller_still_valid(&mut self) -> bool {
+        if !self.caller.principal.is_replaced() {
+            return true;
+        }
+        match self.ctx.auth.current(&self.caller.principal) {
+            Ok(principal) => {
+                self.caller.principal = principal;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -353,7 +377,11 @@ impl Conn<'_> {
         if !self.order.is_free(game, collection, id, self.moved) {
             return false;
         }
-        match self.ctx.service.get_from_l1(game, collection, id) {
+        match self
+            .ctx
+            .service
+            .get_from_l1(&self.caller, game, collection, id)
+        {
             L1Answer::Answered(Ok(read)) => encode_doc_frame(
                 &mut self.out,
                 header.request_id,
@@ -427,9 +455,10 @@ impl Conn<'_> {
             let detail = format!("this server speaks protocol version {VERSION}");
             return self.fail(id, ErrorCode::UnsupportedVersion, &detail);
         }
-        match self.ctx.auth.authenticate(client_name, credential) {
+        match self.ctx.auth.authenticate(client_name, credential.into()) {
             Ok(principal) => {
                 tracing::debug!(client = %principal.name, "TCP handshake complete");
+                self.caller.principal = principal;
                 let config = &self.ctx.config;
                 Message::HelloOk(HelloOk {
                     version: VERSION,
@@ -483,6 +512,7 @@ impl Conn<'_> {
             request => request,
         };
         let service = self.ctx.service.clone();
+        let caller = self.caller.clone();
         tokio::spawn(async move {
             for earlier in &waits.before_start {
                 earlier.wait().await;
@@ -494,7 +524,8 @@ impl Conn<'_> {
                 return;
             }
             let (settled, settling) = tokio::sync::oneshot::channel::<()>();
-            let (response, permit) = dispatch::handle(&service, request, Some(settled)).await;
+            let (response, permit) =
+                dispatch::handle(&service, &caller, request, Some(settled)).await;
             for earlier in &waits.before_answer {
                 earlier.wait().await;
             }

@@ -6,8 +6,9 @@ use datamiddleware_protocol::{
     DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
 };
 
+use crate::auth::Caller;
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::Tier;
+use crate::model::{DocKey, Tier};
 use crate::service::ops::{Incr, Precondition, WriteOp};
 use crate::service::request::{TxnRequest, parse_json, put_op};
 use crate::service::{
@@ -63,17 +64,24 @@ pub type Response = (Message, Option<ResponsePermit>);
 /// A GET (an L1 miss: answered by L2 or the store) keeps its future small; every other request
 /// runs boxed, because the largest arm sets the size of the future that each request's task
 /// moves into place when it is spawned (measured: 5 KB for a GET before this split).
-pub async fn handle(service: &Service, request: Request, settled: Option<Settled>) -> Response {
+pub async fn handle(
+    service: &Service,
+    caller: &Caller,
+    request: Request,
+    settled: Option<Settled>,
+) -> Response {
     let result = match request {
-        Request::Message(Message::Get(doc)) => get(service, &doc).await,
-        Request::Message(message) => Box::pin(run(service, message, settled)).await,
-        Request::Txn { game, ops } => Box::pin(txn(service, &game, ops, settled)).await,
+        Request::Message(Message::Get(doc)) => get(service, caller, &doc).await,
+        Request::Message(message) => Box::pin(run(service, caller, message, settled)).await,
+        Request::Txn { game, ops } => Box::pin(txn(service, caller, &game, ops, settled)).await,
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
 }
 
-async fn get(service: &Service, doc: &DocRef) -> Result<Response, ServiceError> {
-    let read = service.get(&doc.game, &doc.collection, &doc.id).await;
+async fn get(service: &Service, caller: &Caller, doc: &DocRef) -> Result<Response, ServiceError> {
+    let read = service
+        .get(caller, &doc.game, &doc.collection, &doc.id)
+        .await;
     Ok((read_response(read), None))
 }
 
@@ -92,11 +100,12 @@ pub fn read_response(read: Result<ReadResult, ServiceError>) -> Message {
 
 async fn txn(
     service: &Service,
+    caller: &Caller,
     game: &str,
     ops: Result<Vec<KeyedOp>, ServiceError>,
     settled: Option<Settled>,
 ) -> Result<Response, ServiceError> {
-    let written = service.write(game, ops?, settled).await?;
+    let written = service.write(caller, game, ops?, settled).await?;
     let results = txn_results_json(&written.outcomes);
     Ok((Message::TxnResult { results }, written.permit))
 }
@@ -113,18 +122,19 @@ pub fn error_message(e: &ServiceError) -> Message {
 /// Every request but TXN (which arrives parsed, as [`Request::Txn`]) and GET.
 async fn run(
     service: &Service,
+    caller: &Caller,
     request: Message,
     settled: Option<Settled>,
 ) -> Result<Response, ServiceError> {
     let mut permit = None;
     let message = match request {
-        Message::Get(doc) => return get(service, &doc).await,
+        Message::Get(doc) => return get(service, caller, &doc).await,
         Message::BatchGet {
             game,
             collection,
             ids,
         } => {
-            let batch = service.batch_get(&game, &collection, &ids).await?;
+            let batch = service.batch_get(caller, &game, &collection, &ids).await?;
             permit = Some(batch.permit);
             Message::Docs {
                 tier: wire_tier(batch.tier),
@@ -142,6 +152,7 @@ async fn run(
             let limit = (limit > 0).then_some(limit as usize);
             let page = service
                 .list(
+                    caller,
                     &game,
                     &collection,
                     owner.as_deref(),
@@ -168,20 +179,20 @@ async fn run(
                 OwnerChange::Clear => Some(None),
             };
             let op = put_op(parse_json(&value)?, owner)?;
-            written(write_doc(service, &doc, op, pre, settled).await?)
+            written(write_doc(service, caller, &doc, op, pre, settled).await?)
         }
         Message::Patch { doc, pre, patch } => {
             let op = WriteOp::Patch {
                 patch: parse_json(&patch)?,
             };
-            written(write_doc(service, &doc, op, pre, settled).await?)
+            written(write_doc(service, caller, &doc, op, pre, settled).await?)
         }
         Message::Incr { doc, pre, incr } => {
             let op = WriteOp::Incr(parse_json::<Incr>(&incr)?);
-            written(write_doc(service, &doc, op, pre, settled).await?)
+            written(write_doc(service, caller, &doc, op, pre, settled).await?)
         }
         Message::Delete { doc, pre } => {
-            let outcome = write_doc(service, &doc, WriteOp::Delete, pre, settled).await?;
+            let outcome = write_doc(service, caller, &doc, WriteOp::Delete, pre, settled).await?;
             Message::Done {
                 version: outcome.version,
             }
@@ -199,6 +210,7 @@ async fn run(
 /// A single-document write, as every write opcode but TXN sends it.
 async fn write_doc(
     service: &Service,
+    caller: &Caller,
     doc: &DocRef,
     op: WriteOp,
     pre: WirePre,
@@ -206,9 +218,9 @@ async fn write_doc(
 ) -> Result<OpOutcome, ServiceError> {
     service
         .write_one(
+            caller,
             &doc.game,
-            &doc.collection,
-            &doc.id,
+            DocKey::new(&doc.collection, &doc.id),
             op,
             precondition(pre),
             settled,

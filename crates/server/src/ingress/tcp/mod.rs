@@ -27,7 +27,7 @@ use crate::service::Service;
 pub(crate) struct TcpContext {
     pub service: Service,
     pub config: TcpConfig,
-    pub auth: Arc<dyn Authenticator>,
+    pub auth: Arc<Authenticator>,
 }
 
 /// Binds `addr` for the TCP protocol; with `reuse_port`, several processes may bind it.
@@ -54,7 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     service: Service,
     config: TcpConfig,
-    auth: Arc<dyn Authenticator>,
+    auth: Arc<Authenticator>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
