@@ -811,9 +811,11 @@ async fn no_free_store_connection_answers_503_overloaded_after_the_timeout() {
         elapsed >= Duration::from_millis(800) && elapsed <= Duration::from_secs(3),
         "503 after {elapsed:?}; store.timeout is 1 s"
     );
+    // The wait for a connection gives up at 90 % of store.timeout, before the request's own
+    // budget, so that it is answered `overloaded` and never `timeout` (both timers at 1 s raced).
     assert!(
-        since_busy >= Duration::from_millis(950),
-        "503 only {since_busy:?} after the connection became busy; store.timeout is 1 s"
+        since_busy >= Duration::from_millis(880),
+        "503 only {since_busy:?} after the connection became busy; the wait is 0.9 s"
     );
     // The write itself ran into its budget while waiting for the lock.
     assert_eq!(

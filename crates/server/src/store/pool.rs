@@ -64,8 +64,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// A pool of at most `max_size` connections; waiting for one and opening one each give up
-    /// after `config.timeout`, and `config.idle_timeout` / `config.max_lifetime` retire them.
+    /// A pool of at most `max_size` connections; waiting for one gives up after 90 % of
+    /// `config.timeout` and opening one after `config.timeout`, and `config.idle_timeout` /
+    /// `config.max_lifetime` retire them.
     /// Nothing is opened until the first [`Pool::lease`].
     pub fn new(
         url: String,
@@ -81,7 +82,11 @@ impl Pool {
         };
         let inner = managed::Pool::builder(manager)
             .max_size(max_size)
-            .wait_timeout(Some(config.timeout))
+            // Before the caller's own budget (also `config.timeout`) runs out: a request that
+            // found no free connection is answered `overloaded` (nothing was sent to the
+            // database) rather than `timeout` (outcome unknown). With equal deadlines either
+            // timer could fire first.
+            .wait_timeout(Some(config.timeout.mul_f64(0.9)))
             .create_timeout(Some(config.timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
