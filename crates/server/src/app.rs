@@ -18,6 +18,8 @@ use crate::{auth, ingress};
 pub enum StartError {
     #[error("cannot open a store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot load the token keys: {0}")]
+    Auth(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -72,7 +74,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let authenticator = Arc::new(auth::Authenticator::new(&config.auth));
+    let authenticator = Arc::new(auth::Authenticator::new(&config.auth).map_err(StartError::Auth)?);
     let http = ingress::http::serve(
         listener,
         service.clone(),

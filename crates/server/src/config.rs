@@ -143,6 +143,59 @@ pub struct AuthConfig {
     /// API keys, by the SHA-256 of the key (`datamiddleware key new` makes one). Replaced on
     /// SIGHUP without a restart.
     pub keys: Vec<ApiKeyConfig>,
+    /// JWT bearer tokens (players, web back ends); none accepted without keys here.
+    pub tokens: TokensConfig,
+}
+
+/// `[auth.tokens]`: how JWTs are verified (and minted by `_token`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// `iss` every token must carry.
+    pub issuer: String,
+    /// A value `aud` must hold.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Lifetime of tokens minted by `_token` (and the most a caller may ask for).
+    #[serde(with = "humantime_serde")]
+    pub mint_ttl: Duration,
+    /// A JWKS file of public keys (RS256, EdDSA), each with its `kid` and `alg`.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Verification keys, each pinned to one algorithm.
+    pub keys: Vec<TokenKeyConfig>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            issuer: "datamiddleware".to_string(),
+            audience: "datamiddleware".to_string(),
+            leeway: Duration::from_secs(5),
+            mint_ttl: Duration::from_secs(15 * 60),
+            jwks_file: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One `[[auth.tokens.keys]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    /// Selects this key for tokens whose header names it; tokens without `kid` try the keys
+    /// without one.
+    pub kid: Option<String>,
+    /// `HS256`, `RS256` or `EdDSA`; a token signed with anything else is refused.
+    pub algorithm: String,
+    /// HS256: the shared secret (at least 32 bytes), here or in `secret_file`.
+    pub secret: Option<String>,
+    pub secret_file: Option<std::path::PathBuf>,
+    /// RS256 / EdDSA: the PEM public key that verifies.
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// RS256 / EdDSA: the PEM private key, only to mint tokens with `_token`.
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 /// One API key (`[[auth.keys]]`).
@@ -421,6 +474,10 @@ pub struct CollectionConfig {
     /// Collections of the same game whose documents of the same owner are loaded into the
     /// caches when a document of this collection becomes hot (e.g. a player's characters).
     pub related: Vec<String>,
+    /// Players (token role `player`) may read every document here, not only their own.
+    pub public_read: bool,
+    /// Players may create, change and delete their own documents here.
+    pub player_write: bool,
 }
 
 impl Default for CollectionConfig {
@@ -440,6 +497,8 @@ impl CollectionConfig {
             float_counters: false,
             warm_recent: 0,
             related: Vec::new(),
+            public_read: false,
+            player_write: false,
         }
     }
 }

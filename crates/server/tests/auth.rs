@@ -9,7 +9,7 @@ use datamiddleware::auth::Role;
 use datamiddleware::config::Config;
 use datamiddleware_client::{Client, ClientOptions, Credential, ErrorCode, Precondition};
 use serde_json::{Value, json};
-use support::{Backend, Http, Reply, TestServer, api_key, unique_game};
+use support::{Backend, Http, TestServer, api_key, assert_code, unique_game};
 
 const SERVER_KEY: &str = "dmw_5a1e0c2b4d6f8a9c1e3b5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c";
 const SERVER_KEY_NEXT: &str =
@@ -63,15 +63,6 @@ fn add_game_and_keys(config: &mut Config, other: &str) {
         api_key("server-a-next", SERVER_KEY_NEXT, Role::Server, &[&game]),
         api_key("reader-a", READONLY_KEY, Role::Readonly, &[&game]),
     ]);
-}
-
-fn assert_code(reply: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (reply.status.as_u16(), reply.code()),
-        (status, code.to_string()),
-        "{what}: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
 }
 
 async fn every_refused_credential_gets_the_same_401(backend: Backend) {
@@ -182,36 +173,11 @@ async fn a_key_of_one_game_cannot_touch_another(backend: Backend) {
     let tcp = t.tcp(Some(SERVER_KEY));
     let game_b = t.other.as_str();
     let value = json!({"gold": 9});
-    let codes = [
-        tcp.get(game_b, "players", "p1").await.err(),
-        tcp.batch_get(game_b, "players", &["p1"]).await.err(),
-        tcp.list(game_b, "players", None, None, 10).await.err(),
-        tcp.put(game_b, "players", "p1", &value, Precondition::None)
-            .await
-            .err(),
-        tcp.patch(game_b, "players", "p1", &value, Precondition::None)
-            .await
-            .err(),
-        tcp.incr(
-            game_b,
-            "players",
-            "p1",
-            "/gold",
-            1,
-            None,
-            None,
-            Precondition::None,
-        )
-        .await
-        .err(),
-        tcp.delete(game_b, "players", "p1", Precondition::None)
-            .await
-            .err(),
-        tcp.txn(game_b, &txn).await.err(),
-    ];
-    for (i, err) in codes.iter().enumerate() {
-        let code = err.as_ref().and_then(|e| e.code());
-        assert_eq!(code, Some(ErrorCode::Forbidden), "TCP case {i}: {err:?}");
+    let txn_b = txn.clone();
+    for (what, code) in
+        support::tcp_every_request_on(&tcp, game_b, "players", ("p2", "p1"), &txn_b).await
+    {
+        assert_eq!(code, Some(ErrorCode::Forbidden), "TCP {what}");
     }
     // Nothing was applied, and the key works in its own game on the same connection.
     let r = admin.get(&t.b("players/p1")).await;

@@ -104,6 +104,8 @@ fn principal(key: &ApiKeyConfig, digest: [u8; 32]) -> Principal {
         games,
         key: Some(digest),
         replaced: AtomicBool::new(false),
+        subject: None,
+        valid: (0, u64::MAX),
     }
 }
 

@@ -16,6 +16,7 @@
 //! and no credential is ever logged.
 
 pub mod keys;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuthConfig;
 use crate::error::{ErrorCode, ServiceError};
 pub use keys::{KeyChanges, KeyTable, digest_hex, new_key};
+pub use tokens::{Minted, Tokens};
 
 /// The one message of every refused credential (no hint which part was wrong).
-pub const UNAUTHORIZED: &str = "authentication failed: send a valid API key";
+pub const UNAUTHORIZED: &str = "authentication failed: send a valid API key or token";
 
 /// A credential as presented, borrowed from the request.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +63,9 @@ pub enum Role {
     Server,
     /// Reads every collection of its games.
     Readonly,
+    /// A player (a token's subject): reads its own documents and those of `public_read`
+    /// collections, writes its own documents in `player_write` collections. Tokens only.
+    Player,
 }
 
 impl Role {
@@ -69,6 +74,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Server => "server",
             Role::Readonly => "readonly",
+            Role::Player => "player",
         }
     }
 }
@@ -117,6 +123,11 @@ pub struct Principal {
     key: Option<[u8; 32]>,
     /// Set when a reload replaced the key table this principal came from.
     replaced: AtomicBool,
+    /// A player's id (the token's `sub`): the owner of the documents it may touch.
+    pub subject: Option<Box<str>>,
+    /// Seconds since the Unix epoch: not before, and expiry (a token's `nbf` and `exp`;
+    /// `(0, u64::MAX)` for keys).
+    pub valid: (u64, u64),
 }
 
 impl Principal {
@@ -128,14 +139,17 @@ impl Principal {
             games: Games::All,
             key: None,
             replaced: AtomicBool::new(false),
+            subject: None,
+            valid: (0, u64::MAX),
         }
     }
 
     /// `Ok` when this principal may `access` game `game`; else `forbidden`, and the refusal
     /// is written to the audit log.
     pub fn authorize(&self, game: &str, access: Access) -> Result<(), ServiceError> {
+        // A player's finer rules (collection, owner) are the service's: see `owner_rule`.
         let role_allows = match self.role {
-            Role::Admin | Role::Server => true,
+            Role::Admin | Role::Server | Role::Player => true,
             Role::Readonly => access == Access::Read,
         };
         if role_allows && self.games.contains(game) {
@@ -146,6 +160,11 @@ impl Principal {
         } else {
             "role does not allow it"
         };
+        Err(self.deny(access, game, reason))
+    }
+
+    /// The `forbidden` answer to `access` in `game` for `reason`, written to the audit log.
+    pub fn deny(&self, access: Access, game: &str, reason: &str) -> ServiceError {
         tracing::warn!(
             target: "audit",
             principal = %self.name,
@@ -155,10 +174,22 @@ impl Principal {
             reason,
             "request denied"
         );
-        Err(ServiceError::new(
+        ServiceError::new(
             ErrorCode::Forbidden,
-            format!("this caller may not {} in game {game:?}", access.as_str()),
-        ))
+            format!(
+                "this caller may not {} this in game {game:?}",
+                access.as_str()
+            ),
+        )
+    }
+
+    /// For a player, its id: the owner every document it reads or writes in a collection
+    /// that is not `public` must have. `None` for every other role (no owner rule).
+    pub fn owner_rule(&self, public: bool) -> Option<&str> {
+        match (&self.subject, public) {
+            (Some(subject), false) => Some(subject),
+            _ => None,
+        }
     }
 
     /// True when a reload replaced this principal: look it up again with
@@ -189,6 +220,8 @@ impl Caller {
                 games: Games::Only(Box::new([])),
                 key: None,
                 replaced: AtomicBool::new(false),
+                subject: None,
+                valid: (0, u64::MAX),
             }),
         }
     }
@@ -205,18 +238,44 @@ impl Caller {
 pub struct Authenticator {
     enabled: bool,
     keys: ArcSwap<KeyTable>,
+    tokens: ArcSwap<Tokens>,
     /// The principal of every HTTP request while auth is off (no allocation per request).
     anonymous: Arc<Principal>,
 }
 
 impl Authenticator {
-    /// The authenticator of a validated configuration.
-    pub fn new(config: &AuthConfig) -> Authenticator {
-        Authenticator {
+    /// The authenticator of a validated configuration; the error names the token key entry
+    /// that cannot be loaded.
+    pub fn new(config: &AuthConfig) -> Result<Authenticator, String> {
+        let tokens = Tokens::from_config(&config.tokens).map_err(|(at, e)| format!("{at}: {e}"))?;
+        Ok(Authenticator {
             enabled: config.enabled,
             keys: ArcSwap::from_pointee(KeyTable::from_config(config)),
+            tokens: ArcSwap::from_pointee(tokens),
             anonymous: Arc::new(Principal::anonymous("anonymous")),
+        })
+    }
+
+    /// Mints a player token (see [`Tokens::mint`]).
+    pub fn mint(
+        &self,
+        game: &str,
+        subject: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Minted, String> {
+        self.tokens.load().mint(game, subject, ttl)
+    }
+
+    /// False once the token a principal came from has expired (keys never do).
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        if principal.valid.1 == u64::MAX {
+            return true;
         }
+        let now = tokens::unix_now();
+        now <= principal
+            .valid
+            .1
+            .saturating_add(self.tokens.load().leeway())
     }
 
     pub fn enabled(&self) -> bool {
@@ -240,7 +299,11 @@ impl Authenticator {
             Credential::None => None,
             Credential::ApiKey(key) | Credential::Bearer(key) => Some(key),
         };
-        let found = presented.and_then(|key| self.keys.load().find(key));
+        let found = match credential {
+            // A JWT has two dots; an API key has none.
+            Credential::Bearer(token) if token.contains('.') => self.tokens.load().verify(token),
+            _ => presented.and_then(|key| self.keys.load().find(key)),
+        };
         found.ok_or_else(|| {
             // Never the credential itself, nor a part of it.
             tracing::info!(
@@ -264,12 +327,41 @@ impl Authenticator {
     /// Replaces the keys with those of `config` (already validated); what changed, for the log.
     /// Enabling or disabling auth needs a restart.
     pub fn reload(&self, config: &AuthConfig) -> KeyChanges {
+        match Tokens::from_config(&config.tokens) {
+            Ok(tokens) => self.tokens.store(Arc::new(tokens)),
+            Err((at, e)) => {
+                tracing::error!("reload: {at}: {e}; the running token keys are kept")
+            }
+        }
         let new = KeyTable::from_config(config);
         let old = self.keys.swap(Arc::new(new));
         let changes = old.changes_to(&self.keys.load());
         old.mark_replaced();
         changes
     }
+}
+
+/// Mints a player token for `subject` in `game` on behalf of `caller`, who must hold a
+/// `server` or `admin` right to the game: the one rule of both front ends.
+pub fn mint_for(
+    auth: &Authenticator,
+    caller: &Caller,
+    game: &str,
+    subject: &str,
+    ttl: Option<std::time::Duration>,
+) -> Result<Minted, ServiceError> {
+    let principal = &caller.principal;
+    if !matches!(principal.role, Role::Admin | Role::Server) {
+        return Err(principal.deny(
+            Access::Write,
+            game,
+            "only server and admin keys mint tokens",
+        ));
+    }
+    principal.authorize(game, Access::Write)?;
+    crate::model::check_id(subject, "sub")?;
+    auth.mint(game, subject, ttl)
+        .map_err(|e| ServiceError::bad_request(format!("cannot mint a token: {e}")))
 }
 
 fn unauthorized() -> ServiceError {

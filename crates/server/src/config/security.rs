@@ -11,12 +11,33 @@ impl Config {
     pub(super) fn validate_auth(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, problem: String| Err(ConfigError::Invalid { key, problem });
         let auth = &self.auth;
-        if auth.enabled && auth.keys.is_empty() {
+        let token_keys = !auth.tokens.keys.is_empty() || auth.tokens.jwks_file.is_some();
+        if auth.enabled && auth.keys.is_empty() && !token_keys {
             return invalid(
                 "auth.keys".into(),
-                "auth.enabled = true needs at least one key (datamiddleware key new makes one)"
+                "auth.enabled = true needs at least one key (datamiddleware key new makes one) \
+                 or token key"
                     .into(),
             );
+        }
+        if token_keys {
+            if auth.tokens.issuer.is_empty() || auth.tokens.audience.is_empty() {
+                return invalid(
+                    "auth.tokens.issuer".into(),
+                    "issuer and audience must not be empty".into(),
+                );
+            }
+            if auth.tokens.leeway > std::time::Duration::from_secs(300) {
+                return invalid("auth.tokens.leeway".into(), "at most 5m".into());
+            }
+            if auth.tokens.mint_ttl < std::time::Duration::from_secs(1)
+                || auth.tokens.mint_ttl > std::time::Duration::from_secs(24 * 3600)
+            {
+                return invalid("auth.tokens.mint_ttl".into(), "between 1s and 24h".into());
+            }
+            if let Err((key, problem)) = crate::auth::Tokens::from_config(&auth.tokens) {
+                return invalid(key, problem);
+            }
         }
         if !auth.enabled && !auth.allow_insecure {
             let mut listening = vec![("http.listen", self.http.listen)];
@@ -68,6 +89,12 @@ impl Config {
                     "is the digest of a well-known example key: make a key with \
                      datamiddleware key new"
                         .into(),
+                );
+            }
+            if key.role == crate::auth::Role::Player {
+                return invalid(
+                    format!("{at}.role"),
+                    "player is the role of tokens: give a key admin, server or readonly".into(),
                 );
             }
             if key.games.is_empty() {

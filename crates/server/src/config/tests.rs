@@ -300,7 +300,7 @@ fn auth_keys_are_validated_naming_the_key() {
         &key(&format!("sha256 = \"{digest}\"\ngames = [\"*\"]")).replace("server", "player"),
     );
     assert!(
-        role.contains("found `player`") && role.contains("auth.keys.0.role"),
+        role.contains("auth.keys[0].role: player is the role of tokens"),
         "{role}"
     );
 }
@@ -322,4 +322,53 @@ fn without_auth_only_loopback_addresses_are_served_unless_allowed() {
     load_toml("[tcp]\nenabled = false\nlisten = \"[::]:7070\"\n").expect("TCP off");
     load_toml(&format!("{open}[auth]\nallow_insecure = true\n")).expect("allowed explicitly");
     load_toml("[http]\nlisten = \"127.0.0.5:8080\"\n").expect("loopback");
+}
+
+#[test]
+fn token_keys_are_validated_naming_the_entry() {
+    let key = |body: &str| format!("[auth]\nenabled = true\n[[auth.tokens.keys]]\n{body}");
+    let cases = [
+        (
+            "algorithm = \"none\"",
+            "auth.tokens.keys[0]: algorithm \"none\"",
+        ),
+        (
+            "algorithm = \"HS512\"\nsecret = \"x\"",
+            "use HS256, RS256 or EdDSA",
+        ),
+        (
+            "algorithm = \"HS256\"\nsecret = \"short\"",
+            "at least 32 bytes",
+        ),
+        (
+            "algorithm = \"HS256\"\nsecret = \"your-256-bit-secret-your-256-bit-secret\"",
+            "well-known example",
+        ),
+        (
+            "algorithm = \"HS256\"",
+            "exactly one of secret and secret_file",
+        ),
+        ("algorithm = \"RS256\"", "public_key_file is required"),
+        (
+            "algorithm = \"EdDSA\"\npublic_key_file = \"/nonexistent/k.pem\"",
+            "cannot read /nonexistent/k.pem",
+        ),
+        (
+            "algorithm = \"RS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"",
+            "RS256 takes key files",
+        ),
+    ];
+    for (body, expected) in cases {
+        let problem = problem(&key(body));
+        assert!(problem.contains(expected), "{body}\n→ {problem}");
+    }
+    let ok = key("algorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef-ok\"");
+    let config = load_toml(&ok).expect("a token key alone enables auth");
+    assert_eq!(config.auth.tokens.leeway, Duration::from_secs(5));
+    let long_leeway = format!("{ok}\n[auth.tokens]\nleeway = \"10m\"\n");
+    assert!(
+        problem(&long_leeway).contains("auth.tokens.leeway"),
+        "{}",
+        problem(&long_leeway)
+    );
 }

@@ -13,7 +13,7 @@ use super::{
 use crate::auth::{Access, Caller};
 use crate::cache::{Cached, Ttls, cache_key};
 use crate::error::{ErrorCode, ServiceError};
-use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id};
+use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id, is_owned_by};
 
 impl Service {
     /// Reads many documents of one collection; `None` where an id has no document. Hits come
@@ -28,6 +28,29 @@ impl Service {
         ids: &[String],
     ) -> Result<BatchDocs, ServiceError> {
         caller.authorize(game_name, Access::Read)?;
+        let game = self.game(game_name)?;
+        let config = self.collection(game, collection)?;
+        let batch = self.batch_read(game_name, collection, ids).await?;
+        if let Some(owner) = caller.principal.owner_rule(config.public_read) {
+            let foreign = ids.iter().zip(&batch.docs).any(|(id, doc)| {
+                doc.as_ref()
+                    .is_some_and(|body| !is_owned_by(body, id, owner))
+            });
+            if foreign {
+                let reason = "a document of the batch is not the caller's";
+                return Err(caller.principal.deny(Access::Read, game_name, reason));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// [`Service::batch_get`] once the caller is allowed to ask.
+    async fn batch_read(
+        &self,
+        game_name: &str,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<BatchDocs, ServiceError> {
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         if ids.len() > MAX_BATCH_IDS {
@@ -134,6 +157,12 @@ impl Service {
         caller.authorize(game_name, Access::Read)?;
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
+        if let Some(subject) = caller.principal.owner_rule(config.public_read)
+            && owner != Some(subject)
+        {
+            let reason = "a player lists only its own documents (owner=<its id>)";
+            return Err(caller.principal.deny(Access::Read, game_name, reason));
+        }
         if let Some(owner) = owner {
             check_id(owner, "owner")?;
         }

@@ -297,7 +297,11 @@ impl Service {
         settled: Option<Settled>,
     ) -> Result<Written, ServiceError> {
         caller.authorize(game_name, Access::Write)?;
-        let prepared = self.prepare(game_name, ops)?;
+        let ops = self.player_ops(caller, game_name, ops)?;
+        let mut prepared = self.prepare(game_name, ops)?;
+        if caller.principal.subject.is_some() {
+            prepared.player = Some(caller.principal.clone());
+        }
         let mut permit = if prepared.ops.len() > 1 {
             Some(
                 self.inner

@@ -5,11 +5,13 @@
 use std::sync::atomic::Ordering;
 
 use super::{Game, ReadResult, Service, to_cached};
-use crate::auth::{Access, Caller};
+use std::sync::Arc;
+
+use crate::auth::{Access, Caller, Principal};
 use crate::cache::{Cached, KeyBuf, Ttls};
 use crate::config::CollectionConfig;
 use crate::error::ServiceError;
-use crate::model::{DocKey, Tier, check_id};
+use crate::model::{DocKey, Tier, check_id, is_owned_by};
 
 /// Where the result of one read of [`Service::get_each`] goes.
 pub trait Reply: Send + 'static {
@@ -51,6 +53,8 @@ pub enum L1Answer {
 pub struct Missed {
     key: KeyBuf,
     ttls: Ttls,
+    /// The caller is a player and the collection not public: the owner rule applies.
+    owner_rule: bool,
 }
 
 impl Service {
@@ -63,16 +67,6 @@ impl Service {
         id: &str,
     ) -> Result<ReadResult, ServiceError> {
         caller.authorize(game_name, Access::Read)?;
-        self.read(game_name, collection, id).await
-    }
-
-    /// Reads one document, whoever asks (for the service's own work, such as warm-up).
-    pub(super) async fn read(
-        &self,
-        game_name: &str,
-        collection: &str,
-        id: &str,
-    ) -> Result<ReadResult, ServiceError> {
         let (game, config, key) = self.locate(game_name, collection, id)?;
         // The miss path (single flight, store query) is boxed so that the future of a hit
         // stays small: hyper moves the request future on every request (measured).
@@ -82,7 +76,24 @@ impl Service {
                 Box::pin(self.load(game_name, game, config, collection, id, key.as_str())).await?
             }
         };
-        read_result(cached, tier)
+        owned(
+            read_result(cached, tier),
+            &caller.principal,
+            game_name,
+            id,
+            config.public_read,
+        )
+    }
+
+    /// Reads one document, whoever asks (for the service's own work, such as warm-up).
+    pub(super) async fn read(
+        &self,
+        game_name: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<ReadResult, ServiceError> {
+        self.get(&self.inner.itself, game_name, collection, id)
+            .await
     }
 
     /// Answers a read from L1 alone: `None` when the document is not cached (a miss), else the
@@ -117,11 +128,19 @@ impl Service {
             Ok((_, config, key)) => (config, key),
             Err(e) => return L1Answer::Answered(Err(e)),
         };
+        let principal = &caller.principal;
         match self.inner.cache.cached(key.as_str()) {
-            Some(hit) => L1Answer::Answered(read_result(hit, Tier::L1)),
+            Some(hit) => L1Answer::Answered(owned(
+                read_result(hit, Tier::L1),
+                principal,
+                game_name,
+                id,
+                config.public_read,
+            )),
             None => L1Answer::Missed(Missed {
                 key,
                 ttls: Ttls::of(config),
+                owner_rule: principal.owner_rule(config.public_read).is_some(),
             }),
         }
     }
@@ -167,17 +186,33 @@ impl Service {
                 },
             };
             keys.push((missed.key, missed.ttls));
-            waiting.push(get);
+            waiting.push((get, missed.owner_rule));
         }
         if waiting.is_empty() {
             return;
         }
         let service = self.clone();
+        // Only a player's reads need the principal afterwards (the owner rule).
+        let player = waiting
+            .iter()
+            .any(|(_, rule)| *rule)
+            .then(|| caller.principal.clone());
         let then = move |found: Vec<Option<Cached>>| {
-            for (get, found) in waiting.into_iter().zip(found) {
-                match found {
-                    Some(hit) => get.reply.reply(read_result(hit, Tier::L2)),
-                    None => service.get_in_task(get),
+            for ((get, rule), found) in waiting.into_iter().zip(found) {
+                let player = player.as_ref().filter(|_| rule);
+                match (found, player) {
+                    (Some(hit), None) => get.reply.reply(read_result(hit, Tier::L2)),
+                    (Some(hit), Some(player)) => {
+                        let read = owned(
+                            read_result(hit, Tier::L2),
+                            player,
+                            &get.game,
+                            &get.id,
+                            false,
+                        );
+                        get.reply.reply(read)
+                    }
+                    (None, player) => service.get_in_task(get, player.cloned()),
                 }
             }
         };
@@ -188,7 +223,8 @@ impl Service {
     }
 
     /// Finishes one read of [`Service::get_each`] that L2 did not answer, in a task.
-    fn get_in_task<R: Reply>(&self, get: Get<R>) {
+    /// `player`: the owner rule applies to this player.
+    fn get_in_task<R: Reply>(&self, get: Get<R>, player: Option<Arc<Principal>>) {
         if get.reply.gone() {
             return get.reply.skip();
         }
@@ -203,7 +239,10 @@ impl Service {
         let service = self.clone();
         tokio::spawn(async move {
             let read = service.get_past_l2(&game, &collection, &id).await;
-            reply.reply(read);
+            reply.reply(match player {
+                Some(player) => owned(read, &player, &game, &id, false),
+                None => read,
+            });
         });
     }
 
@@ -257,6 +296,23 @@ impl Service {
         // every L1 miss, L2 hits included (moved whole when a task is spawned).
         let row = Box::pin(self.budget(game.store.get(game_name, &doc_key))).await?;
         Ok(to_cached(id, row.as_ref()))
+    }
+}
+
+/// A read of `id` as `principal` may see it: a player's read of a document it does not own, in
+/// a collection that is not `public`, is `forbidden`.
+fn owned(
+    read: Result<ReadResult, ServiceError>,
+    principal: &Principal,
+    game: &str,
+    id: &str,
+    public: bool,
+) -> Result<ReadResult, ServiceError> {
+    match (read, principal.owner_rule(public)) {
+        (Ok(doc), Some(owner)) if !is_owned_by(&doc.body, id, owner) => {
+            Err(principal.deny(Access::Read, game, "not the document's owner"))
+        }
+        (read, _) => read,
     }
 }
 

@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::ops::{self, Applied, Rules};
+use std::sync::Arc;
+
+use super::ops::{self, Applied, Rules, WriteOp};
 use super::{KeyedOp, OpOutcome, Service, store_error, to_cached};
+use crate::auth::{Access, Caller, Principal};
 use crate::cache::{Ttls, WriteTickets, cache_key};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{
@@ -46,6 +49,9 @@ pub(super) struct Prepared {
     pub ttls: Vec<Ttls>,
     /// Most bytes of documents the answer may hold.
     pub max_answer_bytes: usize,
+    /// A player's write: every document it touches must be (or become) its own, checked
+    /// against the locked rows.
+    pub player: Option<Arc<Principal>>,
 }
 
 /// Where the write task sends the caller's answer.
@@ -114,7 +120,46 @@ impl Service {
             cache_keys,
             ttls,
             max_answer_bytes: self.inner.budget.max_bytes,
+            player: None,
         })
+    }
+
+    /// A player's operations as they will run: refused outright in a collection that is not
+    /// `player_write`; a PUT that names no owner makes the player the owner (so a create is
+    /// its own). Other callers' operations pass unchanged.
+    pub(super) fn player_ops(
+        &self,
+        caller: &Caller,
+        game_name: &str,
+        mut ops: Vec<KeyedOp>,
+    ) -> Result<Vec<KeyedOp>, ServiceError> {
+        let principal = &caller.principal;
+        let Some(subject) = principal.subject.as_deref() else {
+            return Ok(ops);
+        };
+        let Ok(game) = self.game(game_name) else {
+            return Ok(ops); // `prepare` names the error
+        };
+        for (index, op) in ops.iter_mut().enumerate() {
+            let writable = game
+                .collections
+                .get(&op.key.collection)
+                .is_none_or(|config| config.player_write);
+            if !writable {
+                let reason = "players may not write in this collection";
+                return Err(principal
+                    .deny(Access::Write, game_name, reason)
+                    .at_op(index));
+            }
+            if let WriteOp::Put {
+                owner: owner @ None,
+                ..
+            } = &mut op.op
+            {
+                *owner = Some(Some(subject.to_string()));
+            }
+        }
+        Ok(ops)
     }
 
     /// The most bytes of documents the answer to `prepared` can hold (for the response budget).
@@ -319,9 +364,25 @@ fn apply_ops(p: &Prepared, current: &[StoredDoc]) -> Result<Planned<Vec<OpOutcom
     let mut answer_bytes = 0;
     for (index, op) in p.ops.iter().enumerate() {
         let slot = p.slot_of[index];
+        let foreign =
+            |row: &StoredDoc, owner: &str| row.is_live() && row.owner.as_deref() != Some(owner);
+        if let Some(player) = &p.player
+            && let Some(owner) = player.subject.as_deref()
+            && foreign(&state[slot], owner)
+        {
+            let reason = "not the document's owner";
+            return Err(player.deny(Access::Write, &p.game, reason).at_op(index));
+        }
         let Applied { row, created } =
             ops::apply(&op.op, &op.pre, &state[slot], p.rules[index], &now)
                 .map_err(|e| e.at_op(index))?;
+        if let (Some(player), Some(row)) = (&p.player, &row)
+            && let Some(owner) = player.subject.as_deref()
+            && foreign(row, owner)
+        {
+            let reason = "a player cannot give a document to another owner";
+            return Err(player.deny(Access::Write, &p.game, reason).at_op(index));
+        }
         let doc = match row {
             Some(row) => {
                 let doc = row.value.as_deref().map(|value| {

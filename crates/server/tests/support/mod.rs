@@ -104,6 +104,7 @@ pub fn collection() -> CollectionConfig {
         float_counters: false,
         warm_recent: 0,
         related: Vec::new(),
+        ..CollectionConfig::default()
     }
 }
 
@@ -149,6 +150,7 @@ pub fn config(game: &str, store_url: &str) -> Config {
             enabled: true,
             allow_insecure: false,
             keys: vec![api_key("tests", TEST_KEY, Role::Admin, &["*"])],
+            ..AuthConfig::default()
         },
         ..Config::default()
     };
@@ -362,8 +364,8 @@ impl Reply {
 pub struct Http {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// Sent as `X-Api-Key` unless a request names its own credential header.
-    key: Option<String>,
+    /// Sent with every request (header, value) unless it names its own credential header.
+    credential: Option<(&'static str, String)>,
 }
 
 impl Http {
@@ -378,8 +380,14 @@ impl Http {
         Http {
             base,
             client,
-            key: key.map(str::to_string),
+            credential: key.map(|key| ("x-api-key", key.to_string())),
         }
+    }
+
+    /// This client presenting `Authorization: Bearer <token>` instead.
+    pub fn with_bearer(mut self, token: &str) -> Http {
+        self.credential = Some(("authorization", format!("Bearer {token}")));
+        self
     }
 
     pub async fn send(
@@ -412,8 +420,8 @@ impl Http {
         let names_credential = headers.iter().any(|(n, _)| {
             n.eq_ignore_ascii_case("x-api-key") || n.eq_ignore_ascii_case("authorization")
         });
-        if let (Some(key), false) = (&self.key, names_credential) {
-            builder = builder.header("x-api-key", key.as_str());
+        if let (Some((name, value)), false) = (&self.credential, names_credential) {
+            builder = builder.header(*name, value.as_str());
         }
         if body.is_some()
             && !headers
@@ -548,4 +556,84 @@ macro_rules! redis_tests {
             async fn $case() { super::$case($crate::support::Redis::Cluster).await })*
         }
     };
+}
+
+/// Every TCP request kind aimed at document `id` of `collection` (GET, BATCH_GET of `also`
+/// and `id`, LIST of everyone's, PUT, PATCH, INCR, DELETE, and TXN `txn`), each with the
+/// error code it got (`None`: it succeeded).
+pub async fn tcp_every_request_on(
+    client: &datamiddleware_client::Client,
+    game: &str,
+    collection: &str,
+    (also, id): (&str, &str),
+    txn: &Value,
+) -> Vec<(&'static str, Option<datamiddleware_client::ErrorCode>)> {
+    use datamiddleware_client::Precondition::None as Unconditional;
+    let value = serde_json::json!({"gold": 0});
+    let code = |e: datamiddleware_client::Error| e.code();
+    vec![
+        (
+            "GET",
+            client.get(game, collection, id).await.err().and_then(code),
+        ),
+        (
+            "BATCH_GET",
+            client
+                .batch_get(game, collection, &[also, id])
+                .await
+                .err()
+                .and_then(code),
+        ),
+        (
+            "LIST",
+            client
+                .list(game, collection, None, None, 10)
+                .await
+                .err()
+                .and_then(code),
+        ),
+        (
+            "PUT",
+            client
+                .put(game, collection, id, &value, Unconditional)
+                .await
+                .err()
+                .and_then(code),
+        ),
+        (
+            "PATCH",
+            client
+                .patch(game, collection, id, &value, Unconditional)
+                .await
+                .err()
+                .and_then(code),
+        ),
+        (
+            "INCR",
+            client
+                .incr(game, collection, id, "/gold", 1, None, None, Unconditional)
+                .await
+                .err()
+                .and_then(code),
+        ),
+        (
+            "DELETE",
+            client
+                .delete(game, collection, id, Unconditional)
+                .await
+                .err()
+                .and_then(code),
+        ),
+        ("TXN", client.txn(game, txn).await.err().and_then(code)),
+    ]
+}
+
+/// Asserts an HTTP answer's status and problem code, showing the body otherwise.
+pub fn assert_code(reply: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (reply.status.as_u16(), reply.code()),
+        (status, code.to_string()),
+        "{what}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
 }

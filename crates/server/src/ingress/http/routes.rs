@@ -118,6 +118,10 @@ async fn api(
             only(&req, &[Method::POST])?;
             Box::pin(txn(state, req, caller, game)).await
         }
+        ["_token"] => {
+            only(&req, &[Method::POST])?;
+            Box::pin(mint(state, req, caller, game)).await
+        }
         [collection] => {
             only(&req, &[Method::GET])?;
             Box::pin(list(state, &req, caller, game, &decode(collection)?)).await
@@ -377,6 +381,29 @@ async fn txn(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> Ht
             None => body,
         },
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    /// The player's id (the owner of its documents).
+    sub: String,
+    /// Lifetime, e.g. "10m"; at most (and by default) `auth.tokens.mint_ttl`.
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<std::time::Duration>,
+}
+
+/// `POST /api/v1/{game}/_token`: a `server` (or `admin`) key mints a player token for `game`.
+async fn mint(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> HttpResult {
+    require_json(&req, &["application/json"])?;
+    let body: MintBody = parse_json(&read_body(state, req).await?)?;
+    let minted = crate::auth::mint_for(&state.auth, caller, game, &body.sub, body.ttl)?;
+    let answer = serde_json::json!({
+        "token": minted.token,
+        "token_type": "Bearer",
+        "expires_at": minted.expires_at,
+    });
+    Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
 }
 
 async fn health(state: &HttpState) -> HttpResult {

@@ -312,9 +312,13 @@ impl Conn<'_> {
         }
     }
 
-    /// False when the key this connection authenticated with was removed by a reload (its
-    /// requests are then refused); a key still configured gets its new role and games.
+    /// False when the key this connection authenticated with was removed by a reload, or its
+    /// token expired (its requests are then refused); a key still configured gets its new role
+    /// and games.
     fn caller_still_valid(&mut self) -> bool {
+        if !self.ctx.auth.still_valid(&self.caller.principal) {
+            return false;
+        }
         if !self.caller.principal.is_replaced() {
             return true;
         }
