@@ -35,6 +35,7 @@ const (
 	ErrAlreadyExists        ErrorCode = "already_exists"         // a create-only precondition failed
 	ErrUnauthorized         ErrorCode = "unauthorized"           // credentials refused (HELLO); the connection closes
 	ErrForbidden            ErrorCode = "forbidden"              // valid credentials that do not allow this request
+	ErrRateLimited          ErrorCode = "rate_limited"           // over the caller's request rate; retry after a second
 	ErrPayloadTooLarge      ErrorCode = "payload_too_large"      // value over the collection's max_document_bytes
 	ErrResponseTooLarge     ErrorCode = "response_too_large"     // a BATCH_GET or TXN answer over responses.max_bytes
 	ErrUnsupportedMediaType ErrorCode = "unsupported_media_type" // HTTP only; listed for completeness
@@ -54,7 +55,7 @@ var knownCodes = map[ErrorCode]bool{
 	ErrBadRequest: true, ErrInvalidJSON: true, ErrInvalidID: true, ErrNotFound: true,
 	ErrUnknownGame: true, ErrUnknownCollection: true, ErrMethodNotAllowed: true,
 	ErrBoundViolation: true, ErrNotANumber: true, ErrVersionConflict: true,
-	ErrAlreadyExists: true, ErrUnauthorized: true, ErrForbidden: true, ErrPayloadTooLarge: true,
+	ErrAlreadyExists: true, ErrUnauthorized: true, ErrForbidden: true, ErrRateLimited: true, ErrPayloadTooLarge: true,
 	ErrResponseTooLarge: true, ErrUnsupportedMediaType: true, ErrInternal: true,
 	ErrOverloaded: true, ErrTimeout: true, ErrProtocolError: true,
 	ErrUnsupportedVersion: true, ErrUnknownOpcode: true, ErrFrameTooLarge: true,

@@ -37,11 +37,13 @@ pub enum ErrorCode {
     /// Valid credentials that do not allow this request (another game, a write with a
     /// read-only key).
     Forbidden,
+    /// Over the caller's (or its address's) request rate; retry after a second.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidId,
@@ -65,6 +67,7 @@ impl ErrorCode {
         ErrorCode::FrameTooLarge,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
     ];
 
     /// The stable string sent to clients.
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -107,6 +111,7 @@ impl ErrorCode {
             | ErrorCode::UnknownOpcode => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::RateLimited => 429,
             ErrorCode::FrameTooLarge => 413,
             ErrorCode::NotFound | ErrorCode::UnknownGame | ErrorCode::UnknownCollection => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -146,6 +151,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "Frame too large",
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::RateLimited => "Too many requests",
         }
     }
 

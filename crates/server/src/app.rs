@@ -74,7 +74,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let authenticator = Arc::new(auth::Authenticator::new(&config.auth).map_err(StartError::Auth)?);
+    let authenticator = Arc::new(
+        auth::Authenticator::new(&config.auth, &config.rate_limits).map_err(StartError::Auth)?,
+    );
+    if !authenticator.limits().is_empty() {
+        // Ends with the last reference to the authenticator (the server stopped).
+        let weak = Arc::downgrade(&authenticator);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(auth::limits::CLEAN_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(auth) = weak.upgrade() else { break };
+                auth.limits().clean();
+            }
+        });
+    }
     let http = ingress::http::serve(
         listener,
         service.clone(),

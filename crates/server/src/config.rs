@@ -19,6 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub tcp: TcpConfig,
     pub auth: AuthConfig,
+    pub rate_limits: RateLimitsConfig,
     pub responses: ResponsesConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
@@ -196,6 +197,36 @@ pub struct TokenKeyConfig {
     pub public_key_file: Option<std::path::PathBuf>,
     /// RS256 / EdDSA: the PEM private key, only to mint tokens with `_token`.
     pub private_key_file: Option<std::path::PathBuf>,
+}
+
+/// `[rate_limits]`: token buckets per client address (before authentication) and per caller
+/// (by role), for both front ends. Rates are requests per second, 0 is unlimited, and a bucket
+/// holds twice its rate (a burst).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Per client IP address, checked before authentication (it protects the verification).
+    pub per_ip: u32,
+    /// Per key or token, by role.
+    pub admin: u32,
+    pub server: u32,
+    pub readonly: u32,
+    pub player: u32,
+    /// Addresses and callers tracked at most; idle ones are dropped every 10 s.
+    pub max_tracked: usize,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            per_ip: 0,
+            admin: 0,
+            server: 0,
+            readonly: 0,
+            player: 100,
+            max_tracked: 100_000,
+        }
+    }
 }
 
 /// One API key (`[[auth.keys]]`).

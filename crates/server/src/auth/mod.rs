@@ -16,6 +16,7 @@
 //! and no credential is ever logged.
 
 pub mod keys;
+pub mod limits;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -24,9 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, RateLimitsConfig};
 use crate::error::{ErrorCode, ServiceError};
 pub use keys::{KeyChanges, KeyTable, digest_hex, new_key};
+pub use limits::Limits;
 pub use tokens::{Minted, Tokens};
 
 /// The one message of every refused credential (no hint which part was wrong).
@@ -239,6 +241,7 @@ pub struct Authenticator {
     enabled: bool,
     keys: ArcSwap<KeyTable>,
     tokens: ArcSwap<Tokens>,
+    limits: Limits,
     /// The principal of every HTTP request while auth is off (no allocation per request).
     anonymous: Arc<Principal>,
 }
@@ -246,12 +249,13 @@ pub struct Authenticator {
 impl Authenticator {
     /// The authenticator of a validated configuration; the error names the token key entry
     /// that cannot be loaded.
-    pub fn new(config: &AuthConfig) -> Result<Authenticator, String> {
+    pub fn new(config: &AuthConfig, limits: &RateLimitsConfig) -> Result<Authenticator, String> {
         let tokens = Tokens::from_config(&config.tokens).map_err(|(at, e)| format!("{at}: {e}"))?;
         Ok(Authenticator {
             enabled: config.enabled,
             keys: ArcSwap::from_pointee(KeyTable::from_config(config)),
             tokens: ArcSwap::from_pointee(tokens),
+            limits: Limits::from_config(limits),
             anonymous: Arc::new(Principal::anonymous("anonymous")),
         })
     }
@@ -280,6 +284,11 @@ impl Authenticator {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// The rate limits both front ends check.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The principal of `credential`, or `unauthorized` with [`UNAUTHORIZED`]. With auth off

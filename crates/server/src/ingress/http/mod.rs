@@ -141,7 +141,9 @@ async fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     drain: &Drain,
 ) {
-    let activity = Arc::new(watchdog::Activity::default());
+    let activity = Arc::new(watchdog::Activity::of(
+        stream.peer_addr().ok().map(|a| a.ip()),
+    ));
     let _registration = drain.register(activity.clone());
     let mut dog = watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
     let socket = watchdog::Socket::new(stream, activity.clone());
@@ -192,7 +194,7 @@ async fn serve_connection(
 
 async fn handle(
     state: Arc<HttpState>,
-    _request: watchdog::RequestGuard,
+    request: watchdog::RequestGuard,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     // Only a body of unknown length can be chunked: the header lookup (~200 instructions of a
@@ -201,6 +203,11 @@ async fn handle(
         && req.headers().contains_key(TRANSFER_ENCODING)
     {
         return Ok(Box::pin(refuse_transfer_encoding(&state, req)).await);
+    }
+    if let Some(peer) = request.peer()
+        && let Err(limited) = state.auth.limits().check_ip(peer)
+    {
+        return Ok(problem::response(&limited));
     }
     let Some(_slot) = state.in_flight.try_enter() else {
         return Ok(problem::response(&ServiceError::new(

@@ -30,7 +30,7 @@ pub fn response(error: &ServiceError) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, PROBLEM_JSON);
     match error.code {
-        ErrorCode::Overloaded => {
+        ErrorCode::Overloaded | ErrorCode::RateLimited => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // RFC 9110 §15.5.2: a 401 names the scheme it wants.

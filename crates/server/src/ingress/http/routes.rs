@@ -73,6 +73,7 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
             let caller = Caller {
                 principal: state.auth.authenticate("", credential(&parts.headers))?,
             };
+            state.auth.limits().check_caller(&caller.principal)?;
             match segments {
                 ["api", "v1", game, rest @ ..] => {
                     let game = decode(game)?;

@@ -37,6 +37,8 @@ pub(super) struct Activity {
     writes: AtomicU64,
     /// Woken when the server's drain changes phase.
     drain_waker: AtomicWaker,
+    /// The client's address (for per-address rate limits), when known.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl drain::Wakes for Activity {
@@ -46,6 +48,13 @@ impl drain::Wakes for Activity {
 }
 
 impl Activity {
+    /// The activity of a new connection from `peer`.
+    pub fn of(peer: Option<std::net::IpAddr>) -> Activity {
+        Activity {
+            peer,
+            ..Activity::default()
+        }
+    }
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn enter(self: &Arc<Self>) -> RequestGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -55,6 +64,13 @@ impl Activity {
 }
 
 pub(super) struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    /// The address of the request's client.
+    pub fn peer(&self) -> Option<std::net::IpAddr> {
+        self.0.peer
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {

@@ -90,6 +90,11 @@ struct Conn<'a> {
     handshake_done: bool,
     /// On whose behalf requests run: nobody (no rights) until the handshake authenticates.
     caller: Caller,
+    /// The client's address (per-address rate limits).
+    peer: Option<std::net::IpAddr>,
+    /// Set when the request being read is over a rate limit: [`Conn::dispatch`] answers it
+    /// with this error, in its turn among the requests on its documents.
+    refused: Option<ServiceError>,
 }
 
 /// Why a connection ended (for the debug log).
@@ -117,6 +122,7 @@ impl std::fmt::Display for End {
 /// Serves one connection until it closes.
 pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
     let now = Instant::now();
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn = Conn {
         stream,
         ctx,
@@ -138,6 +144,8 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         gets: Vec::new(),
         handshake_done: false,
         caller: Caller::nobody(),
+        peer,
+        refused: None,
     };
     let _registration = drain.register(conn.outbox.clone());
     let mut drain_seen = drain::Phase::Serving;
@@ -297,7 +305,11 @@ impl Conn<'_> {
                     self.fail(header.request_id, ErrorCode::Unauthorized, UNAUTHORIZED);
                     break;
                 }
-                if header.opcode == Opcode::Get && self.answer_cached_get(&header) {
+                self.refused = self.over_rate_limit();
+                if self.refused.is_none()
+                    && header.opcode == Opcode::Get
+                    && self.answer_cached_get(&header)
+                {
                     continue;
                 }
             }
@@ -329,6 +341,15 @@ impl Conn<'_> {
             }
             Err(_) => false,
         }
+    }
+
+    /// The `rate_limited` error when this request is over the address's or the caller's rate.
+    fn over_rate_limit(&self) -> Option<ServiceError> {
+        let limits = self.ctx.auth.limits();
+        let by_address = self.peer.map_or(Ok(()), |peer| limits.check_ip(peer));
+        by_address
+            .and_then(|()| limits.check_caller(&self.caller.principal))
+            .err()
     }
 
     /// Checks a request's id against the previous request's (docs/protocol.md, "Request ids")
@@ -459,6 +480,10 @@ impl Conn<'_> {
             let detail = format!("this server speaks protocol version {VERSION}");
             return self.fail(id, ErrorCode::UnsupportedVersion, &detail);
         }
+        // Before the credential is looked at: floods of bad credentials cost no verification.
+        if let Some(Err(limited)) = self.peer.map(|peer| self.ctx.auth.limits().check_ip(peer)) {
+            return self.fail(id, limited.code, &limited.message);
+        }
         match self.ctx.auth.authenticate(client_name, credential.into()) {
             Ok(principal) => {
                 tracing::debug!(client = %principal.name, "TCP handshake complete");
@@ -485,12 +510,16 @@ impl Conn<'_> {
     /// Runs a request in its own task, ordered against the earlier requests on its documents
     /// (see [`super::order`]).
     fn dispatch(&mut self, id: u32, message: Message) {
-        let request = Request::from_message(message);
+        let mut request = Request::from_message(message);
         let done = Arc::new(Done::default());
         let waits = match touch(&request) {
             Some(touch) => self.order.enter(&touch, &done, self.moved),
             None => Waits::default(),
         };
+        if let Some(refused) = self.refused.take() {
+            // Answered in its turn (after the earlier requests on its documents), not run.
+            request = Request::Refused(refused);
+        }
         self.outbox.dispatched();
         self.idle = false;
         let outbox = self.outbox.clone();
@@ -730,7 +759,7 @@ fn touch(request: &Request) -> Option<Touch<'_>> {
                 .collect(),
             write,
         },
-        Request::Txn { ops: Err(_), .. } => return None,
+        Request::Txn { ops: Err(_), .. } | Request::Refused(_) => return None,
     })
 }
 

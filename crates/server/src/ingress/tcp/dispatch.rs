@@ -23,6 +23,8 @@ pub enum Request {
         game: String,
         ops: Result<Vec<KeyedOp>, ServiceError>,
     },
+    /// A request refused before it ran (over a rate limit): answered with this error.
+    Refused(ServiceError),
 }
 
 impl Request {
@@ -43,6 +45,7 @@ impl Request {
     pub fn writes(&self) -> bool {
         match self {
             Request::Txn { .. } => true,
+            Request::Refused(_) => false,
             Request::Message(message) => matches!(
                 message,
                 Message::Put { .. }
@@ -74,6 +77,7 @@ pub async fn handle(
         Request::Message(Message::Get(doc)) => get(service, caller, &doc).await,
         Request::Message(message) => Box::pin(run(service, caller, message, settled)).await,
         Request::Txn { game, ops } => Box::pin(txn(service, caller, &game, ops, settled)).await,
+        Request::Refused(error) => Err(error),
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
 }

@@ -1,0 +1,136 @@
+//! Rate limits (`[rate_limits]`): a token bucket per client address, checked before
+//! authentication so that floods of bad credentials cannot buy verification work, and one per
+//! caller (key name or token subject) with the rate of its role. Both front ends ask the same
+//! [`Limits`]; `governor`'s keyed limiters do the counting.
+//!
+//! The limiters keep one small state per address or caller seen (an IPv6 address counts by its
+//! /64 prefix, what one host usually holds). A task started with the server drops the idle ones
+//! every [`CLEAN_EVERY`]; when a limiter still tracks `max_tracked` after that, it is not
+//! consulted (nor grown) until a later clean-up finds it below: the memory an attacker with
+//! many addresses can make us spend is bounded, at the price of those limits being off
+//! meanwhile (logged).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::{Principal, Role};
+use crate::config::RateLimitsConfig;
+use crate::error::{ErrorCode, ServiceError};
+
+/// How often idle buckets are dropped.
+pub const CLEAN_EVERY: Duration = Duration::from_secs(10);
+
+/// The configured buckets (an absent one is unlimited).
+pub struct Limits {
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// By role: admin, server, readonly, player.
+    per_caller: [Option<DefaultKeyedRateLimiter<Box<str>>>; 4],
+    max_tracked: usize,
+    /// Set by [`Limits::clean`] while a limiter is at `max_tracked`.
+    full: AtomicBool,
+}
+
+impl Limits {
+    pub fn from_config(config: &RateLimitsConfig) -> Limits {
+        Limits {
+            per_ip: limiter(config.per_ip),
+            per_caller: [
+                limiter(config.admin),
+                limiter(config.server),
+                limiter(config.readonly),
+                limiter(config.player),
+            ],
+            max_tracked: config.max_tracked,
+            full: AtomicBool::new(false),
+        }
+    }
+
+    /// True when no bucket is configured (nothing to check or clean).
+    pub fn is_empty(&self) -> bool {
+        self.per_ip.is_none() && self.per_caller.iter().all(Option::is_none)
+    }
+
+    /// `rate_limited` when `ip` sent more than its rate.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ServiceError> {
+        match &self.per_ip {
+            Some(limiter) if !self.full.load(Ordering::Relaxed) => limiter
+                .check_key(&host(ip))
+                .map_err(|_| limited("this address")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `rate_limited` when `principal` sent more than its role's rate.
+    pub fn check_caller(&self, principal: &Principal) -> Result<(), ServiceError> {
+        let slot = match principal.role {
+            Role::Admin => 0,
+            Role::Server => 1,
+            Role::Readonly => 2,
+            Role::Player => 3,
+        };
+        match &self.per_caller[slot] {
+            Some(limiter) if !self.full.load(Ordering::Relaxed) => limiter
+                .check_key(&principal.name)
+                .map_err(|_| limited("this caller")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the buckets of addresses and callers that are idle (full again), and decides
+    /// whether the limiters may grow until the next clean-up.
+    pub fn clean(&self) {
+        let mut tracked = 0;
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            tracked = tracked.max(limiter.len());
+        }
+        for limiter in self.per_caller.iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            tracked = tracked.max(limiter.len());
+        }
+        let full = tracked >= self.max_tracked;
+        if full != self.full.swap(full, Ordering::Relaxed) {
+            if full {
+                tracing::warn!(
+                    tracked,
+                    "rate limits: rate_limits.max_tracked addresses or callers are active; \
+                     the limits are off until fewer are"
+                );
+            } else {
+                tracing::info!(tracked, "rate limits: back on");
+            }
+        }
+    }
+}
+
+/// The key of an address: itself, or for IPv6 its /64 prefix.
+fn host(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(rate: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+    let per_second = NonZeroU32::new(rate)?;
+    let burst = NonZeroU32::new(rate.saturating_mul(2)).unwrap_or(per_second);
+    Some(RateLimiter::keyed(
+        Quota::per_second(per_second).allow_burst(burst),
+    ))
+}
+
+fn limited(who: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests from {who}; retry after a second"),
+    )
+}
