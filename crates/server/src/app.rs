@@ -134,7 +134,7 @@ impl Running {
         }
         let changes = self.authenticator.reload(&new.auth);
         if changes.is_empty() {
-            tracing::info!("configuration reloaded: no API key changed");
+            tracing::info!("configuration reloaded: token keys read again, no API key changed");
         } else {
             tracing::info!(
                 added = ?changes.added,

@@ -181,8 +181,9 @@ impl Default for TokensConfig {
     }
 }
 
-/// One `[[auth.tokens.keys]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One `[[auth.tokens.keys]]` entry. Its `secret` is never printed (`config print` leaves it
+/// out, `Debug` redacts it).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenKeyConfig {
     /// Selects this key for tokens whose header names it; tokens without `kid` try the keys
@@ -191,6 +192,7 @@ pub struct TokenKeyConfig {
     /// `HS256`, `RS256` or `EdDSA`; a token signed with anything else is refused.
     pub algorithm: String,
     /// HS256: the shared secret (at least 32 bytes), here or in `secret_file`.
+    #[serde(skip_serializing)]
     pub secret: Option<String>,
     pub secret_file: Option<std::path::PathBuf>,
     /// RS256 / EdDSA: the PEM public key that verifies.
@@ -226,6 +228,19 @@ impl Default for RateLimitsConfig {
             player: 100,
             max_tracked: 100_000,
         }
+    }
+}
+
+impl std::fmt::Debug for TokenKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeyConfig")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("public_key_file", &self.public_key_file)
+            .field("private_key_file", &self.private_key_file)
+            .finish()
     }
 }
 

@@ -153,7 +153,7 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
     for expected in [
         "API keys replaced",
         "the running one is kept",
-        "request denied",
+        "requests denied: authentication failed",
         "TCP handshake complete",
     ] {
         assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");

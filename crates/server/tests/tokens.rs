@@ -446,8 +446,91 @@ async fn an_expired_token_ends_its_tcp_connection(backend: Backend) {
     );
 }
 
+/// A reload that removes the key a token was signed with ends the TCP sessions opened with
+/// it (at their next request), not only HTTP; a token cannot mint tokens.
+async fn a_removed_token_key_ends_its_sessions(backend: Backend) {
+    let Some(s) = start(backend).await else {
+        return;
+    };
+    let server_token = hs256(&json!({
+        "sub": "srv", "game": s.game, "role": "server", "iss": "https://issuer.test",
+        "aud": "dmw-test", "exp": unix_now() + 600,
+    }));
+    let r = bearer(&s, &server_token)
+        .post(&s.path("_token"), r#"{"sub":"alice"}"#)
+        .await;
+    assert_code(&r, 403, "forbidden", "a token minting");
+    let ed_token = signed(
+        &claims(&s.game, "alice"),
+        "ed",
+        Algorithm::EdDSA,
+        "test_ed25519_private.pem",
+    );
+    let (hs, ed) = (tcp(&s, &server_token), tcp(&s, &ed_token));
+    hs.put(&s.game, "players", "x1", &json!({}), Precondition::None)
+        .await
+        .unwrap();
+    ed.put(&s.game, "players", "a1", &json!({}), Precondition::None)
+        .await
+        .unwrap();
+
+    let mut config = support::config(&s.game, &s.store_url);
+    tokens_on(&mut config);
+    config.auth.tokens.keys.retain(|k| k.algorithm != "HS256");
+    config.validate().expect("a valid configuration");
+    s.running.reload(&config);
+    let err = hs
+        .get(&s.game, "players", "x1")
+        .await
+        .expect_err("its key is gone");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    assert_code(
+        &bearer(&s, &server_token).get(&s.path("players/x1")).await,
+        401,
+        "unauthorized",
+        "HTTP",
+    );
+    // A token whose key stays keeps working on its connection.
+    ed.get(&s.game, "players", "a1")
+        .await
+        .expect("the EdDSA key is still configured");
+}
+
+/// The owner rule where a read is answered by the store (an instance whose L1 is cold), not L1.
+async fn the_owner_rule_holds_on_reads_from_the_store(backend: Backend) {
+    let Some(s) = start(backend).await else {
+        return;
+    };
+    s.client
+        .put(&s.path("players/bob1"), r#"{"value":{},"owner":"bob"}"#)
+        .await;
+    s.client
+        .put(&s.path("players/a1"), r#"{"value":{},"owner":"alice"}"#)
+        .await;
+    let cold = s.sibling_with(tokens_on).await;
+    let alice = hs256(&claims(&s.game, "alice"));
+    let t = tcp(&cold, &alice);
+    let game = s.game.as_str();
+    let err = t
+        .get(game, "players", "bob1")
+        .await
+        .expect_err("a foreign document");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert_eq!(t.get(game, "players", "a1").await.unwrap().version, 1);
+    // Now bob1 sits in the cold instance's L1 (filled by that refused read): still refused.
+    let err = t
+        .get(game, "players", "bob1")
+        .await
+        .expect_err("cached now");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let r = bearer(&cold, &alice).get(&s.path("players/bob1")).await;
+    assert_code(&r, 403, "forbidden", "HTTP, cached");
+}
+
 backend_tests!(
     every_bad_token_gets_the_same_401,
     a_player_touches_only_its_own_documents,
     an_expired_token_ends_its_tcp_connection,
+    a_removed_token_key_ends_its_sessions,
+    the_owner_rule_holds_on_reads_from_the_store,
 );

@@ -5,10 +5,10 @@
 //!
 //! The limiters keep one small state per address or caller seen (an IPv6 address counts by its
 //! /64 prefix, what one host usually holds). A task started with the server drops the idle ones
-//! every [`CLEAN_EVERY`]; when a limiter still tracks `max_tracked` after that, it is not
-//! consulted (nor grown) until a later clean-up finds it below: the memory an attacker with
-//! many addresses can make us spend is bounded, at the price of those limits being off
-//! meanwhile (logged).
+//! every [`CLEAN_EVERY`]; when a limiter still tracks `max_tracked` after that, that limiter
+//! (only it: many addresses do not switch off the per-caller limits) is not consulted (nor
+//! grown) until a later clean-up finds it below: the memory an attacker with many addresses
+//! can make us spend is bounded, at the price of that limit being off meanwhile (logged).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -30,8 +30,9 @@ pub struct Limits {
     /// By role: admin, server, readonly, player.
     per_caller: [Option<DefaultKeyedRateLimiter<Box<str>>>; 4],
     max_tracked: usize,
-    /// Set by [`Limits::clean`] while a limiter is at `max_tracked`.
-    full: AtomicBool,
+    /// Set by [`Limits::clean`] while a limiter is at `max_tracked`: the address limiter
+    /// first, then the callers' in role order.
+    full: [AtomicBool; 5],
 }
 
 impl Limits {
@@ -45,7 +46,7 @@ impl Limits {
                 limiter(config.player),
             ],
             max_tracked: config.max_tracked,
-            full: AtomicBool::new(false),
+            full: Default::default(),
         }
     }
 
@@ -57,7 +58,7 @@ impl Limits {
     /// `rate_limited` when `ip` sent more than its rate.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ServiceError> {
         match &self.per_ip {
-            Some(limiter) if !self.full.load(Ordering::Relaxed) => limiter
+            Some(limiter) if !self.full[0].load(Ordering::Relaxed) => limiter
                 .check_key(&host(ip))
                 .map_err(|_| limited("this address")),
             _ => Ok(()),
@@ -73,7 +74,7 @@ impl Limits {
             Role::Player => 3,
         };
         match &self.per_caller[slot] {
-            Some(limiter) if !self.full.load(Ordering::Relaxed) => limiter
+            Some(limiter) if !self.full[slot + 1].load(Ordering::Relaxed) => limiter
                 .check_key(&principal.name)
                 .map_err(|_| limited("this caller")),
             _ => Ok(()),
@@ -83,30 +84,37 @@ impl Limits {
     /// Drops the buckets of addresses and callers that are idle (full again), and decides
     /// whether the limiters may grow until the next clean-up.
     pub fn clean(&self) {
-        let mut tracked = 0;
-        if let Some(limiter) = &self.per_ip {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-            tracked = tracked.max(limiter.len());
-        }
-        for limiter in self.per_caller.iter().flatten() {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-            tracked = tracked.max(limiter.len());
-        }
-        let full = tracked >= self.max_tracked;
-        if full != self.full.swap(full, Ordering::Relaxed) {
-            if full {
-                tracing::warn!(
-                    tracked,
-                    "rate limits: rate_limits.max_tracked addresses or callers are active; \
-                     the limits are off until fewer are"
-                );
-            } else {
-                tracing::info!(tracked, "rate limits: back on");
+        let tracked = [
+            self.per_ip.as_ref().map(clean),
+            self.per_caller[0].as_ref().map(clean),
+            self.per_caller[1].as_ref().map(clean),
+            self.per_caller[2].as_ref().map(clean),
+            self.per_caller[3].as_ref().map(clean),
+        ];
+        const NAMES: [&str; 5] = ["per_ip", "admin", "server", "readonly", "player"];
+        for ((tracked, flag), limit) in tracked.into_iter().zip(&self.full).zip(NAMES) {
+            let full = tracked.is_some_and(|n| n >= self.max_tracked);
+            if full != flag.swap(full, Ordering::Relaxed) {
+                if full {
+                    tracing::warn!(
+                        limit,
+                        tracked = tracked.unwrap_or_default(),
+                        "rate limits: rate_limits.max_tracked are active; this limit is off \
+                         until fewer are"
+                    );
+                } else {
+                    tracing::info!(limit, "rate limits: this limit is back on");
+                }
             }
         }
     }
+}
+
+/// Drops a limiter's idle buckets; how many it still tracks.
+fn clean<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) -> usize {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+    limiter.len()
 }
 
 /// The key of an address: itself, or for IPv6 its /64 prefix.

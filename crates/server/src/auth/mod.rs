@@ -20,7 +20,7 @@ pub mod limits;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -194,6 +194,11 @@ impl Principal {
         }
     }
 
+    /// True for the principal of a token (not of a key, nor anonymous).
+    pub fn from_token(&self) -> bool {
+        self.key.is_none() && self.valid.1 != u64::MAX
+    }
+
     /// True when a reload replaced this principal: look it up again with
     /// [`Authenticator::current`].
     pub fn is_replaced(&self) -> bool {
@@ -241,7 +246,10 @@ pub struct Authenticator {
     enabled: bool,
     keys: ArcSwap<KeyTable>,
     tokens: ArcSwap<Tokens>,
+    /// Bumped by every reload: a TCP connection that presented a token verifies it again.
+    token_generation: AtomicU64,
     limits: Limits,
+    refusals: Sampler,
     /// The principal of every HTTP request while auth is off (no allocation per request).
     anonymous: Arc<Principal>,
 }
@@ -255,7 +263,9 @@ impl Authenticator {
             enabled: config.enabled,
             keys: ArcSwap::from_pointee(KeyTable::from_config(config)),
             tokens: ArcSwap::from_pointee(tokens),
+            token_generation: AtomicU64::new(0),
             limits: Limits::from_config(limits),
+            refusals: Sampler::default(),
             anonymous: Arc::new(Principal::anonymous("anonymous")),
         })
     }
@@ -268,6 +278,17 @@ impl Authenticator {
         ttl: Option<std::time::Duration>,
     ) -> Result<Minted, String> {
         self.tokens.load().mint(game, subject, ttl)
+    }
+
+    /// Changes with every reload of the token keys (see [`Authenticator::reverify`]).
+    pub fn token_generation(&self) -> u64 {
+        self.token_generation.load(Ordering::Relaxed)
+    }
+
+    /// A token verified again with the keys in force now (after a reload), or
+    /// `unauthorized`.
+    pub fn reverify(&self, token: &str) -> Result<Arc<Principal>, ServiceError> {
+        self.tokens.load().verify(token).ok_or_else(unauthorized)
     }
 
     /// False once the token a principal came from has expired (keys never do).
@@ -314,12 +335,16 @@ impl Authenticator {
             _ => presented.and_then(|key| self.keys.load().find(key)),
         };
         found.ok_or_else(|| {
-            // Never the credential itself, nor a part of it.
-            tracing::info!(
-                target: "audit",
-                presented = if presented.is_some() { "an unknown key" } else { "nothing" },
-                "request denied: authentication failed"
-            );
+            // Never the credential itself, nor a part of it; at most one line a second, with
+            // the count since the last one (anyone can send these).
+            if let Some(count) = self.refusals.note() {
+                tracing::info!(
+                    target: "audit",
+                    refused = count,
+                    last = if presented.is_some() { "an unknown credential" } else { "none" },
+                    "requests denied: authentication failed"
+                );
+            }
             unauthorized()
         })
     }
@@ -337,7 +362,10 @@ impl Authenticator {
     /// Enabling or disabling auth needs a restart.
     pub fn reload(&self, config: &AuthConfig) -> KeyChanges {
         match Tokens::from_config(&config.tokens) {
-            Ok(tokens) => self.tokens.store(Arc::new(tokens)),
+            Ok(tokens) => {
+                self.tokens.store(Arc::new(tokens));
+                self.token_generation.fetch_add(1, Ordering::Relaxed);
+            }
             Err((at, e)) => {
                 tracing::error!("reload: {at}: {e}; the running token keys are kept")
             }
@@ -360,7 +388,8 @@ pub fn mint_for(
     ttl: Option<std::time::Duration>,
 ) -> Result<Minted, ServiceError> {
     let principal = &caller.principal;
-    if !matches!(principal.role, Role::Admin | Role::Server) {
+    // A key, not a token: a token minting tokens could outlive itself.
+    if !matches!(principal.role, Role::Admin | Role::Server) || principal.key.is_none() {
         return Err(principal.deny(
             Access::Write,
             game,
@@ -371,6 +400,31 @@ pub fn mint_for(
     crate::model::check_id(subject, "sub")?;
     auth.mint(game, subject, ttl)
         .map_err(|e| ServiceError::bad_request(format!("cannot mint a token: {e}")))
+}
+
+/// Lets through at most one event a second, counting the others.
+#[derive(Default)]
+struct Sampler {
+    /// The second (since the Unix epoch) of the last event let through.
+    second: AtomicU64,
+    /// Events since then.
+    count: AtomicU64,
+}
+
+impl Sampler {
+    /// `Some(events since the last one let through, this one included)` when this event may
+    /// be logged.
+    fn note(&self) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = tokens::unix_now();
+        let last = self.second.load(Ordering::Relaxed);
+        let this_one = now != last
+            && self
+                .second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        this_one.then(|| self.count.swap(0, Ordering::Relaxed))
+    }
 }
 
 fn unauthorized() -> ServiceError {

@@ -43,14 +43,18 @@ pub struct Tokens {
     verified: quick_cache::sync::Cache<Box<str>, Arc<Principal>>,
 }
 
-/// The claims of a token (unknown claims are ignored).
+/// The claims of a token (unknown claims are ignored; `iss` and `aud`, a string or an array,
+/// are checked by `jsonwebtoken`'s validation).
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
+    /// Only written (minting): read through the validation.
+    #[serde(default, skip_deserializing, skip_serializing_if = "String::is_empty")]
     iss: String,
+    #[serde(default, skip_deserializing, skip_serializing_if = "String::is_empty")]
     aud: String,
     /// The game the token is for.
     game: String,
@@ -304,7 +308,8 @@ fn principal(claims: Claims) -> Option<Principal> {
     };
     let subject = (role == Role::Player).then(|| claims.sub.as_str().into());
     Some(Principal {
-        name: format!("token:{}", claims.sub).into(),
+        // Per game: the same player id in two games is two callers (logs, rate limits).
+        name: format!("token:{}@{}", claims.sub, claims.game).into(),
         role,
         games: Games::Only(Box::new([claims.game.into()])),
         key: None,
@@ -325,4 +330,60 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// Only an RS256 key, without kid: the classic confusion (HS256 "signed" with the RSA
+    /// public key's PEM as the HMAC secret) must meet the RS256 key and fail, not be checked as
+    /// HMAC with that PEM.
+    #[test]
+    fn a_key_verifies_only_with_its_own_algorithm() {
+        let config = TokensConfig {
+            keys: vec![TokenKeyConfig {
+                kid: None,
+                algorithm: "RS256".into(),
+                secret: None,
+                secret_file: None,
+                public_key_file: Some(fixture("test_rsa_public.pem")),
+                private_key_file: Some(fixture("test_rsa_private.pem")),
+            }],
+            ..TokensConfig::default()
+        };
+        let tokens = Tokens::from_config(&config).expect("the key loads");
+        let claims = serde_json::json!({
+            "sub": "alice", "game": "g", "iss": "datamiddleware",
+            "aud": ["other", "datamiddleware"], "exp": unix_now() + 60,
+        });
+        let public = std::fs::read(fixture("test_rsa_public.pem")).unwrap();
+        let hmac = EncodingKey::from_secret(&public).unwrap();
+        let confused =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hmac).unwrap();
+        assert!(
+            tokens.verify(&confused).is_none(),
+            "HS256 with the public key passed"
+        );
+        // The genuine RS256 token (an `aud` array holding ours) passes, so the key is usable.
+        let private = std::fs::read(fixture("test_rsa_private.pem")).unwrap();
+        let rsa = EncodingKey::from_rsa_pem(&private).unwrap();
+        let genuine = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &rsa).unwrap();
+        let principal = tokens.verify(&genuine).expect("the genuine token");
+        assert_eq!(&*principal.name, "token:alice@g");
+        // Minting with that key gives tokens it verifies.
+        let minted = tokens
+            .mint("g", "bob", None)
+            .expect("an RS256 key with a private key signs");
+        assert_eq!(
+            tokens.verify(&minted.token).unwrap().subject.as_deref(),
+            Some("bob")
+        );
+    }
 }

@@ -92,6 +92,9 @@ struct Conn<'a> {
     caller: Caller,
     /// The client's address (per-address rate limits).
     peer: Option<std::net::IpAddr>,
+    /// The token of the HELLO, if it was one, and the token-key generation it was verified
+    /// under: a reload of the token keys makes the connection verify it again.
+    token: Option<(Box<str>, u64)>,
     /// Set when the request being read is over a rate limit: [`Conn::dispatch`] answers it
     /// with this error, in its turn among the requests on its documents.
     refused: Option<ServiceError>,
@@ -145,6 +148,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         handshake_done: false,
         caller: Caller::nobody(),
         peer,
+        token: None,
         refused: None,
     };
     let _registration = drain.register(conn.outbox.clone());
@@ -331,6 +335,16 @@ impl Conn<'_> {
         if !self.ctx.auth.still_valid(&self.caller.principal) {
             return false;
         }
+        if let Some((token, verified_under)) = &mut self.token {
+            let now = self.ctx.auth.token_generation();
+            if *verified_under != now {
+                match self.ctx.auth.reverify(token) {
+                    Ok(principal) => self.caller.principal = principal,
+                    Err(_) => return false,
+                }
+                *verified_under = now;
+            }
+        }
         if !self.caller.principal.is_replaced() {
             return true;
         }
@@ -487,6 +501,12 @@ impl Conn<'_> {
         match self.ctx.auth.authenticate(client_name, credential.into()) {
             Ok(principal) => {
                 tracing::debug!(client = %principal.name, "TCP handshake complete");
+                if let Credential::Token(token) = credential
+                    && principal.from_token()
+                {
+                    let generation = self.ctx.auth.token_generation();
+                    self.token = Some((token.as_str().into(), generation));
+                }
                 self.caller.principal = principal;
                 let config = &self.ctx.config;
                 Message::HelloOk(HelloOk {
