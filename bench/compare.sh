@@ -8,7 +8,9 @@
 #   3. cold reads through PostgreSQL (documents not in L1) vs `pgbench -S`;
 #   4. PUT through PostgreSQL vs a pgbench script updating one row per transaction;
 #   5. TCP GET answered by the Redis tier (L2; the collection kept out of L1) vs redis-server
-#      GET of the same bytes, and PUT with L2 and the invalidation bus on vs off.
+#      GET of the same bytes, and PUT with L2 and the invalidation bus on vs off;
+#   6. the cached GETs of 1 and 2 through an instance with auth on (an API key; a JWT) vs the
+#      same build with auth off.
 # Installs nginx, redis-server and pgbench (postgresql-contrib) when absent; starts and stops
 # everything it needs.
 #
@@ -77,6 +79,34 @@ target/release/examples/static_hyper "$work/doc.json" 127.0.0.1:18482 &
 pids+=($!)
 redis-server --port 16390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" --logfile "$work/redis.log"
 wait_http 127.0.0.1:18481/doc.json && wait_http 127.0.0.1:18482/
+# The same build with auth on: an API key, and an HS256 token key for a server-role JWT.
+mkdir -p "$work/auth"
+keygen=$("$bin" key new --name bench --role server --games default)
+api_key=$(awk '/^# dmw_/{print $2}' <<<"$keygen")
+jwt_secret="compare-sh-only-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cat > "$work/auth/auth.toml" <<CONF
+[auth]
+enabled = true
+$(grep -v '^#' <<<"$keygen")
+[[auth.tokens.keys]]
+algorithm = "HS256"
+secret = "$jwt_secret"
+CONF
+(cd "$work/auth" && DMW_LOG__FILTER=warn exec "$OLDPWD/$bin" --config auth.toml --listen 127.0.0.1:18485 --tcp-listen 127.0.0.1:17485) &
+pids+=($!)
+wait_http 127.0.0.1:18485/healthz
+curl -fs -X PUT -H "x-api-key: $api_key" -H 'content-type: application/json' 127.0.0.1:18485/api/players/k0 -d "$doc" >/dev/null
+# A server-role token (minted ones are player tokens, which the owner rule would refuse here).
+jwt=$(python3 - "$jwt_secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "bench", "game": "default", "role": "server", "iss": "datamiddleware",
+                       "aud": "datamiddleware", "exp": int(time.time()) + 86400}).encode())
+sig = hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(sig)}")
+PY
+)
 # A second instance whose players are kept out of L1 (l1_ttl = 0): every GET is answered by L2.
 mkdir -p "$work/l2"
 cat > "$work/l2/l2.toml" <<CONF
@@ -100,10 +130,13 @@ for round in $(seq "$rounds"); do
   run_bench http_ours --target http --addr 127.0.0.1:18480 --keys 1 --no-load -c 64
   run_bench http_nginx --target url --url http://127.0.0.1:18481/doc.json -c 64
   run_bench http_hyper --target url --url http://127.0.0.1:18482/ -c 64
+  run_bench http_auth_key --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --api-key "$api_key"
+  run_bench http_auth_jwt --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --token "$jwt"
   echo "== round $round: TCP GET vs redis GET, ${size}-byte values, 50 connections" >&2
   for depth in 1 16; do
     run_bench "tcp_ours_d$depth" --target tcp --addr 127.0.0.1:17480 --keys 1 --no-load -c 50 -d $depth
     run_bench "redis_d$depth" --target redis --addr 127.0.0.1:16390 --keys 1 --value-size "$size" -c 50 -d $depth
+    run_bench "tcp_auth_d$depth" --target tcp --addr 127.0.0.1:17485 --keys 1 --no-load -c 50 -d $depth --api-key "$api_key"
     # How the instance's L2 reads reach Redis: lookups of many requests share one MGET
     # (cache/coalesce.rs), so Redis runs far fewer commands than requests arrive.
     mgets() { redis-cli -p 16390 info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_mget:/{print $2}'; }
@@ -173,6 +206,10 @@ table=$(cat <<TABLE
 | TCP GET from L2 (Redis) vs redis GET, depth 1 | $(median "${rps[tcp_l2_d1]}") | $(median "${rps[redis_d1]}") | **$(ratio tcp_l2_d1 redis_d1)×** | ≥ 0.6× |
 | TCP GET from L2 (Redis) vs redis GET, depth 16 | $(median "${rps[tcp_l2_d16]}") | $(median "${rps[redis_d16]}") | **$(ratio tcp_l2_d16 redis_d16)×** | ≥ 0.6× |
 | PUT (PostgreSQL) with L2 and bus vs without | $(median "${rps[pg_put_l2]}") | $(median "${rps[pg_put_ours]}") | **$(ratio pg_put_l2 pg_put_ours)×** | ≥ 0.9× |
+| HTTP GET cached, auth on (API key) vs auth off | $(median "${rps[http_auth_key]}") | $(median "${rps[http_ours]}") | **$(ratio http_auth_key http_ours)×** | ≥ 0.9× |
+| HTTP GET cached, auth on (JWT bearer) vs auth off | $(median "${rps[http_auth_jwt]}") | $(median "${rps[http_ours]}") | **$(ratio http_auth_jwt http_ours)×** | ≥ 0.9× |
+| TCP GET cached, auth on vs off, depth 1 | $(median "${rps[tcp_auth_d1]}") | $(median "${rps[tcp_ours_d1]}") | **$(ratio tcp_auth_d1 tcp_ours_d1)×** | within noise |
+| TCP GET cached, auth on vs off, depth 16 | $(median "${rps[tcp_auth_d16]}") | $(median "${rps[tcp_ours_d16]}") | **$(ratio tcp_auth_d16 tcp_ours_d16)×** | within noise |
 TABLE
 )
 echo

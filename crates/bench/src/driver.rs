@@ -17,6 +17,13 @@ use tokio::time::Instant;
 use crate::codec::{Codec, HttpApi, Op, PlainHttp, Redis, TcpProtocol, value_json};
 use crate::report::Recorder;
 
+/// The credential a run presents.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    ApiKey(String),
+    Bearer(String),
+}
+
 /// What to connect to.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -25,14 +32,14 @@ pub enum Target {
         addr: SocketAddr,
         game: String,
         collection: String,
-        api_key: Option<String>,
+        auth: Option<Auth>,
     },
     /// Our TCP protocol.
     Tcp {
         addr: SocketAddr,
         game: String,
         collection: String,
-        api_key: Option<String>,
+        auth: Option<Auth>,
     },
     /// Redis (RESP).
     Redis { addr: SocketAddr },
@@ -61,16 +68,17 @@ impl Target {
             Target::Http {
                 game,
                 collection,
-                api_key,
+                auth,
                 ..
             } => Box::new(HttpApi {
                 game: game.clone(),
                 collection: collection.clone(),
                 value,
-                extra_headers: api_key
-                    .as_ref()
-                    .map(|key| format!("X-Api-Key: {key}\r\n"))
-                    .unwrap_or_default(),
+                extra_headers: match auth {
+                    Some(Auth::ApiKey(key)) => format!("X-Api-Key: {key}\r\n"),
+                    Some(Auth::Bearer(token)) => format!("Authorization: Bearer {token}\r\n"),
+                    None => String::new(),
+                },
             }),
             Target::Tcp {
                 game, collection, ..
@@ -206,12 +214,16 @@ pub async fn connect(target: &Target) -> Result<TcpStream, String> {
 /// Prepares a connected stream: no Nagle delay, and HELLO for our TCP protocol.
 pub async fn handshake(mut stream: TcpStream, target: &Target) -> Result<TcpStream, String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if let Target::Tcp { api_key, .. } = target {
+    if let Target::Tcp { auth, .. } = target {
         let mut hello = BytesMut::new();
         Message::Hello(Hello {
             version: 1,
             client_name: "datamiddleware-bench".into(),
-            credential: api_key.clone().map_or(Credential::None, Credential::ApiKey),
+            credential: match auth {
+                Some(Auth::ApiKey(key)) => Credential::ApiKey(key.clone()),
+                Some(Auth::Bearer(token)) => Credential::Token(token.clone()),
+                None => Credential::None,
+            },
         })
         .encode(0, &mut hello);
         stream.write_all(&hello).await.map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use driver::{Keys, Model, Plan, Target, Workload};
+use driver::{Auth, Keys, Model, Plan, Target, Workload};
 use report::Recorder;
 
 /// `datamiddleware bench …`
@@ -131,9 +131,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub svg: Option<PathBuf>,
     /// API key for a server with auth on (`X-Api-Key` on HTTP, the HELLO credential on TCP).
-    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
+    #[arg(long, env = API_KEY_ENV, hide_env_values = true, conflicts_with = "token")]
     pub api_key: Option<String>,
+    /// Bearer token (JWT) instead (`Authorization: Bearer` on HTTP, the HELLO token on TCP).
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
 }
+
+/// The environment variable that can give `--token`.
+pub const TOKEN_ENV: &str = "DATAMIDDLEWARE_TOKEN";
 
 /// The environment variable that can give `--api-key` (keeps the key out of process lists).
 pub const API_KEY_ENV: &str = "DATAMIDDLEWARE_API_KEY";
@@ -155,6 +161,16 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{addr} resolves to nothing"))
 }
 
+impl Auth {
+    fn of(args: &RunArgs) -> Option<Auth> {
+        match (&args.api_key, &args.token) {
+            (Some(key), _) => Some(Auth::ApiKey(key.clone())),
+            (None, Some(token)) => Some(Auth::Bearer(token.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
 fn target(args: &RunArgs) -> Result<Target, String> {
     let addr = |default: &str| resolve(args.addr.as_deref().unwrap_or(default));
     Ok(match args.target {
@@ -162,13 +178,13 @@ fn target(args: &RunArgs) -> Result<Target, String> {
             addr: addr("127.0.0.1:8080")?,
             game: args.game.clone(),
             collection: args.collection.clone(),
-            api_key: args.api_key.clone(),
+            auth: Auth::of(args),
         },
         TargetKind::Tcp => Target::Tcp {
             addr: addr("127.0.0.1:7070")?,
             game: args.game.clone(),
             collection: args.collection.clone(),
-            api_key: args.api_key.clone(),
+            auth: Auth::of(args),
         },
         TargetKind::Redis => Target::Redis {
             addr: addr("127.0.0.1:6379")?,
