@@ -1,6 +1,6 @@
 //! API keys in the real binary: `key new` makes a key and its configuration entry, SIGHUP
 //! replaces the keys of a running server (and keeps them when the new file is invalid), and no
-//! key presented to it, valid or not, appears in its log.
+//! key or token presented to it, valid or not, nor the token secret, appears in its log.
 
 mod support;
 
@@ -42,9 +42,13 @@ fn new_key(name: &str) -> (String, String) {
     (key, entry)
 }
 
+/// The HS256 secret of the token key (it must not reach the log either).
+const SECRET: &str = "auth-process-test-secret-0123456789abcdef";
+
 fn config(dir: &std::path::Path, entries: &[&str]) -> String {
     format!(
-        "[auth]\nenabled = true\n{}\n[games.default]\nstore = \"sqlite://{}/k.db\"\n",
+        "[auth]\nenabled = true\n{}\n[[auth.tokens.keys]]\nalgorithm = \"HS256\"\n\
+         secret = \"{SECRET}\"\n[games.default]\nstore = \"sqlite://{}/k.db\"\n",
         entries.join("\n"),
         dir.display()
     )
@@ -108,6 +112,23 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
         .get("default", "players", "p1")
         .await
         .unwrap();
+    // A player token, minted by the first key and used on both front ends.
+    let minted = with(&first)
+        .post("/api/v1/default/_token", r#"{"sub":"p9"}"#)
+        .await;
+    assert_eq!(minted.status, 200, "{:?}", minted.body);
+    let token = minted.json()["token"].as_str().unwrap().to_string();
+    let player = Http::with_key(base.clone(), None).with_bearer(&token);
+    assert_eq!(player.get("/api/v1/default/players/p9").await.status, 404);
+    let options = ClientOptions {
+        credential: Credential::Token(token.clone()),
+        ..ClientOptions::default()
+    };
+    let err = Client::new(tcp_addr.clone(), options)
+        .get("default", "players", "p1")
+        .await
+        .expect_err("p1 has no owner");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
     let err = tcp(&tcp_addr, &stranger)
         .connect()
         .await
@@ -155,6 +176,8 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
         "the running one is kept",
         "requests denied: authentication failed",
         "TCP handshake complete",
+        "token minted",
+        "request denied",
     ] {
         assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");
     }
@@ -171,4 +194,14 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
             "part of the {name} key appears in the log"
         );
     }
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(
+        !log.contains(signature),
+        "the token's signature appears in the log"
+    );
+    assert!(
+        !log.contains(&token[..30]),
+        "the token's header appears in the log"
+    );
+    assert!(!log.contains(SECRET), "the token secret appears in the log");
 }

@@ -398,8 +398,19 @@ pub fn mint_for(
     }
     principal.authorize(game, Access::Write)?;
     crate::model::check_id(subject, "sub")?;
-    auth.mint(game, subject, ttl)
-        .map_err(|e| ServiceError::bad_request(format!("cannot mint a token: {e}")))
+    let minted = auth
+        .mint(game, subject, ttl)
+        .map_err(|e| ServiceError::bad_request(format!("cannot mint a token: {e}")))?;
+    tracing::info!(
+        target: "audit",
+        principal = %principal.name,
+        action = "mint",
+        game,
+        subject,
+        expires_at = minted.expires_at,
+        "token minted"
+    );
+    Ok(minted)
 }
 
 /// Lets through at most one event a second, counting the others.
