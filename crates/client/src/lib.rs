@@ -391,6 +391,29 @@ impl Client {
             other => Err(unexpected(&other)),
         }
     }
+
+    /// Mints a player token for `subject` in `game` (the connection's key must be a `server`
+    /// or `admin` key of the game); `ttl` such as `"10m"`, at most the server's `mint_ttl`.
+    /// Returns `{"token", "token_type", "expires_at"}`.
+    pub async fn mint(
+        &self,
+        game: &str,
+        subject: &str,
+        ttl: Option<&str>,
+    ) -> Result<serde_json::Value, Error> {
+        let mut body = serde_json::json!({ "sub": subject });
+        if let Some(ttl) = ttl {
+            body["ttl"] = ttl.into();
+        }
+        let request = Message::Mint {
+            game: game.into(),
+            request: Bytes::from(serde_json::to_vec(&body)?),
+        };
+        match self.request(request).await? {
+            Message::Token { token } => Ok(serde_json::from_slice(&token)?),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 fn doc_ref(game: &str, collection: &str, id: &str) -> DocRef {

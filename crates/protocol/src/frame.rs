@@ -40,17 +40,19 @@ pub enum Opcode {
     List = 0x15,
     Incr = 0x16,
     Txn = 0x17,
+    Mint = 0x18,
     HelloOk = 0x81,
     GoAway = 0x82,
     Doc = 0x90,
     Docs = 0x91,
     Done = 0x92,
     TxnResult = 0x93,
+    Token = 0x94,
     Error = 0xFF,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 18] = [
+    pub const ALL: [Opcode; 20] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Pong,
@@ -62,12 +64,14 @@ impl Opcode {
         Opcode::List,
         Opcode::Incr,
         Opcode::Txn,
+        Opcode::Mint,
         Opcode::HelloOk,
         Opcode::GoAway,
         Opcode::Doc,
         Opcode::Docs,
         Opcode::Done,
         Opcode::TxnResult,
+        Opcode::Token,
         Opcode::Error,
     ];
 
@@ -75,9 +79,9 @@ impl Opcode {
         Self::ALL.into_iter().find(|op| *op as u8 == byte)
     }
 
-    /// The requests, `0x10`–`0x17`: what carries a request id of the request-id sequence.
+    /// The requests, `0x10`–`0x18`: what carries a request id of the request-id sequence.
     pub fn is_request(self) -> bool {
-        (0x10..=0x17).contains(&(self as u8))
+        (0x10..=0x18).contains(&(self as u8))
     }
 }
 

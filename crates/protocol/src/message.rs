@@ -129,6 +129,12 @@ pub enum Message {
         /// JSON `{"ops": [...]}`, the same as the HTTP `_txn` body.
         ops: Bytes,
     },
+    /// A player token for `game`, minted for a key with the right (the HTTP `_token`).
+    Mint {
+        game: String,
+        /// JSON `{"sub": "...", "ttl": "10m"}`, the same as the HTTP `_token` body.
+        request: Bytes,
+    },
     Doc {
         tier: Tier,
         created: bool,
@@ -146,6 +152,10 @@ pub enum Message {
     TxnResult {
         /// JSON `{"results": [...]}`, the same as the HTTP `_txn` response.
         results: Bytes,
+    },
+    /// The answer to MINT: JSON `{"token", "token_type", "expires_at"}` (the HTTP answer).
+    Token {
+        token: Bytes,
     },
     Error {
         code: String,
@@ -170,10 +180,12 @@ impl Message {
             Message::List { .. } => Opcode::List,
             Message::Incr { .. } => Opcode::Incr,
             Message::Txn { .. } => Opcode::Txn,
+            Message::Mint { .. } => Opcode::Mint,
             Message::Doc { .. } => Opcode::Doc,
             Message::Docs { .. } => Opcode::Docs,
             Message::Done { .. } => Opcode::Done,
             Message::TxnResult { .. } => Opcode::TxnResult,
+            Message::Token { .. } => Opcode::Token,
             Message::Error { .. } => Opcode::Error,
         }
     }
@@ -283,6 +295,10 @@ impl Message {
                 put_str8(out, game);
                 put_json32(out, ops);
             }
+            Message::Mint { game, request } => {
+                put_str8(out, game);
+                put_json32(out, request);
+            }
             Message::Doc {
                 tier,
                 created,
@@ -309,6 +325,7 @@ impl Message {
             }
             Message::Done { version } => out.put_u64(*version),
             Message::TxnResult { results } => put_json32(out, results),
+            Message::Token { token } => put_json32(out, token),
             Message::Error {
                 code,
                 message,
@@ -423,6 +440,10 @@ impl Message {
                 game: r.str8()?,
                 ops: r.json32()?,
             },
+            Opcode::Mint => Message::Mint {
+                game: r.str8()?,
+                request: r.json32()?,
+            },
             Opcode::Doc => {
                 let tier = r.tier()?;
                 let created = match r.u8()? {
@@ -461,6 +482,7 @@ impl Message {
             Opcode::TxnResult => Message::TxnResult {
                 results: r.json32()?,
             },
+            Opcode::Token => Message::Token { token: r.json32()? },
             Opcode::Error => Message::Error {
                 code: r.str8()?,
                 message: r.str16()?,

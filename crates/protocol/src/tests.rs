@@ -118,6 +118,7 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         (doc_ref(), pre(), json()).prop_map(|(doc, pre, incr)| Message::Incr { doc, pre, incr }),
         (name(), json()).prop_map(|(game, ops)| Message::Txn { game, ops }),
+        (name(), json()).prop_map(|(game, request)| Message::Mint { game, request }),
         (tier(), any::<bool>(), any::<u64>(), json()).prop_map(|(tier, created, version, doc)| {
             Message::Doc {
                 tier,
@@ -138,6 +139,7 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         any::<u64>().prop_map(|version| Message::Done { version }),
         json().prop_map(|results| Message::TxnResult { results }),
+        json().prop_map(|token| Message::Token { token }),
         (name(), "\\PC{0,100}", proptest::option::of(0u32..u32::MAX)).prop_map(
             |(code, message, op_index)| Message::Error {
                 code,
@@ -356,11 +358,11 @@ fn a_get_frame_matches_the_documented_bytes() {
 }
 
 #[test]
-fn requests_are_exactly_the_opcodes_0x10_to_0x17() {
+fn requests_are_exactly_the_opcodes_0x10_to_0x18() {
     let requests: Vec<u8> = Opcode::ALL
         .into_iter()
         .filter(|op| op.is_request())
         .map(|op| op as u8)
         .collect();
-    assert_eq!(requests, (0x10..=0x17).collect::<Vec<u8>>());
+    assert_eq!(requests, (0x10..=0x18).collect::<Vec<u8>>());
 }

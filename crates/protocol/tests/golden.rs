@@ -753,6 +753,34 @@ fn txn() {
     );
 }
 
+#[test]
+fn mint_and_token() {
+    golden(
+        31,
+        Message::Mint {
+            game: "rpg".into(),
+            request: json(r#"{"sub":"p1"}"#),
+        },
+        &hex(&[
+            "44 4d 01 18 00 00 00 00 00 00 00 1f 00 00 00 14", // header: MINT, id 31, body 20
+            "03 72 70 67",                                     // game str8 "rpg"
+            "00 00 00 0c",                                     // json32 length 12
+            "7b 22 73 75 62 22 3a 22 70 31 22 7d",             // {"sub":"p1"}
+        ]),
+    );
+    golden(
+        31,
+        Message::Token {
+            token: json(r#"{"token":"t"}"#),
+        },
+        &hex(&[
+            "44 4d 01 94 00 00 00 00 00 00 00 1f 00 00 00 11", // header: TOKEN, id 31, body 17
+            "00 00 00 0d",                                     // json32 length 13
+            "7b 22 74 6f 6b 65 6e 22 3a 22 74 22 7d",          // {"token":"t"}
+        ]),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Answers: DOC, DOCS, DONE, TXN_RESULT, ERROR
 // ---------------------------------------------------------------------------------------------
@@ -1304,8 +1332,8 @@ fn malformed_lengths() {
     bad_body(0x10, 142, &[DOC42, "00"], "GET with a trailing byte");
     // Every opcode of the table has a non-empty body: an empty one is too short.
     for opcode in [
-        0x01, 0x81, 0x02, 0x03, 0x82, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x90, 0x91,
-        0x92, 0x93, 0xff,
+        0x01, 0x81, 0x02, 0x03, 0x82, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x90,
+        0x91, 0x92, 0x93, 0x94, 0xff,
     ] {
         assert_malformed(
             &frame(opcode, 143, &[]),
@@ -1462,8 +1490,8 @@ fn header_errors() {
 #[test]
 fn unknown_opcodes() {
     let table = [
-        0x01, 0x81, 0x02, 0x03, 0x82, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x90, 0x91,
-        0x92, 0x93, 0xff,
+        0x01, 0x81, 0x02, 0x03, 0x82, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x90,
+        0x91, 0x92, 0x93, 0x94, 0xff,
     ];
     for byte in 0..=u8::MAX {
         let header = [

@@ -474,7 +474,7 @@ async fn error_header_version_two_is_unsupported_version_with_the_frames_id() {
 async fn error_unknown_opcode_carries_the_frames_id() {
     let s = server().await;
     violation(&s, &raw_header(0x42, 8, 0), 8, "unknown_opcode").await;
-    violation(&s, &raw_header(0x18, 9, 0), 9, "unknown_opcode").await;
+    violation(&s, &raw_header(0x19, 9, 0), 9, "unknown_opcode").await;
     violation(&s, &raw_header(0x00, 10, 0), 10, "unknown_opcode").await;
 }
 

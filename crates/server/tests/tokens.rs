@@ -527,7 +527,73 @@ async fn the_owner_rule_holds_on_reads_from_the_store(backend: Backend) {
     assert_code(&r, 403, "forbidden", "HTTP, cached");
 }
 
+/// MINT over TCP: the same rule and answer as HTTP `_token`.
+async fn tokens_are_minted_over_tcp_too(backend: Backend) {
+    let Some(s) = start(backend).await else {
+        return;
+    };
+    let with_key = |key: &str| {
+        let options = ClientOptions {
+            credential: Credential::ApiKey(key.to_string()),
+            max_connect_attempts: 1,
+            ..ClientOptions::default()
+        };
+        Client::new(s.running.tcp_addr.unwrap().to_string(), options)
+    };
+    let game = s.game.as_str();
+    let minted = with_key(SERVER_KEY)
+        .mint(game, "alice", Some("10m"))
+        .await
+        .expect("a server key mints");
+    assert_eq!(minted["token_type"], "Bearer");
+    let expires = minted["expires_at"].as_u64().unwrap();
+    assert!(
+        expires > unix_now() + 500 && expires <= unix_now() + 601,
+        "{expires}"
+    );
+    let token = minted["token"].as_str().unwrap();
+    let alice = tcp(&s, token);
+    let doc = alice
+        .put(
+            game,
+            "players",
+            "a1",
+            &json!({"gold": 1}),
+            Precondition::None,
+        )
+        .await
+        .expect("alice writes her own document");
+    assert_eq!(doc.parse().unwrap()["owner"], "alice");
+    let refusals = [
+        (
+            "a read-only key",
+            with_key(READONLY_KEY).mint(game, "alice", None).await.err(),
+        ),
+        (
+            "a player token",
+            alice.mint(game, "alice", None).await.err(),
+        ),
+        (
+            "another game",
+            with_key(SERVER_KEY)
+                .mint("othergame", "alice", None)
+                .await
+                .err(),
+        ),
+    ];
+    for (what, err) in refusals {
+        assert_eq!(
+            err.and_then(|e| e.code()),
+            Some(ErrorCode::Forbidden),
+            "{what}"
+        );
+    }
+    let err = with_key(SERVER_KEY).mint(game, "a/b", None).await.err();
+    assert_eq!(err.and_then(|e| e.code()), Some(ErrorCode::InvalidId));
+}
+
 backend_tests!(
+    tokens_are_minted_over_tcp_too,
     every_bad_token_gets_the_same_401,
     a_player_touches_only_its_own_documents,
     an_expired_token_ends_its_tcp_connection,

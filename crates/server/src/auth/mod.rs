@@ -378,6 +378,17 @@ impl Authenticator {
     }
 }
 
+/// The body of a mint request (HTTP `_token`, TCP MINT).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    /// The player's id (the owner of its documents).
+    pub sub: String,
+    /// Lifetime, e.g. "10m"; at most (and by default) `auth.tokens.mint_ttl`.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<std::time::Duration>,
+}
+
 /// Mints a player token for `subject` in `game` on behalf of `caller`, who must hold a
 /// `server` or `admin` right to the game: the one rule of both front ends.
 pub fn mint_for(

@@ -72,6 +72,18 @@ pub struct Minted {
     pub expires_at: u64,
 }
 
+impl Minted {
+    /// The answer both front ends send: `{"token", "token_type", "expires_at"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "token": self.token,
+            "token_type": "Bearer",
+            "expires_at": self.expires_at,
+        })
+        .to_string()
+    }
+}
+
 impl Tokens {
     /// The verifier of `[auth.tokens]`; the error names the entry at fault.
     pub fn from_config(config: &TokensConfig) -> Result<Tokens, (String, String)> {

@@ -384,27 +384,12 @@ async fn txn(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> Ht
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintBody {
-    /// The player's id (the owner of its documents).
-    sub: String,
-    /// Lifetime, e.g. "10m"; at most (and by default) `auth.tokens.mint_ttl`.
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<std::time::Duration>,
-}
-
 /// `POST /api/v1/{game}/_token`: a `server` (or `admin`) key mints a player token for `game`.
 async fn mint(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
-    let body: MintBody = parse_json(&read_body(state, req).await?)?;
+    let body: crate::auth::MintRequest = parse_json(&read_body(state, req).await?)?;
     let minted = crate::auth::mint_for(&state.auth, caller, game, &body.sub, body.ttl)?;
-    let answer = serde_json::json!({
-        "token": minted.token,
-        "token_type": "Bearer",
-        "expires_at": minted.expires_at,
-    });
-    Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
+    Ok(json(StatusCode::OK, Bytes::from(minted.to_json())))
 }
 
 async fn health(state: &HttpState) -> HttpResult {

@@ -539,6 +539,16 @@ impl Conn<'_> {
         if let Some(refused) = self.refused.take() {
             // Answered in its turn (after the earlier requests on its documents), not run.
             request = Request::Refused(refused);
+        } else if let Request::Message(Message::Mint {
+            game,
+            request: body,
+        }) = request
+        {
+            request = Request::Mint {
+                auth: self.ctx.auth.clone(),
+                game,
+                request: body,
+            };
         }
         self.outbox.dispatched();
         self.idle = false;
@@ -779,7 +789,9 @@ fn touch(request: &Request) -> Option<Touch<'_>> {
                 .collect(),
             write,
         },
-        Request::Txn { ops: Err(_), .. } | Request::Refused(_) => return None,
+        Request::Txn { ops: Err(_), .. } | Request::Refused(_) | Request::Mint { .. } => {
+            return None;
+        }
     })
 }
 

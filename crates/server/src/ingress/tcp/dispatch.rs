@@ -6,7 +6,11 @@ use datamiddleware_protocol::{
     DocRef, Message, OwnerChange, Precondition as WirePre, Tier as WireTier,
 };
 
-use crate::auth::Caller;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::auth::{Authenticator, Caller, MintRequest};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, Tier};
 use crate::service::ops::{Incr, Precondition, WriteOp};
@@ -25,6 +29,12 @@ pub enum Request {
     },
     /// A request refused before it ran (over a rate limit): answered with this error.
     Refused(ServiceError),
+    /// MINT, with the authenticator that signs.
+    Mint {
+        auth: Arc<Authenticator>,
+        game: String,
+        request: Bytes,
+    },
 }
 
 impl Request {
@@ -45,7 +55,7 @@ impl Request {
     pub fn writes(&self) -> bool {
         match self {
             Request::Txn { .. } => true,
-            Request::Refused(_) => false,
+            Request::Refused(_) | Request::Mint { .. } => false,
             Request::Message(message) => matches!(
                 message,
                 Message::Put { .. }
@@ -78,6 +88,11 @@ pub async fn handle(
         Request::Message(message) => Box::pin(run(service, caller, message, settled)).await,
         Request::Txn { game, ops } => Box::pin(txn(service, caller, &game, ops, settled)).await,
         Request::Refused(error) => Err(error),
+        Request::Mint {
+            auth,
+            game,
+            request,
+        } => mint(&auth, caller, &game, &request),
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
 }
@@ -112,6 +127,23 @@ async fn txn(
     let written = service.write(caller, game, ops?, settled).await?;
     let results = txn_results_json(&written.outcomes);
     Ok((Message::TxnResult { results }, written.permit))
+}
+
+/// MINT: the same rule and answer as the HTTP `_token`.
+fn mint(
+    auth: &Authenticator,
+    caller: &Caller,
+    game: &str,
+    request: &[u8],
+) -> Result<Response, ServiceError> {
+    let body: MintRequest = parse_json(request)?;
+    let minted = crate::auth::mint_for(auth, caller, game, &body.sub, body.ttl)?;
+    Ok((
+        Message::Token {
+            token: Bytes::from(minted.to_json()),
+        },
+        None,
+    ))
 }
 
 /// The error frame for a service error.
