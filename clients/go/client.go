@@ -44,8 +44,12 @@ const (
 type Options struct {
 	// ClientName is sent in HELLO (at most 65535 bytes). Default "dmw-go".
 	ClientName string
-	// CredentialKind and Credential are sent in HELLO. With the server's
-	// auth.enabled = false (its default) any credential is accepted.
+	// CredentialKind and Credential are sent in HELLO: an API key
+	// (CredentialAPIKey) or a JWT (CredentialToken). With the server's
+	// auth.enabled = false (its default) any credential is accepted; with auth
+	// on a refused one fails the handshake with ErrUnauthorized, and a request
+	// the key or token may not make fails with ErrForbidden (see the server's
+	// README, Security).
 	CredentialKind CredentialKind
 	Credential     string
 

@@ -1,6 +1,8 @@
 package dmw
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -201,11 +203,21 @@ func TestGoAwayOnSIGTERM(t *testing.T) {
 
 func TestUnauthorized(t *testing.T) {
 	t.Parallel()
-	s := newServer(t, serverConfig{Extra: "[auth]\nenabled = true"})
+	// The server keeps only the key's SHA-256 (README, Security).
+	const key = "dmw_go_client_test_key_0123456789abcdef0123456789abcdef"
+	digest := sha256.Sum256([]byte(key))
+	s := newServer(t, serverConfig{Extra: "[auth]\nenabled = true\n[[auth.keys]]\nname = \"go\"\n" +
+		"role = \"readonly\"\ngames = [\"*\"]\nsha256 = \"" + hex.EncodeToString(digest[:]) + "\""})
 	_, err := Dial(ctxT(t, 5*time.Second), s.tcpAddr, Options{CredentialKind: CredentialAPIKey, Credential: "nope"})
 	if se := wantCode(t, err, ErrUnauthorized); se.Local {
 		t.Fatal(se)
 	}
+	// The right key is let in, with its role: a read-only key reads and may not write.
+	ok, _ := newClient(t, s.tcpAddr, Options{CredentialKind: CredentialAPIKey, Credential: key})
+	_, err = ok.Get(ctxT(t, 5*time.Second), "default", "players", "x")
+	wantCode(t, err, ErrNotFound)
+	_, err = ok.Put(ctxT(t, 5*time.Second), "default", "players", "x", raw(`{}`))
+	wantCode(t, err, ErrForbidden)
 	// Lazily: the waiting request fails with the handshake's error at once.
 	c, _ := newClient(t, s.tcpAddr, Options{})
 	start := time.Now()
