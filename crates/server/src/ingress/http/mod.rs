@@ -1,5 +1,5 @@
-//! HTTP ingress: the accept loop (connection limit, HTTP/1.1 + h2c, the stalled-connection
-//! watchdog, graceful shutdown) and the per-request entry point (global in-flight limit).
+//! HTTP ingress: each connection (HTTP/1.1 + h2c through the shared accept loop, the stalled-
+//! connection watchdog, graceful shutdown) and the per-request entry point (in-flight limit).
 //!
 //! Routing is hand-written over hyper rather than axum: the cache-hit path is the product, and
 //! an axum route measured 20–25 % below bare hyper on this machine (see docs/performance.md).
@@ -23,7 +23,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::drain::{self, Drain, Wakes};
 
@@ -82,7 +81,6 @@ pub async fn serve(
     auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let connections = Arc::new(Semaphore::new(config.max_connections));
     let state = Arc::new(HttpState {
         in_flight: InFlight {
             current: AtomicUsize::new(0),
@@ -105,30 +103,20 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(state.config.http2_max_streams)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    let drain = Arc::new(Drain::default());
-    tokio::pin!(shutdown);
-    loop {
-        let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
-            break;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the limit: refuse fast by closing; in-flight work elsewhere is unaffected.
-            drop(stream);
-            continue;
-        };
-        let state = state.clone();
-        let builder = builder.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, state, &builder, &drain).await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let max = state.config.max_connections;
-    drain
-        .run(&connections, max, state.config.shutdown_grace, "HTTP")
-        .await;
+    let (limit, grace) = (state.config.max_connections, state.config.shutdown_grace);
+    super::serve_connections(
+        listener,
+        limit,
+        grace,
+        "HTTP",
+        shutdown,
+        drop,
+        |stream, drain| {
+            let (state, builder) = (state.clone(), builder.clone());
+            async move { serve_connection(stream, state, &builder, &drain).await }
+        },
+    )
+    .await;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! TCP ingress: the native binary protocol for game servers (`docs/protocol.md`).
-//! This module owns the listener (binding with optional `SO_REUSEPORT`, the connection limit,
-//! shutdown with GOAWAY and draining); [`connection`] owns one connection; [`dispatch`] maps
-//! messages onto the service API.
+//! This module owns binding (with optional `SO_REUSEPORT`) and the refusal of a connection
+//! over the limit; the shared accept loop (limit, drain) is `ingress::serve_connections`;
+//! [`connection`] owns one connection; [`dispatch`] maps messages onto the service API.
 
 mod connection;
 mod dispatch;
@@ -16,9 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use datamiddleware_protocol::{ErrorCode, Message};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 
-use super::drain::Drain;
 use crate::auth::Authenticator;
 use crate::config::TcpConfig;
 use crate::service::Service;
@@ -58,40 +56,36 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let max_connections = config.max_connections;
-    let connections = Arc::new(Semaphore::new(max_connections));
+    let limit = config.max_connections;
     let ctx = Arc::new(TcpContext {
         service,
         config,
         auth,
     });
-    let drain = Arc::new(Drain::default());
-    tokio::pin!(shutdown);
-    loop {
-        let Some(stream) = super::accept(&listener, shutdown.as_mut()).await else {
-            break;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            ctx.service
-                .stats()
-                .tcp_refused
-                .fetch_add(1, Ordering::Relaxed);
-            refuse(stream);
-            continue;
-        };
-        let ctx = ctx.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let stats = ctx.service.stats();
-            stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
-            stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
-            connection::serve(stream, &ctx, &drain).await;
-            stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
-    drop(listener);
-    drain.run(&connections, max_connections, grace, "TCP").await;
+    let refused = |stream| {
+        let stats = ctx.service.stats();
+        stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+        refuse(stream);
+    };
+    super::serve_connections(
+        listener,
+        limit,
+        grace,
+        "TCP",
+        shutdown,
+        refused,
+        |stream, drain| {
+            let ctx = ctx.clone();
+            async move {
+                let stats = ctx.service.stats();
+                stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+                stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+                connection::serve(stream, &ctx, &drain).await;
+                stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        },
+    )
+    .await;
     Ok(())
 }
 
