@@ -90,6 +90,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         });
     }
+    if config.auth.enabled {
+        // The revocations in force before the first request (they outlive restarts).
+        match service.revocations().await {
+            Ok(rows) => {
+                authenticator.set_revocations(auth::revocations::Revocations::from_rows(rows))
+            }
+            Err(e) => tracing::warn!(error = %e.message, "cannot read the token revocations yet"),
+        }
+    }
     let http = ingress::http::serve(
         listener,
         service.clone(),
@@ -98,6 +107,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stopped(stop.clone()),
     );
     let mut tasks = vec![tokio::spawn(http)];
+    if config.auth.enabled {
+        // Revocations taken by other instances (and before a restart) reach this one here.
+        // A task of the server's, ended by its stop: it holds the service, whose bus must
+        // fall silent right after the goodbye.
+        tasks.push(tokio::spawn(poll_revocations(
+            service.clone(),
+            authenticator.clone(),
+            stopped(stop.clone()),
+        )));
+    }
     let mut tcp_addr = None;
     if config.tcp.enabled {
         let wanted = config.tcp.listen;
@@ -123,6 +142,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         hot_keys_file: config.warmup.hot_keys_file.clone(),
         shutdown_grace: config.http.shutdown_grace,
     })
+}
+
+/// Reads the revocations in force every [`auth::revocations::POLL_EVERY`] until `stop`.
+async fn poll_revocations(
+    service: Service,
+    authenticator: Arc<auth::Authenticator>,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(auth::revocations::POLL_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match service.revocations().await {
+            Ok(rows) => {
+                authenticator.set_revocations(auth::revocations::Revocations::from_rows(rows))
+            }
+            Err(e) => tracing::warn!(error = %e.message, "cannot read the token revocations"),
+        }
+    }
 }
 
 impl Running {

@@ -106,6 +106,7 @@ fn principal(key: &ApiKeyConfig, digest: [u8; 32]) -> Principal {
         replaced: AtomicBool::new(false),
         subject: None,
         valid: (0, u64::MAX),
+        token: None,
     }
 }
 

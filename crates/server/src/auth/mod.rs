@@ -17,6 +17,7 @@
 
 pub mod keys;
 pub mod limits;
+pub mod revocations;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -130,6 +131,8 @@ pub struct Principal {
     /// Seconds since the Unix epoch: not before, and expiry (a token's `nbf` and `exp`;
     /// `(0, u64::MAX)` for keys).
     pub valid: (u64, u64),
+    /// For a token, what a revocation can name.
+    pub token: Option<revocations::TokenFacts>,
 }
 
 impl Principal {
@@ -143,6 +146,7 @@ impl Principal {
             replaced: AtomicBool::new(false),
             subject: None,
             valid: (0, u64::MAX),
+            token: None,
         }
     }
 
@@ -229,6 +233,7 @@ impl Caller {
                 replaced: AtomicBool::new(false),
                 subject: None,
                 valid: (0, u64::MAX),
+                token: None,
             }),
         }
     }
@@ -246,8 +251,13 @@ pub struct Authenticator {
     enabled: bool,
     keys: ArcSwap<KeyTable>,
     tokens: ArcSwap<Tokens>,
-    /// Bumped by every reload: a TCP connection that presented a token verifies it again.
+    /// Bumped by every reload and every change of the revocations: a TCP connection that
+    /// presented a token verifies it again.
     token_generation: AtomicU64,
+    revocations: ArcSwap<revocations::Revocations>,
+    /// Revocations taken here lately (a poll that started before their row was committed
+    /// must not undo them): (when, game, kind, value, cutoff).
+    recent: parking_lot::Mutex<Vec<(std::time::Instant, revocations::Row)>>,
     limits: Limits,
     refusals: Sampler,
     /// The principal of every HTTP request while auth is off (no allocation per request).
@@ -264,6 +274,8 @@ impl Authenticator {
             keys: ArcSwap::from_pointee(KeyTable::from_config(config)),
             tokens: ArcSwap::from_pointee(tokens),
             token_generation: AtomicU64::new(0),
+            revocations: ArcSwap::default(),
+            recent: parking_lot::Mutex::default(),
             limits: Limits::from_config(limits),
             refusals: Sampler::default(),
             anonymous: Arc::new(Principal::anonymous("anonymous")),
@@ -288,7 +300,43 @@ impl Authenticator {
     /// A token verified again with the keys in force now (after a reload), or
     /// `unauthorized`.
     pub fn reverify(&self, token: &str) -> Result<Arc<Principal>, ServiceError> {
-        self.tokens.load().verify(token).ok_or_else(unauthorized)
+        self.verify_token(token).ok_or_else(unauthorized)
+    }
+
+    /// A token's principal unless it is invalid or revoked.
+    fn verify_token(&self, token: &str) -> Option<Arc<Principal>> {
+        let principal = self.tokens.load().verify(token)?;
+        (!self.revocations.load().revokes(&principal)).then_some(principal)
+    }
+
+    /// Replaces the revocations in force with those read from the stores (plus the ones
+    /// taken here in the last seconds); when they changed, TCP sessions holding tokens check
+    /// theirs again at their next request.
+    pub fn set_revocations(&self, mut next: revocations::Revocations) {
+        {
+            let mut recent = self.recent.lock();
+            recent.retain(|(at, ..)| at.elapsed() < 5 * revocations::POLL_EVERY);
+            for (_, (game, kind, value, cutoff)) in recent.iter() {
+                next.add(game, kind, value, *cutoff);
+            }
+        }
+        self.replace_revocations(next);
+    }
+
+    fn replace_revocations(&self, next: revocations::Revocations) {
+        if **self.revocations.load() != next {
+            self.revocations.store(Arc::new(next));
+            self.token_generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies one revocation on this instance at once (its row is in the store for the
+    /// others).
+    pub fn add_revocation(&self, game: &str, kind: &str, value: &str, cutoff: u64) {
+        let row = (game.into(), kind.into(), value.into(), cutoff);
+        self.recent.lock().push((std::time::Instant::now(), row));
+        let next = revocations::with_one(&self.revocations.load(), game, kind, value, cutoff);
+        self.replace_revocations(next);
     }
 
     /// False once the token a principal came from has expired (keys never do).
@@ -331,7 +379,7 @@ impl Authenticator {
         };
         let found = match credential {
             // A JWT has two dots; an API key has none.
-            Credential::Bearer(token) if token.contains('.') => self.tokens.load().verify(token),
+            Credential::Bearer(token) if token.contains('.') => self.verify_token(token),
             _ => presented.and_then(|key| self.keys.load().find(key)),
         };
         found.ok_or_else(|| {

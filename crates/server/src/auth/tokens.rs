@@ -51,6 +51,8 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
     /// Only written (minting): read through the validation.
     #[serde(default, skip_deserializing, skip_serializing_if = "String::is_empty")]
     iss: String,
@@ -195,6 +197,7 @@ impl Tokens {
             sub: subject.to_string(),
             exp: expires_at,
             nbf: None,
+            iat: Some(unix_now()),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             game: game.to_string(),
@@ -319,6 +322,12 @@ fn principal(claims: Claims) -> Option<Principal> {
         Some(_) => return None,
     };
     let subject = (role == Role::Player).then(|| claims.sub.as_str().into());
+    let facts = super::revocations::TokenFacts {
+        game: claims.game.as_str().into(),
+        sub: claims.sub.as_str().into(),
+        jti: claims.jti.as_deref().map(Into::into),
+        iat: claims.iat.unwrap_or(0),
+    };
     Some(Principal {
         // Per game: the same player id in two games is two callers (logs, rate limits).
         name: format!("token:{}@{}", claims.sub, claims.game).into(),
@@ -328,6 +337,7 @@ fn principal(claims: Claims) -> Option<Principal> {
         replaced: AtomicBool::new(false),
         subject,
         valid: (claims.nbf.unwrap_or(0), claims.exp),
+        token: Some(facts),
     })
 }
 

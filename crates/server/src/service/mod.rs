@@ -325,6 +325,51 @@ impl Service {
         Ok(Written { outcomes, permit })
     }
 
+    /// Records a token revocation of game `game_name` in its store (`admin` callers only):
+    /// `kind` "jti" (one token, `value` its id) or "sub" (every token of subject `value`
+    /// issued at or before `cutoff_s`). The caller applies it locally; other instances read
+    /// it with [`Service::revocations`].
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        game_name: &str,
+        kind: &str,
+        value: &str,
+        cutoff_s: u64,
+    ) -> Result<(), ServiceError> {
+        if caller.principal.role != crate::auth::Role::Admin {
+            return Err(caller.principal.deny(
+                Access::Write,
+                game_name,
+                "only admin keys revoke tokens",
+            ));
+        }
+        let game = self.game(game_name)?;
+        let until = crate::auth::tokens::unix_now() + crate::auth::revocations::KEEP_FOR.as_secs();
+        self.budget(game.store.revoke(game_name, kind, value, cutoff_s, until))
+            .await?;
+        tracing::info!(
+            target: "audit",
+            principal = %caller.principal.name,
+            action = "revoke",
+            game = game_name,
+            kind,
+            cutoff_s,
+            "tokens revoked"
+        );
+        Ok(())
+    }
+
+    /// The revocations in force in every store (game, kind, value, cutoff_s).
+    pub async fn revocations(&self) -> Result<Vec<(String, String, String, u64)>, ServiceError> {
+        let now = crate::auth::tokens::unix_now();
+        let mut all = Vec::new();
+        for (_, store) in &self.inner.stores {
+            all.extend(self.budget(store.revocations(now)).await?);
+        }
+        Ok(all)
+    }
+
     /// Checks every store; returns the name and error of each that failed.
     pub async fn health(&self) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::with_capacity(self.inner.stores.len());

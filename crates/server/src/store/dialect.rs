@@ -200,6 +200,37 @@ impl Dialect {
         }
     }
 
+    /// Records a revocation (a later one of the same token or subject replaces it).
+    pub fn upsert_revocation(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "INSERT INTO dmw_revocations (game, kind, value, cutoff_s, expires_s) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (game, kind, value) DO UPDATE \
+                 SET cutoff_s = excluded.cutoff_s, expires_s = excluded.expires_s"
+            }
+            Dialect::Sqlite => {
+                "INSERT INTO dmw_revocations (game, kind, value, cutoff_s, expires_s) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (game, kind, value) DO UPDATE \
+                 SET cutoff_s = excluded.cutoff_s, expires_s = excluded.expires_s"
+            }
+            Dialect::MySql => {
+                "INSERT INTO dmw_revocations (game, kind, value, cutoff_s, expires_s) \
+                 VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 cutoff_s = VALUES(cutoff_s), expires_s = VALUES(expires_s)"
+            }
+        }
+    }
+
+    /// The revocations still in force at a time.
+    pub fn revocations_in_force(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "SELECT game, kind, value, cutoff_s FROM dmw_revocations WHERE expires_s > $1"
+            }
+            _ => "SELECT game, kind, value, cutoff_s FROM dmw_revocations WHERE expires_s > ?",
+        }
+    }
+
     /// Instances of a bus seen since a time; and the one that leaves, and old rows.
     pub fn instances_since(self) -> &'static str {
         match self {

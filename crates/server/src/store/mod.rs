@@ -229,6 +229,51 @@ impl Store {
             .collect()
     }
 
+    /// Records a revocation of game `game`: `kind` 'jti' (one token) or 'sub' (a subject's
+    /// tokens issued at or before `cutoff_s`), in force until `expires_s`.
+    pub async fn revoke(
+        &self,
+        game: &str,
+        kind: &str,
+        value: &str,
+        cutoff_s: u64,
+        expires_s: u64,
+    ) -> Result<(), StoreError> {
+        // Idempotent (an upsert), so it may go through the retrying read path.
+        self.pool
+            .read_all(|| {
+                sqlx::query(self.dialect.upsert_revocation())
+                    .bind(game)
+                    .bind(kind)
+                    .bind(value)
+                    .bind(cutoff_s as i64)
+                    .bind(expires_s as i64)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The revocations in force at `now_s`: (game, kind, value, cutoff_s).
+    pub async fn revocations(
+        &self,
+        now_s: u64,
+    ) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        let rows = self
+            .pool
+            .read_all(|| sqlx::query(self.dialect.revocations_in_force()).bind(now_s as i64))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<String, _>(2)?,
+                    row.try_get::<i64, _>(3)?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
     /// Instance `id` of bus `bus` leaves (a clean shutdown).
     pub async fn leave_instance(&self, bus: &str, id: &str) -> Result<(), StoreError> {
         self.pool

@@ -123,6 +123,10 @@ async fn api(
             only(&req, &[Method::POST])?;
             Box::pin(mint(state, req, caller, game)).await
         }
+        ["_revoke"] => {
+            only(&req, &[Method::POST])?;
+            Box::pin(revoke(state, req, caller, game)).await
+        }
         [collection] => {
             only(&req, &[Method::GET])?;
             Box::pin(list(state, &req, caller, game, &decode(collection)?)).await
@@ -390,6 +394,42 @@ async fn mint(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> H
     let body: crate::auth::MintRequest = parse_json(&read_body(state, req).await?)?;
     let minted = crate::auth::mint_for(&state.auth, caller, game, &body.sub, body.ttl)?;
     Ok(json(StatusCode::OK, Bytes::from(minted.to_json())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    /// One token, by its `jti`.
+    jti: Option<String>,
+    /// Every token of this subject issued at or before `before` (default: now).
+    sub: Option<String>,
+    before: Option<u64>,
+}
+
+/// `POST /api/v1/{game}/_revoke` (admin keys): `{"jti": "…"}` or `{"sub": "…", "before": t}`.
+async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> HttpResult {
+    require_json(&req, &["application/json"])?;
+    let body: RevokeBody = parse_json(&read_body(state, req).await?)?;
+    let now = crate::auth::tokens::unix_now();
+    let (kind, value, cutoff) = match (body.jti, body.sub, body.before) {
+        (Some(jti), None, None) if !jti.is_empty() && jti.len() <= 255 => ("jti", jti, 0),
+        (None, Some(sub), before) => {
+            crate::model::check_id(&sub, "sub")?;
+            ("sub", sub, before.unwrap_or(now))
+        }
+        _ => {
+            return Err(ServiceError::bad_request(
+                "give {\"jti\": \"<1-255 characters>\"} or {\"sub\": \"<id>\", \"before\": <unix seconds, optional>}",
+            ));
+        }
+    };
+    state
+        .service
+        .revoke(caller, game, kind, &value, cutoff)
+        .await?;
+    state.auth.add_revocation(game, kind, &value, cutoff);
+    let answer = serde_json::json!({ "revoked": { kind: value, "before": cutoff } });
+    Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
 }
 
 async fn health(state: &HttpState) -> HttpResult {

@@ -1,0 +1,168 @@
+//! Token revocation on every backend: by token id and by subject, at once on the instance that
+//! took it (the verified-token cache and open TCP sessions included), within the poll interval
+//! on another instance of the same store, and from the start on an instance started later.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use datamiddleware::auth::Role;
+use datamiddleware::config::{Config, TokenKeyConfig};
+use datamiddleware_client::{Client, ClientOptions, Credential, ErrorCode};
+use support::{Backend, Http, TestServer, api_key, assert_code};
+
+const SERVER_KEY: &str = "dmw_e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c9e0b2d4f6a8c1e9c1e3b5d7f9a0c2";
+const SECRET: &str = "a-revocation-test-hs256-secret-0123456789";
+
+fn tokens_on(config: &mut Config) {
+    let game = config.games.keys().next().unwrap().clone();
+    config.auth.tokens.keys = vec![TokenKeyConfig {
+        kid: None,
+        algorithm: "HS256".into(),
+        secret: Some(SECRET.into()),
+        secret_file: None,
+        public_key_file: None,
+        private_key_file: None,
+    }];
+    config
+        .auth
+        .keys
+        .push(api_key("server", SERVER_KEY, Role::Server, &[&game]));
+}
+
+async fn mint(s: &TestServer, sub: &str) -> String {
+    let server = Http::with_key(format!("http://{}", s.running.addr), Some(SERVER_KEY));
+    let r = server
+        .post(&s.path("_token"), &format!(r#"{{"sub":"{sub}"}}"#))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    claims["jti"].as_str().unwrap().to_string()
+}
+
+fn bearer(s: &TestServer, token: &str) -> Http {
+    Http::with_key(format!("http://{}", s.running.addr), None).with_bearer(token)
+}
+
+fn tcp(s: &TestServer, token: &str) -> Client {
+    let options = ClientOptions {
+        credential: Credential::Token(token.to_string()),
+        max_connect_attempts: 1,
+        ..ClientOptions::default()
+    };
+    Client::new(s.running.tcp_addr.unwrap().to_string(), options)
+}
+
+/// A player's GET of its own (absent) document: 404 while the token is good.
+async fn status(s: &TestServer, token: &str) -> u16 {
+    bearer(s, token)
+        .get(&s.path("players/own"))
+        .await
+        .status
+        .as_u16()
+}
+
+async fn a_token_is_revoked_by_its_id(backend: Backend) {
+    let Some(s) = TestServer::start_with(backend, tokens_on).await else {
+        return;
+    };
+    let other = s.sibling_with(tokens_on).await;
+    let (token, kept) = (mint(&s, "alice").await, mint(&s, "alice").await);
+    assert_eq!(status(&s, &token).await, 404, "cached as verified now");
+    assert_eq!(status(&other, &token).await, 404);
+    let session = tcp(&s, &token);
+    session
+        .get(&s.game, "players", "own")
+        .await
+        .expect_err("absent");
+
+    // Only an admin key revokes.
+    let body = format!(r#"{{"jti":"{}"}}"#, jti_of(&token));
+    let server = Http::with_key(format!("http://{}", s.running.addr), Some(SERVER_KEY));
+    assert_code(
+        &server.post(&s.path("_revoke"), &body).await,
+        403,
+        "forbidden",
+        "a server key",
+    );
+    assert_code(
+        &s.client.post(&s.path("_revoke"), r#"{"jti":""}"#).await,
+        400,
+        "bad_request",
+        "an empty jti",
+    );
+    let r = s.client.post(&s.path("_revoke"), &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    assert_eq!(
+        status(&s, &token).await,
+        401,
+        "at once where it was revoked"
+    );
+    let err = session
+        .get(&s.game, "players", "own")
+        .await
+        .expect_err("revoked");
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::Unauthorized),
+        "the TCP session: {err}"
+    );
+    assert_eq!(status(&s, &kept).await, 404, "another token of the subject");
+    // The other instance learns it from the store within the poll interval.
+    let started = Instant::now();
+    while status(&other, &token).await != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not revoked on the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "revoked on the other instance after {:?}",
+        started.elapsed()
+    );
+    // An instance started later knows it from its first request.
+    let later = s.sibling_with(tokens_on).await;
+    assert_eq!(status(&later, &token).await, 401);
+    assert_eq!(status(&later, &kept).await, 404);
+}
+
+async fn every_token_of_a_subject_is_revoked(backend: Backend) {
+    let Some(s) = TestServer::start_with(backend, tokens_on).await else {
+        return;
+    };
+    let (first, second, other) = (
+        mint(&s, "bob").await,
+        mint(&s, "bob").await,
+        mint(&s, "carol").await,
+    );
+    let r = s.client.post(&s.path("_revoke"), r#"{"sub":"bob"}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(status(&s, &first).await, 401);
+    assert_eq!(status(&s, &second).await, 401);
+    assert_eq!(status(&s, &other).await, 404, "another subject");
+    // Tokens issued after the cutoff second work again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = mint(&s, "bob").await;
+    assert_eq!(status(&s, &fresh).await, 404);
+    assert_code(
+        &s.client.post(&s.path("_revoke"), r#"{"sub":"a/b"}"#).await,
+        400,
+        "invalid_id",
+        "a bad sub",
+    );
+}
+
+backend_tests!(
+    a_token_is_revoked_by_its_id,
+    every_token_of_a_subject_is_revoked,
+);
