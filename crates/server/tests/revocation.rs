@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use datamiddleware::auth::Role;
 use datamiddleware::config::{Config, TokenKeyConfig};
-use datamiddleware_client::{Client, ClientOptions, Credential, ErrorCode};
+use datamiddleware_client::{Client, Credential, ErrorCode};
 use support::{Backend, Http, TestServer, api_key, assert_code};
 
 const SERVER_KEY: &str = "dmw_e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c9e0b2d4f6a8c1e9c1e3b5d7f9a0c2";
@@ -49,16 +49,11 @@ fn jti_of(token: &str) -> String {
 }
 
 fn bearer(s: &TestServer, token: &str) -> Http {
-    Http::with_key(format!("http://{}", s.running.addr), None).with_bearer(token)
+    s.anonymous().with_bearer(token)
 }
 
 fn tcp(s: &TestServer, token: &str) -> Client {
-    let options = ClientOptions {
-        credential: Credential::Token(token.to_string()),
-        max_connect_attempts: 1,
-        ..ClientOptions::default()
-    };
-    Client::new(s.running.tcp_addr.unwrap().to_string(), options)
+    s.tcp_client(Credential::Token(token.to_string()))
 }
 
 /// A player's GET of its own (absent) document: 404 while the token is good.

@@ -106,16 +106,11 @@ fn raw(header: &Value, claims: &Value, signature: &[u8]) -> String {
 }
 
 fn bearer(s: &TestServer, token: &str) -> Http {
-    Http::with_key(format!("http://{}", s.running.addr), None).with_bearer(token)
+    s.anonymous().with_bearer(token)
 }
 
 fn tcp(s: &TestServer, token: &str) -> Client {
-    let options = ClientOptions {
-        credential: Credential::Token(token.to_string()),
-        max_connect_attempts: 1,
-        ..ClientOptions::default()
-    };
-    Client::new(s.running.tcp_addr.unwrap().to_string(), options)
+    s.tcp_client(Credential::Token(token.to_string()))
 }
 
 async fn every_bad_token_gets_the_same_401(backend: Backend) {

@@ -228,6 +228,25 @@ impl TestServer {
         }
     }
 
+    /// An HTTP client of this server presenting no credential.
+    pub fn anonymous(&self) -> Http {
+        Http::with_key(format!("http://{}", self.running.addr), None)
+    }
+
+    /// A TCP client of this server presenting `credential`, trying to connect once.
+    pub fn tcp_client(
+        &self,
+        credential: datamiddleware_client::Credential,
+    ) -> datamiddleware_client::Client {
+        let options = datamiddleware_client::ClientOptions {
+            credential,
+            max_connect_attempts: 1,
+            ..Default::default()
+        };
+        let addr = self.running.tcp_addr.expect("TCP is on").to_string();
+        datamiddleware_client::Client::new(addr, options)
+    }
+
     /// `/api/v1/{game}/{rest}`
     pub fn path(&self, rest: &str) -> String {
         format!("/api/v1/{}/{rest}", self.game)
