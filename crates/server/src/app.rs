@@ -20,6 +20,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot load the token keys: {0}")]
     Auth(String),
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -33,6 +35,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The TCP protocol address actually bound, when the TCP front end is enabled.
     pub tcp_addr: Option<SocketAddr>,
+    /// The HTTPS address actually bound, when `http.tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificate in force; [`Running::reload`] reads its files again.
+    tls: Option<Arc<ingress::tls::Tls>>,
     pub service: Service,
     /// The keys in force; [`Running::reload`] replaces them.
     pub authenticator: Arc<auth::Authenticator>,
@@ -99,14 +105,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Err(e) => tracing::warn!(error = %e.message, "cannot read the token revocations yet"),
         }
     }
-    let http = ingress::http::serve(
-        listener,
-        service.clone(),
-        config.http.clone(),
-        authenticator.clone(),
-        stopped(stop.clone()),
-    );
+    let http_state =
+        ingress::http::state(service.clone(), config.http.clone(), authenticator.clone());
+    let http = ingress::http::serve(listener, None, http_state.clone(), stopped(stop.clone()));
     let mut tasks = vec![tokio::spawn(http)];
+    let mut tls = None;
+    let mut tls_addr = None;
+    if let Some(wanted) = config.http.tls_listen {
+        let certificate =
+            Arc::new(ingress::tls::Tls::from_config(&config.tls).map_err(StartError::Tls)?);
+        let listener = TcpListener::bind(wanted)
+            .await
+            .map_err(bind_error(wanted))?;
+        tls_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
+        let https = ingress::http::serve(
+            listener,
+            Some(certificate.clone()),
+            http_state,
+            stopped(stop.clone()),
+        );
+        tasks.push(tokio::spawn(https));
+        tls = Some(certificate);
+    }
     if config.auth.enabled {
         // Revocations taken by other instances (and before a restart) reach this one here.
         // A task of the server's, ended by its stop: it holds the service, whose bus must
@@ -135,6 +155,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         tcp_addr,
+        tls_addr,
+        tls,
         service,
         authenticator,
         shutdown,
@@ -171,6 +193,14 @@ impl Running {
     /// Applies what can change without a restart from a new, valid configuration (the API
     /// keys), logging what changed and what would need a restart.
     pub fn reload(&self, new: &Config) {
+        if let Some(tls) = &self.tls {
+            match tls.reload(&new.tls) {
+                Ok(()) => tracing::info!("configuration reloaded: TLS certificate read again"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload: the TLS certificate in force is kept")
+                }
+            }
+        }
         if new.auth.enabled != self.authenticator.enabled() {
             tracing::warn!("auth.enabled changed: that takes a restart; the keys are reloaded");
         }

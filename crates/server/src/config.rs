@@ -20,6 +20,7 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitsConfig,
+    pub tls: TlsConfig,
     pub responses: ResponsesConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
@@ -35,6 +36,8 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address to listen on; loopback by default so nothing is exposed by accident.
     pub listen: SocketAddr,
+    /// Also serve the API over TLS here (HTTP/1.1 and HTTP/2 by ALPN), with `[tls]`.
+    pub tls_listen: Option<SocketAddr>,
     /// Open connections beyond this are closed at once after accept.
     pub max_connections: usize,
     /// Requests being processed at once, over all connections; beyond it: 503 `overloaded`.
@@ -57,6 +60,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_listen: None,
             max_connections: 10_000,
             max_in_flight: 4_096,
             max_body_bytes: 1024 * 1024,
@@ -242,6 +246,17 @@ impl std::fmt::Debug for TokenKeyConfig {
             .field("private_key_file", &self.private_key_file)
             .finish()
     }
+}
+
+/// `[tls]`: the certificate of the TLS listeners (`http.tls_listen`), PEM files read at start
+/// and again on SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// One API key (`[[auth.keys]]`).

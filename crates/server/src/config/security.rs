@@ -41,6 +41,9 @@ impl Config {
         }
         if !auth.enabled && !auth.allow_insecure {
             let mut listening = vec![("http.listen", self.http.listen)];
+            if let Some(addr) = self.http.tls_listen {
+                listening.push(("http.tls_listen", addr));
+            }
             if self.tcp.enabled {
                 listening.push(("tcp.listen", self.tcp.listen));
             }
@@ -53,6 +56,11 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.http.tls_listen.is_some()
+            && let Err(problem) = crate::ingress::tls::Tls::from_config(&self.tls)
+        {
+            return invalid("tls".into(), problem);
         }
         let mut names = HashSet::new();
         let mut digests = HashSet::new();

@@ -6,6 +6,7 @@
 mod drain;
 pub mod http;
 pub mod tcp;
+pub mod tls;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 use super::drain::{self, Drain, Wakes};
 
+use super::tls::Tls;
 use crate::auth::Authenticator;
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
@@ -72,16 +73,13 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// for up to `config.shutdown_grace` before closing the remaining connections.
-pub async fn serve(
-    listener: TcpListener,
+/// What every listener of the HTTP API shares (the in-flight limit is over all of them).
+pub(crate) fn state(
     service: Service,
     config: HttpConfig,
     auth: Arc<Authenticator>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let state = Arc::new(HttpState {
+) -> Arc<HttpState> {
+    Arc::new(HttpState {
         in_flight: InFlight {
             current: AtomicUsize::new(0),
             limit: config.max_in_flight,
@@ -89,7 +87,18 @@ pub async fn serve(
         service,
         config,
         auth,
-    });
+    })
+}
+
+/// Serves HTTP on `listener` (over TLS with `tls`) until `shutdown` completes, then lets
+/// in-flight requests finish for up to `config.shutdown_grace` before closing the remaining
+/// connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -104,16 +113,29 @@ pub async fn serve(
         .max_concurrent_streams(state.config.http2_max_streams)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let (limit, grace) = (state.config.max_connections, state.config.shutdown_grace);
+    let what = if tls.is_some() { "HTTPS" } else { "HTTP" };
     super::serve_connections(
         listener,
         limit,
         grace,
-        "HTTP",
+        what,
         shutdown,
         drop,
         |stream, drain| {
-            let (state, builder) = (state.clone(), builder.clone());
-            async move { serve_connection(stream, state, &builder, &drain).await }
+            let (state, builder, tls) = (state.clone(), builder.clone(), tls.clone());
+            async move {
+                let peer = stream.peer_addr().ok().map(|a| a.ip());
+                let Some(tls) = tls else {
+                    return serve_connection(stream, peer, state, &builder, &drain).await;
+                };
+                // The handshake within the head timeout, in the connection's own task.
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout(state.config.header_read_timeout, handshake).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, state, &builder, &drain).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
         },
     )
     .await;
@@ -123,15 +145,16 @@ pub async fn serve(
 /// Serves one connection until it ends, the watchdog finds it stalled, or the drain says so.
 /// Both close through hyper's graceful shutdown, so an HTTP/2 client gets a GOAWAY (and
 /// knows which requests were not processed) instead of a bare close.
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
+    peer: Option<std::net::IpAddr>,
     state: Arc<HttpState>,
     builder: &auto::Builder<TokioExecutor>,
     drain: &Drain,
-) {
-    let activity = Arc::new(watchdog::Activity::of(
-        stream.peer_addr().ok().map(|a| a.ip()),
-    ));
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(watchdog::Activity::of(peer));
     let _registration = drain.register(activity.clone());
     let mut dog = watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
     let socket = watchdog::Socket::new(stream, activity.clone());

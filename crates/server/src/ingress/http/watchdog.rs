@@ -117,13 +117,13 @@ impl Watchdog {
 
 /// The connection's socket, counting successful writes for the watchdog (one relaxed store
 /// per write; reads go straight through).
-pub(super) struct Socket {
-    stream: TcpStream,
+pub(super) struct Socket<S = TcpStream> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl Socket {
-    pub fn new(stream: TcpStream, activity: Arc<Activity>) -> Socket {
+impl<S> Socket<S> {
+    pub fn new(stream: S, activity: Arc<Activity>) -> Socket<S> {
         Socket { stream, activity }
     }
 
@@ -141,7 +141,7 @@ impl Socket {
     }
 }
 
-impl AsyncRead for Socket {
+impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -151,7 +151,7 @@ impl AsyncRead for Socket {
     }
 }
 
-impl AsyncWrite for Socket {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
