@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -83,13 +82,6 @@ impl KeyTable {
         changes.changed.sort();
         changes
     }
-
-    /// Tells every principal of this table that it was replaced.
-    pub fn mark_replaced(&self) {
-        for principal in self.by_digest.values() {
-            principal.replaced.store(true, Ordering::Relaxed);
-        }
-    }
 }
 
 fn principal(key: &ApiKeyConfig, digest: [u8; 32]) -> Principal {
@@ -103,7 +95,6 @@ fn principal(key: &ApiKeyConfig, digest: [u8; 32]) -> Principal {
         role: key.role,
         games,
         key: Some(digest),
-        replaced: AtomicBool::new(false),
         subject: None,
         valid: (0, u64::MAX),
         token: None,

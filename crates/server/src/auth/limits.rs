@@ -142,3 +142,19 @@ fn limited(who: &str) -> ServiceError {
         format!("too many requests from {who}; retry after a second"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_address_counts_by_its_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(host(a), host(b));
+        assert_ne!(host(a), host(c));
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(host(v4), v4, "IPv4 addresses count one by one");
+    }
+}

@@ -21,7 +21,7 @@ pub mod revocations;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -124,12 +124,10 @@ pub struct Principal {
     /// The digest of the key it was authenticated with, so it can be looked up again after a
     /// reload.
     key: Option<[u8; 32]>,
-    /// Set when a reload replaced the key table this principal came from.
-    replaced: AtomicBool,
     /// A player's id (the token's `sub`): the owner of the documents it may touch.
     pub subject: Option<Box<str>>,
-    /// Seconds since the Unix epoch: not before, and expiry (a token's `nbf` and `exp`;
-    /// `(0, u64::MAX)` for keys).
+    /// Seconds since the Unix epoch: not before, and expiry (a token's `nbf` and `exp`,
+    /// widened by the leeway; `(0, u64::MAX)` for keys).
     pub valid: (u64, u64),
     /// For a token, what a revocation can name.
     pub token: Option<revocations::TokenFacts>,
@@ -143,7 +141,6 @@ impl Principal {
             role: Role::Admin,
             games: Games::All,
             key: None,
-            replaced: AtomicBool::new(false),
             subject: None,
             valid: (0, u64::MAX),
             token: None,
@@ -203,10 +200,9 @@ impl Principal {
         self.key.is_none() && self.valid.1 != u64::MAX
     }
 
-    /// True when a reload replaced this principal: look it up again with
-    /// [`Authenticator::current`].
-    pub fn is_replaced(&self) -> bool {
-        self.replaced.load(Ordering::Relaxed)
+    /// False once the token this principal came from has expired (keys never do).
+    pub fn unexpired(&self) -> bool {
+        self.valid.1 == u64::MAX || tokens::unix_now() <= self.valid.1
     }
 }
 
@@ -230,7 +226,6 @@ impl Caller {
                 role: Role::Readonly,
                 games: Games::Only(Box::new([])),
                 key: None,
-                replaced: AtomicBool::new(false),
                 subject: None,
                 valid: (0, u64::MAX),
                 token: None,
@@ -251,9 +246,9 @@ pub struct Authenticator {
     enabled: bool,
     keys: ArcSwap<KeyTable>,
     tokens: ArcSwap<Tokens>,
-    /// Bumped by every reload and every change of the revocations: a TCP connection that
-    /// presented a token verifies it again.
-    token_generation: AtomicU64,
+    /// Bumped by every reload and every change of the revocations: a TCP connection
+    /// authenticated under an older one looks its credential up again ([`Authenticator::refresh`]).
+    generation: AtomicU64,
     revocations: ArcSwap<revocations::Revocations>,
     /// Revocations taken here lately (a poll that started before their row was committed
     /// must not undo them): (when, game, kind, value, cutoff).
@@ -273,7 +268,7 @@ impl Authenticator {
             enabled: config.enabled,
             keys: ArcSwap::from_pointee(KeyTable::from_config(config)),
             tokens: ArcSwap::from_pointee(tokens),
-            token_generation: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             revocations: ArcSwap::default(),
             recent: parking_lot::Mutex::default(),
             limits: Limits::from_config(limits),
@@ -292,15 +287,25 @@ impl Authenticator {
         self.tokens.load().mint(game, subject, ttl)
     }
 
-    /// Changes with every reload of the token keys (see [`Authenticator::reverify`]).
-    pub fn token_generation(&self) -> u64 {
-        self.token_generation.load(Ordering::Relaxed)
+    /// Changes with every reload and every change of the revocations.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
-    /// A token verified again with the keys in force now (after a reload), or
-    /// `unauthorized`.
-    pub fn reverify(&self, token: &str) -> Result<Arc<Principal>, ServiceError> {
-        self.verify_token(token).ok_or_else(unauthorized)
+    /// What a connection authenticated as `principal` (with `token`, when it presented one)
+    /// acts as after the credentials in force changed: its key's new entry, its token verified
+    /// again, or `unauthorized` when the key was removed or the token is refused now.
+    pub fn refresh(
+        &self,
+        principal: &Arc<Principal>,
+        token: Option<&str>,
+    ) -> Result<Arc<Principal>, ServiceError> {
+        let refreshed = match (token, principal.key) {
+            (Some(token), _) => self.verify_token(token),
+            (None, Some(digest)) => self.keys.load().get(&digest),
+            (None, None) => Some(principal.clone()),
+        };
+        refreshed.ok_or_else(unauthorized)
     }
 
     /// A token's principal unless it is invalid or revoked.
@@ -326,7 +331,7 @@ impl Authenticator {
     fn replace_revocations(&self, next: revocations::Revocations) {
         if **self.revocations.load() != next {
             self.revocations.store(Arc::new(next));
-            self.token_generation.fetch_add(1, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -335,20 +340,9 @@ impl Authenticator {
     pub fn add_revocation(&self, game: &str, kind: &str, value: &str, cutoff: u64) {
         let row = (game.into(), kind.into(), value.into(), cutoff);
         self.recent.lock().push((std::time::Instant::now(), row));
-        let next = revocations::with_one(&self.revocations.load(), game, kind, value, cutoff);
+        let mut next = revocations::Revocations::clone(&self.revocations.load());
+        next.add(game, kind, value, cutoff);
         self.replace_revocations(next);
-    }
-
-    /// False once the token a principal came from has expired (keys never do).
-    pub fn still_valid(&self, principal: &Principal) -> bool {
-        if principal.valid.1 == u64::MAX {
-            return true;
-        }
-        let now = tokens::unix_now();
-        now <= principal
-            .valid
-            .1
-            .saturating_add(self.tokens.load().leeway())
     }
 
     pub fn enabled(&self) -> bool {
@@ -373,15 +367,13 @@ impl Authenticator {
             }
             return Ok(Arc::new(Principal::anonymous(client_name)));
         }
-        let presented = match credential {
-            Credential::None => None,
-            Credential::ApiKey(key) | Credential::Bearer(key) => Some(key),
-        };
         let found = match credential {
+            Credential::None => None,
             // A JWT has two dots; an API key has none.
             Credential::Bearer(token) if token.contains('.') => self.verify_token(token),
-            _ => presented.and_then(|key| self.keys.load().find(key)),
+            Credential::ApiKey(key) | Credential::Bearer(key) => self.keys.load().find(key),
         };
+        let presented = !matches!(credential, Credential::None);
         found.ok_or_else(|| {
             // Never the credential itself, nor a part of it; at most one line a second, with
             // the count since the last one (anyone can send these).
@@ -389,7 +381,7 @@ impl Authenticator {
                 tracing::info!(
                     target: "audit",
                     refused = count,
-                    last = if presented.is_some() { "an unknown credential" } else { "none" },
+                    last = if presented { "an unknown credential" } else { "none" },
                     "requests denied: authentication failed"
                 );
             }
@@ -397,32 +389,20 @@ impl Authenticator {
         })
     }
 
-    /// The up-to-date principal for one that a reload replaced: the same key's new entry, or
-    /// `unauthorized` when the key was removed.
-    pub fn current(&self, principal: &Principal) -> Result<Arc<Principal>, ServiceError> {
-        principal
-            .key
-            .and_then(|digest| self.keys.load().get(&digest))
-            .ok_or_else(unauthorized)
-    }
-
     /// Replaces the keys with those of `config` (already validated); what changed, for the log.
     /// Enabling or disabling auth needs a restart.
     pub fn reload(&self, config: &AuthConfig) -> KeyChanges {
         match Tokens::from_config(&config.tokens) {
-            Ok(tokens) => {
-                self.tokens.store(Arc::new(tokens));
-                self.token_generation.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(tokens) => self.tokens.store(Arc::new(tokens)),
             Err((at, e)) => {
                 tracing::error!("reload: {at}: {e}; the running token keys are kept")
             }
         }
         let new = KeyTable::from_config(config);
         let old = self.keys.swap(Arc::new(new));
-        let changes = old.changes_to(&self.keys.load());
-        old.mark_replaced();
-        changes
+        // After the swap: a connection that sees the new generation finds the new keys.
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        old.changes_to(&self.keys.load())
     }
 }
 

@@ -29,13 +29,14 @@ pub struct TokenFacts {
     pub iat: u64,
 }
 
-/// The revocations in force.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The revocations in force, by game (looked up with borrowed strings: no allocation on the
+/// path of every token use).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revocations {
-    /// (game, jti)
-    jtis: HashSet<(Box<str>, Box<str>)>,
-    /// (game, subject) → cutoff: tokens issued at or before it are refused.
-    subjects: HashMap<(Box<str>, Box<str>), u64>,
+    /// Per game, the revoked token ids.
+    jtis: HashMap<Box<str>, HashSet<Box<str>>>,
+    /// Per game, subject → cutoff: its tokens issued at or before it are refused.
+    subjects: HashMap<Box<str>, HashMap<Box<str>, u64>>,
 }
 
 impl Revocations {
@@ -52,13 +53,14 @@ impl Revocations {
     pub fn add(&mut self, game: &str, kind: &str, value: &str, cutoff: u64) {
         match kind {
             "jti" => {
-                self.jtis.insert((game.into(), value.into()));
+                self.jtis
+                    .entry(game.into())
+                    .or_default()
+                    .insert(value.into());
             }
             "sub" => {
-                let at = self
-                    .subjects
-                    .entry((game.into(), value.into()))
-                    .or_default();
+                let subjects = self.subjects.entry(game.into()).or_default();
+                let at = subjects.entry(value.into()).or_default();
                 *at = (*at).max(cutoff);
             }
             _ => {}
@@ -70,41 +72,58 @@ impl Revocations {
         let Some(token) = &principal.token else {
             return false;
         };
-        if self.jtis.is_empty() && self.subjects.is_empty() {
-            return false;
-        }
-        let by_id = token
-            .jti
-            .as_ref()
-            .is_some_and(|jti| self.jtis.contains(&(token.game.clone(), jti.clone())));
+        let by_id = match (&token.jti, self.jtis.get(&*token.game)) {
+            (Some(jti), Some(jtis)) => jtis.contains(&**jti),
+            _ => false,
+        };
         let by_subject = self
             .subjects
-            .get(&(token.game.clone(), token.sub.clone()))
+            .get(&*token.game)
+            .and_then(|subjects| subjects.get(&*token.sub))
             .is_some_and(|cutoff| token.iat <= *cutoff);
         by_id || by_subject
     }
-
-    pub fn len(&self) -> usize {
-        self.jtis.len() + self.subjects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
-/// A copy of `revocations` with one more.
-pub fn with_one(
-    revocations: &Revocations,
-    game: &str,
-    kind: &str,
-    value: &str,
-    cutoff: u64,
-) -> Revocations {
-    let mut next = Revocations {
-        jtis: revocations.jtis.clone(),
-        subjects: revocations.subjects.clone(),
-    };
-    next.add(game, kind, value, cutoff);
-    next
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(game: &str, sub: &str, jti: &str, iat: u64) -> Principal {
+        let mut principal = Principal::anonymous("t");
+        principal.token = Some(TokenFacts {
+            game: game.into(),
+            sub: sub.into(),
+            jti: Some(jti.into()),
+            iat,
+        });
+        principal
+    }
+
+    #[test]
+    fn a_revocation_names_one_game_and_a_cutoff_is_inclusive() {
+        let revocations = Revocations::from_rows([
+            ("rpg".into(), "jti".into(), "j1".into(), 0),
+            ("rpg".into(), "sub".into(), "bob".into(), 100),
+            ("rpg".into(), "other".into(), "x".into(), 0),
+        ]);
+        assert!(revocations.revokes(&token("rpg", "alice", "j1", 500)));
+        assert!(
+            !revocations.revokes(&token("fps", "alice", "j1", 500)),
+            "another game"
+        );
+        assert!(
+            revocations.revokes(&token("rpg", "bob", "j2", 100)),
+            "issued at the cutoff"
+        );
+        assert!(
+            !revocations.revokes(&token("rpg", "bob", "j2", 101)),
+            "issued after it"
+        );
+        assert!(!revocations.revokes(&token("fps", "bob", "j2", 0)));
+        assert!(
+            !revocations.revokes(&Principal::anonymous("key")),
+            "not a token"
+        );
+    }
 }

@@ -9,7 +9,6 @@
 //! token itself, so a request with a known token costs a hash lookup and a clock comparison.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -144,11 +143,6 @@ impl Tokens {
         })
     }
 
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    pub fn leeway(&self) -> u64 {
-        self.leeway
-    }
-
     /// True when tokens can be verified at all.
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()
@@ -160,7 +154,9 @@ impl Tokens {
             return None;
         }
         if let Some(known) = self.verified.get(token) {
-            return self.still_valid(known);
+            let (not_before, expires) = known.valid;
+            let now = unix_now();
+            return (not_before <= now && now <= expires).then_some(known);
         }
         let header = jsonwebtoken::decode_header(token).ok()?;
         let claims = self
@@ -169,16 +165,9 @@ impl Tokens {
             .filter(|k| k.algorithm == header.alg && k.kid == header.kid)
             .find_map(|k| jsonwebtoken::decode::<Claims>(token, &k.key, &k.validation).ok())?
             .claims;
-        let principal = Arc::new(principal(claims)?);
+        let principal = Arc::new(principal(claims, self.leeway)?);
         self.verified.insert(token.into(), principal.clone());
         Some(principal)
-    }
-
-    /// A cached principal while its token's `exp` (and `nbf`) still hold.
-    fn still_valid(&self, principal: Arc<Principal>) -> Option<Arc<Principal>> {
-        let now = unix_now();
-        let (not_before, expires) = principal.valid;
-        (now + self.leeway >= not_before && now <= expires + self.leeway).then_some(principal)
     }
 
     /// A player token for `subject` in `game`, valid for `ttl` (at most `mint_ttl`), signed with
@@ -311,7 +300,8 @@ const WELL_KNOWN_SECRETS: &[&str] = &[
     "dmw_example_secret_do_not_use_0123456789",
 ];
 
-fn principal(claims: Claims) -> Option<Principal> {
+/// The principal of verified `claims`; its validity is widened by `leeway` once, here.
+fn principal(claims: Claims, leeway: u64) -> Option<Principal> {
     if !is_valid_id(&claims.sub) {
         return None;
     }
@@ -334,9 +324,11 @@ fn principal(claims: Claims) -> Option<Principal> {
         role,
         games: Games::Only(Box::new([claims.game.into()])),
         key: None,
-        replaced: AtomicBool::new(false),
         subject,
-        valid: (claims.nbf.unwrap_or(0), claims.exp),
+        valid: (
+            claims.nbf.unwrap_or(0).saturating_sub(leeway),
+            claims.exp.saturating_add(leeway),
+        ),
         token: Some(facts),
     })
 }

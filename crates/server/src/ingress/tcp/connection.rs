@@ -92,9 +92,10 @@ struct Conn<'a> {
     caller: Caller,
     /// The client's address (per-address rate limits).
     peer: Option<std::net::IpAddr>,
-    /// The token of the HELLO, if it was one, and the token-key generation it was verified
-    /// under: a reload of the token keys makes the connection verify it again.
-    token: Option<(Box<str>, u64)>,
+    /// The token of the HELLO, if it was one (to verify it again after a change).
+    token: Option<Box<str>>,
+    /// The authenticator's generation the caller was authenticated (or refreshed) under.
+    generation: u64,
     /// Set when the request being read is over a rate limit: [`Conn::dispatch`] answers it
     /// with this error, in its turn among the requests on its documents.
     refused: Option<ServiceError>,
@@ -149,6 +150,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
         caller: Caller::nobody(),
         peer,
         token: None,
+        generation: 0,
         refused: None,
     };
     let _registration = drain.register(conn.outbox.clone());
@@ -328,29 +330,25 @@ impl Conn<'_> {
         }
     }
 
-    /// False when the key this connection authenticated with was removed by a reload, or its
-    /// token expired (its requests are then refused); a key still configured gets its new role
-    /// and games.
+    /// False when the connection's token expired, or a reload or revocation since its
+    /// handshake refuses its key or token (its requests are then refused); a key or token
+    /// still accepted gets its new role and games.
     fn caller_still_valid(&mut self) -> bool {
-        if !self.ctx.auth.still_valid(&self.caller.principal) {
+        if !self.caller.principal.unexpired() {
             return false;
         }
-        if let Some((token, verified_under)) = &mut self.token {
-            let now = self.ctx.auth.token_generation();
-            if *verified_under != now {
-                match self.ctx.auth.reverify(token) {
-                    Ok(principal) => self.caller.principal = principal,
-                    Err(_) => return false,
-                }
-                *verified_under = now;
-            }
-        }
-        if !self.caller.principal.is_replaced() {
+        let now = self.ctx.auth.generation();
+        if now == self.generation {
             return true;
         }
-        match self.ctx.auth.current(&self.caller.principal) {
+        match self
+            .ctx
+            .auth
+            .refresh(&self.caller.principal, self.token.as_deref())
+        {
             Ok(principal) => {
                 self.caller.principal = principal;
+                self.generation = now;
                 true
             }
             Err(_) => false,
@@ -498,15 +496,17 @@ impl Conn<'_> {
         if let Some(Err(limited)) = self.peer.map(|peer| self.ctx.auth.limits().check_ip(peer)) {
             return self.fail(id, limited.code, &limited.message);
         }
+        // Read before authenticating: a change in between is then seen at the first request.
+        let generation = self.ctx.auth.generation();
         match self.ctx.auth.authenticate(client_name, credential.into()) {
             Ok(principal) => {
                 tracing::debug!(client = %principal.name, "TCP handshake complete");
                 if let Credential::Token(token) = credential
                     && principal.from_token()
                 {
-                    let generation = self.ctx.auth.token_generation();
-                    self.token = Some((token.as_str().into(), generation));
+                    self.token = Some(token.as_str().into());
                 }
+                self.generation = generation;
                 self.caller.principal = principal;
                 let config = &self.ctx.config;
                 Message::HelloOk(HelloOk {
