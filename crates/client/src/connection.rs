@@ -12,9 +12,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use datamiddleware_protocol::{Hello, HelloOk, Message, VERSION, decode};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -50,12 +49,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, performs the handshake and starts the reader, writer and heartbeat tasks.
+    /// Connects (over TLS with `options.tls`), performs the handshake and starts the reader,
+    /// writer and heartbeat tasks; all of it within `options.connect_timeout`.
     pub(crate) async fn open(
         addr: &str,
         options: &ClientOptions,
     ) -> Result<Arc<Connection>, Error> {
-        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+        tokio::time::timeout(options.connect_timeout, Connection::connect(addr, options))
             .await
             .map_err(|_| {
                 Error::Connect(std::io::Error::new(
@@ -63,9 +63,34 @@ impl Connection {
                     "connect timed out",
                 ))
             })?
-            .map_err(Error::Connect)?;
+    }
+
+    async fn connect(addr: &str, options: &ClientOptions) -> Result<Arc<Connection>, Error> {
+        let stream = TcpStream::connect(addr).await.map_err(Error::Connect)?;
         stream.set_nodelay(true).map_err(Error::Connect)?;
-        let (mut reader, mut writer) = stream.into_split();
+        match &options.tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                Connection::start(reader, writer, options).await
+            }
+            Some(tls) => {
+                // One lock per read or write: small next to the encryption.
+                let (reader, writer) = tokio::io::split(tls.connect(addr, stream).await?);
+                Connection::start(reader, writer, options).await
+            }
+        }
+    }
+
+    /// The protocol's HELLO exchange, then the tasks.
+    async fn start<R, W>(
+        mut reader: R,
+        mut writer: W,
+        options: &ClientOptions,
+    ) -> Result<Arc<Connection>, Error>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut hello = BytesMut::new();
         Message::Hello(Hello {
             version: VERSION,
@@ -75,10 +100,7 @@ impl Connection {
         .encode(0, &mut hello);
         writer.write_all(&hello).await.map_err(Error::Connect)?;
         let mut buf = BytesMut::with_capacity(256);
-        let reply =
-            tokio::time::timeout(options.connect_timeout, read_frame(&mut reader, &mut buf))
-                .await
-                .map_err(|_| Error::Timeout)??;
+        let reply = read_frame(&mut reader, &mut buf).await?;
         let hello = match reply {
             Message::HelloOk(ok) => ok,
             Message::Error {
@@ -212,7 +234,10 @@ fn comes_after(id: u32, last: u32) -> bool {
 }
 
 /// Reads one whole frame (used during the handshake).
-async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Message, Error> {
+async fn read_frame(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<Message, Error> {
     loop {
         if let Some((_, message)) =
             decode(buf, u32::MAX).map_err(|e| Error::Protocol(e.to_string()))?
@@ -226,7 +251,10 @@ async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Me
 }
 
 /// Writes queued frames, taking everything queued at once into one write.
-async fn write_loop(mut writer: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<BytesMut>) {
+async fn write_loop(
+    mut writer: impl AsyncWrite + Unpin,
+    mut queue: mpsc::UnboundedReceiver<BytesMut>,
+) {
     let mut batch = Vec::with_capacity(64);
     while queue.recv_many(&mut batch, 64).await > 0 {
         let mut out = BytesMut::new();
@@ -248,7 +276,7 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiv
 /// declares the connection dead after three silent heartbeat intervals.
 async fn read_loop(
     connection: Arc<Connection>,
-    mut reader: OwnedReadHalf,
+    mut reader: impl AsyncRead + Unpin,
     mut buf: BytesMut,
     interval: Duration,
 ) {

@@ -19,9 +19,11 @@
 //!
 //! # Layout
 //! - this file: [`Client`], options, errors and the typed operations;
-//! - `connection`: one live connection (handshake, reader, writer, heartbeats).
+//! - `connection`: one live connection (handshake, reader, writer, heartbeats);
+//! - `tls`: [`TlsOptions`], for a server's TLS listener.
 
 mod connection;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,7 @@ use datamiddleware_protocol::{DocRef, Message};
 use serde::de::DeserializeOwned;
 
 use connection::{CallError, Connection};
+pub use tls::TlsOptions;
 
 /// How many times one request may be sent when each connection goes away before reading it.
 const MAX_SENDS_OF_UNREAD: u32 = 3;
@@ -50,6 +53,8 @@ pub struct ClientOptions {
     /// First backoff delay; doubled after each failed attempt up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Connect over TLS (to the server's `tcp.tls_listen`); `None`: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +67,7 @@ impl Default for ClientOptions {
             max_connect_attempts: 5,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -84,6 +90,10 @@ pub enum Error {
     ConnectionLost,
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS configuration or handshake failed (an untrusted certificate, a wrong name):
+    /// not retried.
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("JSON error: {0}")]
@@ -194,6 +204,7 @@ impl Client {
                 Err(e @ Error::Server { .. }) if e.code() != Some(ErrorCode::Overloaded) => {
                     return Err(e);
                 }
+                Err(e @ Error::Tls(_)) => return Err(e),
                 Err(e) if attempt >= options.max_connect_attempts.max(1) => return Err(e),
                 Err(e) => {
                     tracing::debug!(attempt, error = %e, ?delay, "connect failed; backing off");

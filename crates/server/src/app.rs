@@ -37,6 +37,8 @@ pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
     /// The HTTPS address actually bound, when `http.tls_listen` is set.
     pub tls_addr: Option<SocketAddr>,
+    /// The TCP-over-TLS address actually bound, when `tcp.tls_listen` is set.
+    pub tcp_tls_addr: Option<SocketAddr>,
     /// The certificate in force; [`Running::reload`] reads its files again.
     tls: Option<Arc<ingress::tls::Tls>>,
     pub service: Service,
@@ -109,11 +111,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ingress::http::state(service.clone(), config.http.clone(), authenticator.clone());
     let http = ingress::http::serve(listener, None, http_state.clone(), stopped(stop.clone()));
     let mut tasks = vec![tokio::spawn(http)];
-    let mut tls = None;
+    // One certificate for every TLS listener, so that a reload reaches them all.
+    let tls = if config.http.tls_listen.is_some() || config.tcp.tls_listen.is_some() {
+        Some(Arc::new(
+            ingress::tls::Tls::from_config(&config.tls).map_err(StartError::Tls)?,
+        ))
+    } else {
+        None
+    };
     let mut tls_addr = None;
-    if let Some(wanted) = config.http.tls_listen {
-        let certificate =
-            Arc::new(ingress::tls::Tls::from_config(&config.tls).map_err(StartError::Tls)?);
+    if let (Some(wanted), Some(certificate)) = (config.http.tls_listen, &tls) {
         let listener = TcpListener::bind(wanted)
             .await
             .map_err(bind_error(wanted))?;
@@ -125,7 +132,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped(stop.clone()),
         );
         tasks.push(tokio::spawn(https));
-        tls = Some(certificate);
     }
     if config.auth.enabled {
         // Revocations taken by other instances (and before a restart) reach this one here.
@@ -138,6 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )));
     }
     let mut tcp_addr = None;
+    let mut tcp_tls_addr = None;
     if config.tcp.enabled {
         let wanted = config.tcp.listen;
         let listener =
@@ -145,16 +152,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tcp_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
         tasks.push(tokio::spawn(ingress::tcp::serve(
             listener,
+            None,
             service.clone(),
             config.tcp.clone(),
             authenticator.clone(),
             config.http.shutdown_grace,
-            stopped(stop),
+            stopped(stop.clone()),
         )));
+        if let (Some(wanted), Some(certificate)) = (config.tcp.tls_listen, &tls) {
+            let listener =
+                ingress::tcp::bind(wanted, config.tcp.reuse_port).map_err(bind_error(wanted))?;
+            tcp_tls_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
+            tasks.push(tokio::spawn(ingress::tcp::serve(
+                listener,
+                Some(certificate.clone()),
+                service.clone(),
+                config.tcp.clone(),
+                authenticator.clone(),
+                config.http.shutdown_grace,
+                stopped(stop),
+            )));
+        }
     }
     Ok(Running {
         addr,
         tcp_addr,
+        tcp_tls_addr,
         tls_addr,
         tls,
         service,

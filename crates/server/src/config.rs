@@ -78,6 +78,8 @@ pub struct TcpConfig {
     /// Address to listen on; `enabled = false` turns the TCP front end off.
     pub listen: SocketAddr,
     pub enabled: bool,
+    /// Also serve the TCP protocol over TLS here, with `[tls]` (needs `enabled`).
+    pub tls_listen: Option<SocketAddr>,
     /// Let several processes bind the same port (`SO_REUSEPORT`): the kernel spreads
     /// connections across them.
     pub reuse_port: bool,
@@ -114,6 +116,7 @@ impl Default for TcpConfig {
         TcpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             enabled: true,
+            tls_listen: None,
             reuse_port: false,
             max_connections: 10_000,
             max_in_flight: 128,
@@ -248,7 +251,8 @@ impl std::fmt::Debug for TokenKeyConfig {
     }
 }
 
-/// `[tls]`: the certificate of the TLS listeners (`http.tls_listen`), PEM files read at start
+/// `[tls]`: the certificate of the TLS listeners (`http.tls_listen`, `tcp.tls_listen`), PEM
+/// files read at start
 /// and again on SIGHUP.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

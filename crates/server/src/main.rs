@@ -177,7 +177,13 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> Exit
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %running.addr, "datamiddleware listening (HTTP)");
+        tracing::info!(
+            http = %running.addr,
+            https = ?running.tls_addr,
+            tcp = ?running.tcp_addr,
+            tcp_tls = ?running.tcp_tls_addr,
+            "datamiddleware listening"
+        );
         tokio::select! {
             () = shutdown_signal() => {}
             () = reload_on_hangup(&running, file.as_deref(), &overrides) => {}

@@ -3,49 +3,23 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use datamiddleware::config::Config;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use support::{Backend, TestServer};
+use support::{Backend, TestServer, fixture};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// Starts a server whose TLS files are copies in `dir` (so a test can replace them).
 async fn server(dir: &Path) -> TestServer {
-    std::fs::copy(fixture("test_tls_cert_1.pem"), dir.join("cert.pem")).unwrap();
-    std::fs::copy(fixture("test_tls_key_1.pem"), dir.join("key.pem")).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     TestServer::start_with(Backend::Sqlite, |c: &mut Config| {
         c.http.tls_listen = Some("127.0.0.1:0".parse().unwrap());
-        c.tls.cert_file = Some(cert);
-        c.tls.key_file = Some(key);
+        support::use_test_certificate(c, dir);
     })
     .await
     .expect("SQLite is always available")
-}
-
-/// A TLS client trusting the fixtures' test CA, offering `alpn`.
-fn connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::from_pem_file(fixture("test_tls_ca.pem")).unwrap();
-    roots.add(ca).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// Connects over TLS: the negotiated ALPN protocol and the server's certificate.
@@ -57,11 +31,9 @@ async fn handshake(
     Option<Vec<u8>>,
     Vec<u8>,
 ) {
-    let tcp = tokio::net::TcpStream::connect(s.running.tls_addr.unwrap())
+    let stream = support::tls_connect(s.running.tls_addr.unwrap(), alpn)
         .await
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let stream = connector(alpn).connect(name, tcp).await.expect("handshake");
+        .expect("handshake");
     let (_, session) = stream.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let cert = session.peer_certificates().unwrap()[0].to_vec();

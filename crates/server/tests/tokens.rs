@@ -16,18 +16,12 @@ use datamiddleware::config::{Config, TokenKeyConfig};
 use datamiddleware_client::{Client, ClientOptions, Credential, ErrorCode, Precondition};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::{Backend, Http, TestServer, api_key, assert_code};
+use support::{Backend, Http, TestServer, api_key, assert_code, fixture};
 
 const SECRET: &str = "a-test-only-hs256-secret-of-forty-bytes!!";
 const SERVER_KEY: &str = "dmw_9c1e3b5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c9e0b2d4f6a8c1e";
 const READONLY_KEY: &str = "dmw_3b5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c9e0b2d4f6a8c1e9c1e";
 const LEEWAY: u64 = 5;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// Token keys (HS256 without kid, RS256 `rsa`, EdDSA `ed`), a server and a read-only key of the
 /// test game; `players` is `player_write`, `items` is `public_read`.

@@ -46,6 +46,9 @@ impl Config {
             }
             if self.tcp.enabled {
                 listening.push(("tcp.listen", self.tcp.listen));
+                if let Some(addr) = self.tcp.tls_listen {
+                    listening.push(("tcp.tls_listen", addr));
+                }
             }
             if let Some((key, addr)) = listening.into_iter().find(|(_, a)| !is_loopback(a)) {
                 return invalid(
@@ -57,7 +60,13 @@ impl Config {
                 );
             }
         }
-        if self.http.tls_listen.is_some()
+        if self.tcp.tls_listen.is_some() && !self.tcp.enabled {
+            return invalid(
+                "tcp.tls_listen".into(),
+                "needs tcp.enabled = true (it serves the TCP protocol over TLS)".into(),
+            );
+        }
+        if (self.http.tls_listen.is_some() || self.tcp.tls_listen.is_some())
             && let Err(problem) = crate::ingress::tls::Tls::from_config(&self.tls)
         {
             return invalid("tls".into(), problem);

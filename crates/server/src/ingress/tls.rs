@@ -1,7 +1,7 @@
 //! TLS for the listeners (rustls with the `ring` provider): the certificate chain and key come
-//! from PEM files (`[tls]`), ALPN offers HTTP/2 and HTTP/1.1, and [`Tls::reload`] swaps the
-//! certificate without a restart (SIGHUP): new handshakes get the new one, open connections keep
-//! theirs.
+//! from PEM files (`[tls]`), one certificate for HTTPS (ALPN offers HTTP/2 and HTTP/1.1) and
+//! the TCP protocol (no ALPN), and [`Tls::reload`] swaps it without a restart (SIGHUP): new
+//! handshakes get the new one, open connections keep theirs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
-/// The certificate in force and the acceptor that serves it.
+/// The certificate in force and the acceptors that serve it.
 pub struct Tls {
     certificate: Arc<ArcSwap<CertifiedKey>>,
-    acceptor: TlsAcceptor,
+    http: TlsAcceptor,
+    tcp: TlsAcceptor,
 }
 
 /// Hands every handshake the certificate in force.
@@ -35,21 +36,31 @@ impl Tls {
     /// TLS with the files of `config`; the error says which file is at fault and why.
     pub fn from_config(config: &TlsConfig) -> Result<Tls, String> {
         let certificate = Arc::new(ArcSwap::from_pointee(load(config)?));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Current(certificate.clone())));
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let server = |alpn: &[&[u8]]| -> Result<TlsAcceptor, String> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut server = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Current(certificate.clone())));
+            server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(TlsAcceptor::from(Arc::new(server)))
+        };
         Ok(Tls {
+            http: server(&[b"h2", b"http/1.1"])?,
+            tcp: server(&[])?,
             certificate,
-            acceptor: TlsAcceptor::from(Arc::new(server)),
         })
     }
 
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// For HTTPS: ALPN chooses HTTP/2 or HTTP/1.1.
+    pub fn http_acceptor(&self) -> &TlsAcceptor {
+        &self.http
+    }
+
+    /// For the TCP protocol.
+    pub fn tcp_acceptor(&self) -> &TlsAcceptor {
+        &self.tcp
     }
 
     /// Reads the files again; on an error the certificate in force stays.

@@ -134,6 +134,46 @@ pub fn api_key(name: &str, key: &str, role: Role, games: &[&str]) -> ApiKeyConfi
     }
 }
 
+/// A file of `tests/fixtures`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Points `[tls]` at copies of the first test certificate and key made in `dir` (where a test
+/// may replace them; the test CA `test_tls_ca.pem` signed them, for `localhost`/127.0.0.1).
+pub fn use_test_certificate(config: &mut Config, dir: &std::path::Path) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(fixture("test_tls_cert_1.pem"), &cert).unwrap();
+    std::fs::copy(fixture("test_tls_key_1.pem"), &key).unwrap();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+}
+
+/// A TLS connection to `addr` (as `localhost`) trusting only the test CA, offering `alpn`.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(fixture("test_tls_ca.pem")).unwrap();
+    roots.add(ca).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
 /// Client options that present [`TEST_KEY`].
 pub fn client_options() -> datamiddleware_client::ClientOptions {
     datamiddleware_client::ClientOptions {

@@ -128,8 +128,14 @@ pub(crate) async fn serve(
                 let Some(tls) = tls else {
                     return serve_connection(stream, peer, state, &builder, &drain).await;
                 };
+                // The handshake costs a signature: it counts against the address's rate.
+                if let Some(peer) = peer
+                    && state.auth.limits().check_ip(peer).is_err()
+                {
+                    return;
+                }
                 // The handshake within the head timeout, in the connection's own task.
-                let handshake = tls.acceptor().accept(stream);
+                let handshake = tls.http_acceptor().accept(stream);
                 match tokio::time::timeout(state.config.header_read_timeout, handshake).await {
                     Ok(Ok(stream)) => serve_connection(stream, peer, state, &builder, &drain).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),

@@ -20,13 +20,13 @@ use datamiddleware_protocol::{
     Credential, DocRef, ErrorCode, FrameError, HEADER_LEN, Header, HelloOk, Message, Opcode,
     PRE_HANDSHAKE_MAX_BODY, Tier, VERSION, check, decode_checked, request_id_of,
 };
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::TcpContext;
 use super::dispatch::{self, Request};
 use super::order::{Order, Touch, Waits};
 use super::outbox::{Answer, Done, Outbox, Wake};
+use super::transport::Transport;
 use crate::auth::{Caller, UNAUTHORIZED};
 use crate::error::ServiceError;
 use crate::ingress::CLOSE_FLUSH;
@@ -54,8 +54,9 @@ enum Phase {
     },
 }
 
-struct Conn<'a> {
-    stream: TcpStream,
+struct Conn<'a, T> {
+    /// The socket, or TLS over it.
+    stream: T,
     ctx: &'a TcpContext,
     read_buf: BytesMut,
     out: BytesMut,
@@ -123,10 +124,14 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Serves one connection until it closes.
-pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
+/// Serves one connection from `peer` until it closes.
+pub(super) async fn serve<T: Transport>(
+    stream: T,
+    peer: Option<std::net::IpAddr>,
+    ctx: &TcpContext,
+    drain: &Drain,
+) {
     let now = Instant::now();
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn = Conn {
         stream,
         ctx,
@@ -168,7 +173,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
             timer.as_mut().reset(Instant::now() + conn.tick_period());
         }
         let can_read = conn.may_read();
-        let wants_write = !conn.out.is_empty();
+        let wants_write = conn.has_output();
         tokio::select! {
             ready = conn.stream.readable(), if can_read => {
                 if let Err(e) = ready {
@@ -208,7 +213,7 @@ pub(super) async fn serve(stream: TcpStream, ctx: &TcpContext, drain: &Drain) {
     tracing::debug!(%end, "TCP connection closed");
 }
 
-impl Conn<'_> {
+impl<T: Transport> Conn<'_, T> {
     /// Moves finished answers into the output, decodes buffered frames the window allows,
     /// and writes what the socket takes without blocking.
     fn step(&mut self) -> Result<(), End> {
@@ -233,9 +238,13 @@ impl Conn<'_> {
     }
 
     fn finished(&self) -> bool {
-        matches!(self.phase, Phase::Finishing { last: None, .. })
-            && self.idle
-            && self.out.is_empty()
+        matches!(self.phase, Phase::Finishing { last: None, .. }) && self.idle && !self.has_output()
+    }
+
+    /// True while bytes for the client wait: in `out`, or taken by the transport (TLS records
+    /// not on the socket yet).
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.stream.has_unsent()
     }
 
     fn window_full(&self) -> bool {
@@ -656,7 +665,7 @@ impl Conn<'_> {
         self.reads_this_tick = 0;
         // A connection that went quiet gives back what its busy period kept.
         self.release_empty_buffers();
-        if !self.out.is_empty() && now - self.last_write_progress >= config.write_timeout {
+        if self.has_output() && now - self.last_write_progress >= config.write_timeout {
             return Err(End::Stalled);
         }
         match self.phase {
@@ -712,6 +721,13 @@ impl Conn<'_> {
                 Err(e) => return Err(End::Io(e)),
             }
         }
+        if self.stream.has_unsent() {
+            match self.stream.try_send_unsent() {
+                Ok(()) => self.last_write_progress = Instant::now(),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
         self.release_empty_buffers();
         Ok(())
     }
@@ -721,7 +737,7 @@ impl Conn<'_> {
     /// it closes too (the caller bounds all of it by CLOSE_FLUSH). Closing a socket with unread
     /// input makes the kernel send RST, which can destroy frames the peer has not read yet.
     async fn close(&mut self, linger: bool) {
-        while !self.out.is_empty() {
+        while self.has_output() {
             if self.stream.writable().await.is_err() || self.try_write().is_err() {
                 return;
             }
@@ -729,7 +745,6 @@ impl Conn<'_> {
         if !linger {
             return;
         }
-        use tokio::io::AsyncWriteExt;
         if self.stream.shutdown().await.is_err() {
             return;
         }

@@ -1,12 +1,14 @@
 //! TCP ingress: the native binary protocol for game servers (`docs/protocol.md`).
-//! This module owns binding (with optional `SO_REUSEPORT`) and the refusal of a connection
-//! over the limit; the shared accept loop (limit, drain) is `ingress::serve_connections`;
-//! [`connection`] owns one connection; [`dispatch`] maps messages onto the service API.
+//! This module owns binding (with optional `SO_REUSEPORT`), the TLS handshake of a TLS
+//! listener, and the refusal of a connection over the limit; the shared accept loop (limit,
+//! drain) is `ingress::serve_connections`; [`connection`] owns one connection over a
+//! [`transport`]; [`dispatch`] maps messages onto the service API.
 
 mod connection;
 mod dispatch;
 mod order;
 mod outbox;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::Authenticator;
 use crate::config::TcpConfig;
+use crate::ingress::tls::Tls;
 use crate::service::Service;
 
 /// What every connection shares.
@@ -46,10 +49,11 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     socket.listen(4096)
 }
 
-/// Serves the TCP protocol on `listener` until `shutdown` completes; then sends GOAWAY on
-/// every connection and waits up to `grace` for their in-flight requests.
+/// Serves the TCP protocol on `listener` (over TLS with `tls`) until `shutdown` completes;
+/// then sends GOAWAY on every connection and waits up to `grace` for their in-flight requests.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     service: Service,
     config: TcpConfig,
     auth: Arc<Authenticator>,
@@ -67,26 +71,66 @@ pub async fn serve(
         stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
         refuse(stream);
     };
+    let what = if tls.is_some() { "TCP over TLS" } else { "TCP" };
     super::serve_connections(
         listener,
         limit,
         grace,
-        "TCP",
+        what,
         shutdown,
         refused,
         |stream, drain| {
-            let ctx = ctx.clone();
+            let (ctx, tls) = (ctx.clone(), tls.clone());
             async move {
                 let stats = ctx.service.stats();
                 stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
                 stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
-                connection::serve(stream, &ctx, &drain).await;
+                let peer = stream.peer_addr().ok().map(|a| a.ip());
+                match tls {
+                    None => connection::serve(stream, peer, &ctx, &drain).await,
+                    Some(tls) => {
+                        if let Some(session) = handshake(&tls, stream, peer, &ctx).await {
+                            connection::serve(session, peer, &ctx, &drain).await;
+                        }
+                    }
+                }
                 stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             }
         },
     )
     .await;
     Ok(())
+}
+
+/// The TLS handshake of a new connection, within the handshake timeout (HELLO then has the
+/// same time again). The handshake costs a signature: it counts against the client address's
+/// rate limit, and over it the connection is closed before the handshake.
+async fn handshake(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    peer: Option<std::net::IpAddr>,
+    ctx: &TcpContext,
+) -> Option<transport::Tls> {
+    if let Some(peer) = peer
+        && ctx.auth.limits().check_ip(peer).is_err()
+    {
+        return None;
+    }
+    let accept = tls.tcp_acceptor().accept(stream);
+    match tokio::time::timeout(ctx.config.handshake_timeout, accept).await {
+        Ok(Ok(session)) => {
+            let (tcp, session) = session.into_inner();
+            Some(transport::Tls::new(tcp, session))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Tells a connection over the limit why it is closed (best effort, never blocks).
