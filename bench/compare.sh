@@ -10,7 +10,9 @@
 #   5. TCP GET answered by the Redis tier (L2; the collection kept out of L1) vs redis-server
 #      GET of the same bytes, and PUT with L2 and the invalidation bus on vs off;
 #   6. the cached GETs of 1 and 2 through an instance with auth on (an API key; a JWT) vs the
-#      same build with auth off.
+#      same build with auth off;
+#   7. the cached GET of 1 over TLS (HTTPS) vs nginx over TLS with the same certificate (the
+#      test certificate of crates/server/tests/fixtures), and TCP GET over TLS vs plain TCP.
 # Installs nginx, redis-server and pgbench (postgresql-contrib) when absent; starts and stops
 # everything it needs.
 #
@@ -58,7 +60,11 @@ median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -n | awk '{a[NR]=$1} END{pr
 ratio() { awk -v a="$(median "${rps[$1]}")" -v b="$(median "${rps[$2]}")" 'BEGIN{printf "%.2f", a/b}'; }
 
 echo "== starting servers" >&2
-(cd "$work" && DMW_LOG__FILTER=warn exec "$OLDPWD/$bin" --listen 127.0.0.1:18480 --tcp-listen 127.0.0.1:17480) &
+fixtures=$PWD/crates/server/tests/fixtures
+ca=$fixtures/test_tls_ca.pem
+(cd "$work" && DMW_LOG__FILTER=warn DMW_HTTP__TLS_LISTEN=127.0.0.1:18487 DMW_TCP__TLS_LISTEN=127.0.0.1:17487 \
+  DMW_TLS__CERT_FILE="$fixtures/test_tls_cert_1.pem" DMW_TLS__KEY_FILE="$fixtures/test_tls_key_1.pem" \
+  exec "$OLDPWD/$bin" --listen 127.0.0.1:18480 --tcp-listen 127.0.0.1:17480) &
 pids+=($!)
 wait_http 127.0.0.1:18480/healthz
 doc='{"value":{"name":"Aria","level":42,"class":"mage","guild":"northwind","gold":18250,"hp":930,"mp":1200,"zone":"ember-coast"}}'
@@ -72,13 +78,17 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http { access_log off; default_type application/json; keepalive_requests 10000000;
-       server { listen 127.0.0.1:18481; root $work/www; } }
+       server { listen 127.0.0.1:18481; root $work/www; }
+       server { listen 127.0.0.1:18488 ssl; root $work/www;
+                ssl_certificate $fixtures/test_tls_cert_1.pem;
+                ssl_certificate_key $fixtures/test_tls_key_1.pem; } }
 CONF
 nginx -c "$work/nginx.conf"
 target/release/examples/static_hyper "$work/doc.json" 127.0.0.1:18482 &
 pids+=($!)
 redis-server --port 16390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" --logfile "$work/redis.log"
 wait_http 127.0.0.1:18481/doc.json && wait_http 127.0.0.1:18482/
+curl -fs --cacert "$ca" https://127.0.0.1:18488/doc.json >/dev/null && curl -fs --cacert "$ca" https://127.0.0.1:18487/healthz >/dev/null
 # The same build with auth on: an API key, and an HS256 token key for a server-role JWT.
 mkdir -p "$work/auth"
 keygen=$("$bin" key new --name bench --role server --games default)
@@ -132,11 +142,14 @@ for round in $(seq "$rounds"); do
   run_bench http_hyper --target url --url http://127.0.0.1:18482/ -c 64
   run_bench http_auth_key --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --api-key "$api_key"
   run_bench http_auth_jwt --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --token "$jwt"
+  run_bench https_ours --target http --addr 127.0.0.1:18487 --tls-ca "$ca" --keys 1 --no-load -c 64
+  run_bench https_nginx --target url --url https://127.0.0.1:18488/doc.json --tls-ca "$ca" -c 64
   echo "== round $round: TCP GET vs redis GET, ${size}-byte values, 50 connections" >&2
   for depth in 1 16; do
     run_bench "tcp_ours_d$depth" --target tcp --addr 127.0.0.1:17480 --keys 1 --no-load -c 50 -d $depth
     run_bench "redis_d$depth" --target redis --addr 127.0.0.1:16390 --keys 1 --value-size "$size" -c 50 -d $depth
     run_bench "tcp_auth_d$depth" --target tcp --addr 127.0.0.1:17485 --keys 1 --no-load -c 50 -d $depth --api-key "$api_key"
+    run_bench "tcp_tls_d$depth" --target tcp --addr 127.0.0.1:17487 --tls-ca "$ca" --keys 1 --no-load -c 50 -d $depth
     # How the instance's L2 reads reach Redis: lookups of many requests share one MGET
     # (cache/coalesce.rs), so Redis runs far fewer commands than requests arrive.
     mgets() { redis-cli -p 16390 info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_mget:/{print $2}'; }
@@ -210,6 +223,9 @@ table=$(cat <<TABLE
 | HTTP GET cached, auth on (JWT bearer) vs auth off | $(median "${rps[http_auth_jwt]}") | $(median "${rps[http_ours]}") | **$(ratio http_auth_jwt http_ours)×** | ≥ 0.9× |
 | TCP GET cached, auth on vs off, depth 1 | $(median "${rps[tcp_auth_d1]}") | $(median "${rps[tcp_ours_d1]}") | **$(ratio tcp_auth_d1 tcp_ours_d1)×** | within noise |
 | TCP GET cached, auth on vs off, depth 16 | $(median "${rps[tcp_auth_d16]}") | $(median "${rps[tcp_ours_d16]}") | **$(ratio tcp_auth_d16 tcp_ours_d16)×** | within noise |
+| HTTPS GET cached vs nginx over TLS (same certificate) | $(median "${rps[https_ours]}") | $(median "${rps[https_nginx]}") | **$(ratio https_ours https_nginx)×** | ≥ 1.0× |
+| TCP GET cached over TLS vs plain TCP, depth 1 | $(median "${rps[tcp_tls_d1]}") | $(median "${rps[tcp_ours_d1]}") | **$(ratio tcp_tls_d1 tcp_ours_d1)×** | — |
+| TCP GET cached over TLS vs plain TCP, depth 16 | $(median "${rps[tcp_tls_d16]}") | $(median "${rps[tcp_ours_d16]}") | **$(ratio tcp_tls_d16 tcp_ours_d16)×** | — |
 TABLE
 )
 echo

@@ -12,6 +12,8 @@ use bytes::BytesMut;
 use datamiddleware_protocol::{Credential, Hello, Message, decode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::{Stream, Tls};
 use tokio::time::Instant;
 
 use crate::codec::{Codec, HttpApi, Op, PlainHttp, Redis, TcpProtocol, value_json};
@@ -167,6 +169,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Open loop: yield instead of sleeping until the next planned send (see `--spin`).
     pub spin: bool,
+    /// Connect over TLS (`--tls-ca`).
+    pub tls: Option<Tls>,
 }
 
 impl Plan {
@@ -203,17 +207,23 @@ impl Plan {
     }
 }
 
-/// Opens a connection (with the TCP handshake for our protocol).
-pub async fn connect(target: &Target) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(target.addr())
+/// Opens a connection: TCP without Nagle delay, TLS when the plan says so, and HELLO for our
+/// TCP protocol.
+pub async fn connect(plan: &Plan) -> Result<Stream, String> {
+    let target = &plan.target;
+    let tcp = TcpStream::connect(target.addr())
         .await
         .map_err(|e| format!("connect {}: {e}", target.addr()))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let stream = match &plan.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => tls.connect(tcp).await?,
+    };
     handshake(stream, target).await
 }
 
-/// Prepares a connected stream: no Nagle delay, and HELLO for our TCP protocol.
-pub async fn handshake(mut stream: TcpStream, target: &Target) -> Result<TcpStream, String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+/// HELLO for our TCP protocol.
+async fn handshake(mut stream: Stream, target: &Target) -> Result<Stream, String> {
     if let Target::Tcp { auth, .. } = target {
         let mut hello = BytesMut::new();
         Message::Hello(Hello {
@@ -226,7 +236,7 @@ pub async fn handshake(mut stream: TcpStream, target: &Target) -> Result<TcpStre
             },
         })
         .encode(0, &mut hello);
-        stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+        send(&mut stream, &hello).await?;
         let mut buf = BytesMut::new();
         loop {
             if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
@@ -254,7 +264,7 @@ pub async fn load(plan: &Plan) -> Result<(), String> {
         let plan = plan.clone();
         tasks.push(tokio::spawn(async move {
             let keys: Vec<u64> = (c..plan.keys.count).step_by(connections as usize).collect();
-            let mut stream = connect(&plan.target).await?;
+            let mut stream = connect(&plan).await?;
             let mut codec = plan.target.codec(plan.value_size);
             let mut buf = BytesMut::new();
             // The TCP protocol wants request ids that increase on a connection.
@@ -265,7 +275,7 @@ pub async fn load(plan: &Plan) -> Result<(), String> {
                     next_id += 1;
                     codec.encode(&Op::Put(*key), next_id, &mut out);
                 }
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                send(&mut stream, &out).await?;
                 let mut answered = 0;
                 while answered < chunk.len() {
                     match codec.parse(&buf)? {
@@ -300,7 +310,7 @@ pub async fn connection(
     recorder: Recorder,
     start: Instant,
 ) -> Result<(), String> {
-    let mut stream = connect(&plan.target).await?;
+    let mut stream = connect(&plan).await?;
     let mut codec = plan.target.codec(plan.value_size);
     let in_order = codec.in_order();
     let mut rng = fastrand::Rng::with_seed(index as u64 * 7919 + 1);
@@ -358,7 +368,7 @@ pub async fn connection(
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            send(&mut stream, &out).await?;
             out.clear();
         }
         let in_flight = if in_order { ordered.len() } else { by_id.len() };
@@ -397,6 +407,12 @@ pub async fn connection(
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` and flushes them (over TLS, records may wait in the session otherwise).
+async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
 }
 
 /// Waits until `wake`: on tokio's timer (1 ms granularity), or with `spin` by yielding to the

@@ -14,6 +14,7 @@ pub mod conns;
 pub mod driver;
 pub mod report;
 pub mod staleness;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -75,9 +76,16 @@ pub struct RunArgs {
     /// host:port of the server (for --target url, give --url instead).
     #[arg(long)]
     pub addr: Option<String>,
-    /// For --target url: http://host:port/path
+    /// For --target url: http://host:port/path, or https://… with --tls-ca.
     #[arg(long)]
     pub url: Option<String>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (HTTP targets offer
+    /// ALPN http/1.1 only).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry; default: the host of --addr or --url.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_name: Option<String>,
     #[arg(long, default_value = "default")]
     pub game: String,
     #[arg(long, default_value = "players")]
@@ -194,9 +202,15 @@ fn target(args: &RunArgs) -> Result<Target, String> {
                 .url
                 .as_deref()
                 .ok_or("--target url needs --url http://host:port/path")?;
-            let rest = url
-                .strip_prefix("http://")
-                .ok_or("only http:// URLs are supported")?;
+            let rest = match (url.split_once("://"), &args.tls_ca) {
+                (Some(("http", rest)), None) => rest,
+                (Some(("https", rest)), Some(_)) => rest,
+                (Some(("https", _)), None) => return Err("an https:// URL needs --tls-ca".into()),
+                (Some(("http", _)), Some(_)) => {
+                    return Err("--tls-ca connects over TLS: write the URL as https://".into());
+                }
+                _ => return Err("only http:// and https:// URLs are supported".into()),
+            };
             let (host, path) = rest
                 .split_once('/')
                 .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
@@ -206,6 +220,32 @@ fn target(args: &RunArgs) -> Result<Target, String> {
             }
         }
     })
+}
+
+/// The TLS settings of `args`, with the host of --addr or --url as the default name.
+fn tls(args: &RunArgs) -> Result<Option<tls::Tls>, String> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let authority = match (&args.url, &args.addr) {
+        (Some(url), _) if matches!(args.target, TargetKind::Url) => url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default(),
+        (_, Some(addr)) => addr.as_str(),
+        _ => "127.0.0.1",
+    };
+    let name = args
+        .tls_name
+        .as_deref()
+        .unwrap_or_else(|| tls::host_of(authority));
+    let alpn: &[&[u8]] = match args.target {
+        TargetKind::Http | TargetKind::Url => &[b"http/1.1"],
+        TargetKind::Tcp | TargetKind::Redis => &[],
+    };
+    tls::Tls::new(ca, name, alpn).map(Some)
 }
 
 /// Loads the keys, runs the load, prints and writes the report.
@@ -253,6 +293,7 @@ pub async fn run(args: RunArgs) -> Result<report::Summary, String> {
         depth: args.depth,
         duration,
         spin: args.spin,
+        tls: tls(&args)?,
     };
     let setup = serde_json::json!({
         "target": format!("{:?}", plan.target),
