@@ -189,7 +189,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Reads the revocations in force every [`auth::revocations::POLL_EVERY`] until `stop`.
+/// Reads the revocations in force every [`auth::revocations::POLL_EVERY`], and at once when
+/// the invalidation bus says another instance took one, until `stop`.
 async fn poll_revocations(
     service: Service,
     authenticator: Arc<auth::Authenticator>,
@@ -198,10 +199,21 @@ async fn poll_revocations(
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(auth::revocations::POLL_EVERY);
     tick.tick().await;
+    let bus = service.cache().bus().cloned();
     loop {
+        // A notification between two turns is kept by the `Notify` (one permit), not lost.
+        let hint = async {
+            match &bus {
+                Some(bus) => bus.revocations_changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut stop => return Ok(()),
             _ = tick.tick() => {}
+            () = hint => {
+                tick.reset();
+            }
         }
         match service.revocations().await {
             Ok(rows) => {

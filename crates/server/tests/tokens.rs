@@ -589,3 +589,72 @@ backend_tests!(
     a_removed_token_key_ends_its_sessions,
     the_owner_rule_holds_on_reads_from_the_store,
 );
+
+/// `auth.tokens.jwks_file`: its RS256 and EdDSA keys verify tokens naming their `kid` on both
+/// front ends, each pinned to the `alg` of its entry; a file that is not a usable JWKS
+/// document is refused at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_file_verify_tokens() {
+    let s = TestServer::start_with(Backend::Sqlite, |c: &mut Config| {
+        tokens_on(c);
+        c.auth.tokens.jwks_file = Some(fixture("test_jwks.json"));
+    })
+    .await
+    .unwrap();
+    let path = s.path("items/i1");
+    s.client.put(&path, r#"{"value":{"x":1}}"#).await;
+    let alice = claims(&s.game, "alice");
+    for (kid, alg, private) in [
+        ("jwks-rsa", Algorithm::RS256, "test_rsa_private.pem"),
+        ("jwks-ed", Algorithm::EdDSA, "test_ed25519_private.pem"),
+    ] {
+        let token = signed(&alice, kid, alg, private);
+        assert_eq!(bearer(&s, &token).get(&path).await.status, 200, "{kid}");
+        let doc = tcp(&s, &token).get(&s.game, "items", "i1").await;
+        assert!(doc.is_ok(), "{kid} over TCP: {doc:?}");
+    }
+    // The Ed25519 key signing under the RSA entry's kid, and a kid the file does not have.
+    let wrong_alg = signed(
+        &alice,
+        "jwks-rsa",
+        Algorithm::EdDSA,
+        "test_ed25519_private.pem",
+    );
+    let unknown = signed(
+        &alice,
+        "jwks-other",
+        Algorithm::RS256,
+        "test_rsa_private.pem",
+    );
+    for token in [wrong_alg, unknown] {
+        assert_code(
+            &bearer(&s, &token).get(&path).await,
+            401,
+            "unauthorized",
+            "jwks",
+        );
+        let err = tcp(&s, &token)
+            .get(&s.game, "items", "i1")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let without_alg = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    for (content, problem) in [
+        ("{\"keys\": [", "not a JWKS document"),
+        (without_alg, "needs \"alg\""),
+    ] {
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, content).unwrap();
+        let mut config = support::config(&s.game, &s.store_url);
+        tokens_on(&mut config);
+        config.auth.tokens.jwks_file = Some(file);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.tokens.jwks_file") && err.contains(problem),
+            "{err}"
+        );
+    }
+}

@@ -157,4 +157,52 @@ mod tests {
         let v4: IpAddr = "10.0.0.7".parse().unwrap();
         assert_eq!(host(v4), v4, "IPv4 addresses count one by one");
     }
+
+    /// What the README promises for `max_tracked`: a limiter that tracks that many at a
+    /// clean-up is off (and does not grow) until a later clean-up finds fewer; the others
+    /// stay on; idle buckets are dropped.
+    #[test]
+    fn a_limiter_at_max_tracked_is_off_until_fewer_are_active() {
+        let config = RateLimitsConfig {
+            per_ip: 1,
+            player: 1,
+            max_tracked: 3,
+            ..RateLimitsConfig::default()
+        };
+        let limits = Limits::from_config(&config);
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        let exhaust = |addr: IpAddr| {
+            // A bucket holds twice the rate: two pass, the third is refused.
+            assert!(limits.check_ip(addr).is_ok() && limits.check_ip(addr).is_ok());
+            assert!(limits.check_ip(addr).is_err(), "{addr} over its rate");
+        };
+        for i in 1..=3 {
+            exhaust(ip(i));
+        }
+        let player = Principal {
+            role: Role::Player,
+            ..Principal::anonymous("p1")
+        };
+        assert!(limits.check_caller(&player).is_ok() && limits.check_caller(&player).is_ok());
+        limits.clean();
+        let tracked = || limits.per_ip.as_ref().map_or(0, |l| l.len());
+        assert_eq!(tracked(), 3, "busy buckets are kept");
+        // Off: the exhausted address passes, new addresses are let through untracked.
+        assert!(limits.check_ip(ip(1)).is_ok(), "the address limit is off");
+        for i in 4..=20 {
+            assert!(limits.check_ip(ip(i)).is_ok());
+        }
+        assert_eq!(tracked(), 3, "no bucket added while off");
+        // The per-caller limit is not switched off by many addresses.
+        assert!(
+            limits.check_caller(&player).is_err(),
+            "the player's bucket is on"
+        );
+        // An exhausted bucket is refilled 2 s later (twice the rate, at the rate); governor
+        // drops it one emission interval (1 s) after that, when it equals a new bucket.
+        std::thread::sleep(Duration::from_millis(3100));
+        limits.clean();
+        assert_eq!(tracked(), 0, "idle buckets dropped");
+        exhaust(ip(1));
+    }
 }

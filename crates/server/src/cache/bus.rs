@@ -20,6 +20,10 @@
 //! Message format (text): `<instance> <seq> H` (heartbeat), `<instance> <seq> I <key> <version>
 //! …` (changes; `i` from an instance not caught up, not a heartbeat), `<instance> <seq> B`
 //! (goodbye).
+//!
+//! The bus also carries a hint that token revocations changed (the change of the key
+//! [`REVOCATIONS`], which no document key can be): receivers read the revocation table at once
+//! instead of at their next poll. A hint that is lost costs only that: the poll still runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +41,10 @@ use crate::config::CacheConfig;
 
 /// Invalidations sent in one message at most.
 const MAX_BATCH: usize = 256;
+
+/// The pseudo key announcing "the token revocations changed" (document keys never start with
+/// `!`).
+pub const REVOCATIONS: &str = "!revocations";
 
 /// One committed change to announce, and who waits for it to be sent.
 struct Change {
@@ -56,6 +64,8 @@ pub struct BusCounters {
     pub gaps: AtomicU64,
     /// Times this instance stopped trusting its caches.
     pub distrusted: AtomicU64,
+    /// Revocation announcements received from other instances.
+    pub revocation_hints: AtomicU64,
 }
 
 /// The bus handle held by the cache.
@@ -73,6 +83,9 @@ pub struct Bus {
     present: Mutex<HashSet<String>>,
     /// The store answered at least once: until then a cut-off instance could go unnoticed.
     present_known: AtomicBool,
+    /// Notified when another instance announced new revocations, or when messages may have
+    /// been lost (so one may have been missed).
+    revocations_changed: tokio::sync::Notify,
     /// Test-only: publish nothing, as if this process froze or died.
     #[doc(hidden)]
     pub mute: AtomicBool,
@@ -119,6 +132,7 @@ impl Bus {
             l2_timeout: config.l2_timeout,
             present: Mutex::new(HashSet::new()),
             present_known: AtomicBool::new(false),
+            revocations_changed: tokio::sync::Notify::new(),
             mute: AtomicBool::new(false),
         });
         let channel = format!("{}:bus", config.l2_prefix);
@@ -224,6 +238,16 @@ impl Bus {
         }
         let all = futures_util::future::join_all(sent);
         let _ = tokio::time::timeout(2 * self.l2_timeout, all).await;
+    }
+
+    /// Tells the other instances to read the revocations again (see the module documentation).
+    pub async fn announce_revocations(&self) {
+        self.announce([(REVOCATIONS.to_string(), 0)]).await;
+    }
+
+    /// Completes when another instance announced revocations, or messages may have been lost.
+    pub async fn revocations_changed(&self) {
+        self.revocations_changed.notified().await;
     }
 
     /// The publisher: sends queued changes in batches, and a heartbeat every `every` while this
@@ -359,6 +383,7 @@ impl Bus {
             // Whatever was sent while unsubscribed is lost: start from a clean L1. The watchdog
             // restores trust once every publisher known before was heard again (or is gone).
             l1.clear();
+            self.revocations_changed.notify_one();
             subscribed.store(true, Ordering::Release);
             let mut messages = pubsub.into_on_message();
             // A half-open connection (a partition without a reset) never ends the stream: when
@@ -426,6 +451,7 @@ impl Bus {
                 "invalidation messages were lost; L1 is cleared"
             );
             l1.clear();
+            self.revocations_changed.notify_one();
         }
         if kind == Some("B") {
             heard.lock().remove(from);
@@ -436,6 +462,13 @@ impl Bus {
             return; // this instance's own changes are in its L1 already
         }
         while let (Some(key), Some(Ok(version))) = (parts.next(), parts.next().map(str::parse)) {
+            if key == REVOCATIONS {
+                self.counters
+                    .revocation_hints
+                    .fetch_add(1, Ordering::Relaxed);
+                self.revocations_changed.notify_one();
+                continue;
+            }
             l1.remote_write(key, version);
             self.counters.applied.fetch_add(1, Ordering::Relaxed);
         }
@@ -515,6 +548,7 @@ mod tests {
             l2_timeout: Duration::from_millis(50),
             present: Mutex::new(HashSet::new()),
             present_known: AtomicBool::new(true),
+            revocations_changed: tokio::sync::Notify::new(),
             mute: AtomicBool::new(false),
         }
     }

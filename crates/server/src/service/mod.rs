@@ -348,6 +348,10 @@ impl Service {
         let until = crate::auth::tokens::unix_now() + crate::auth::revocations::KEEP_FOR.as_secs();
         self.budget(game.store.revoke(game_name, kind, value, cutoff_s, until))
             .await?;
+        if let Some(bus) = self.inner.cache.bus() {
+            // The other instances read the table now rather than at their next poll.
+            bus.announce_revocations().await;
+        }
         tracing::info!(
             target: "audit",
             principal = %caller.principal.name,
