@@ -46,7 +46,8 @@ pub struct ClientOptions {
     pub credential: Credential,
     /// How long one request may wait for its response.
     pub request_timeout: Duration,
-    /// How long connecting plus the handshake may take.
+    /// How long connecting, the TLS handshake (with `tls`) and HELLO may take together; past
+    /// it the attempt fails with [`Error::Connect`] (`TimedOut`) and is retried.
     pub connect_timeout: Duration,
     /// Connection attempts per request before giving up (with backoff in between).
     pub max_connect_attempts: u32,

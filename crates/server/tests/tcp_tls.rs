@@ -310,3 +310,24 @@ async fn handshakes_count_against_the_per_address_rate() {
         );
     }
 }
+
+/// On the TCP listener the handshake's charge covers HELLO: a client address gets as many TLS
+/// sessions as its bucket holds, not half as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_is_charged_once() {
+    const RATE: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Backend::Sqlite, |c: &mut Config| {
+        c.tcp.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        support::use_test_certificate(c, dir.path());
+        c.rate_limits.per_ip = RATE;
+    })
+    .await
+    .unwrap();
+    // The bucket holds 2 × RATE: that many sessions open with their HELLO, one by one.
+    for i in 0..2 * RATE {
+        let client = tls_client(&s, test_key());
+        let pong = client.ping().await;
+        assert!(pong.is_ok(), "session {i}: {pong:?}");
+    }
+}

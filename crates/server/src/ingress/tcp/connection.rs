@@ -502,7 +502,12 @@ impl<T: Transport> Conn<'_, T> {
             return self.fail(id, ErrorCode::UnsupportedVersion, &detail);
         }
         // Before the credential is looked at: floods of bad credentials cost no verification.
-        if let Some(Err(limited)) = self.peer.map(|peer| self.ctx.auth.limits().check_ip(peer)) {
+        let check = |peer| self.ctx.auth.limits().check_ip(peer);
+        if let Some(Err(limited)) = self
+            .peer
+            .filter(|_| !self.stream.rate_paid_at_open())
+            .map(check)
+        {
             return self.fail(id, limited.code, &limited.message);
         }
         // Read before authenticating: a change in between is then seen at the first request.
@@ -723,8 +728,9 @@ impl<T: Transport> Conn<'_, T> {
         }
         if self.stream.has_unsent() {
             match self.stream.try_send_unsent() {
-                Ok(()) => self.last_write_progress = Instant::now(),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // Partial progress counts too: a slow reader is not a stalled one.
+                Ok(0) => {}
+                Ok(_) => self.last_write_progress = Instant::now(),
                 Err(e) => return Err(End::Io(e)),
             }
         }

@@ -66,10 +66,14 @@ pub async fn serve(
         config,
         auth,
     });
+    let over_tls = tls.is_some();
     let refused = |stream| {
         let stats = ctx.service.stats();
         stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
-        refuse(stream);
+        // A TLS client would read the error frame as a broken handshake: it gets a bare close.
+        if !over_tls {
+            refuse(stream);
+        }
     };
     let what = if tls.is_some() { "TCP over TLS" } else { "TCP" };
     super::serve_connections(

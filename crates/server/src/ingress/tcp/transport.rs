@@ -26,10 +26,16 @@ pub(super) trait Transport: Send {
     fn try_write(&mut self, data: &[u8]) -> io::Result<usize>;
     /// True while bytes taken by `try_write` have not all reached the socket yet.
     fn has_unsent(&self) -> bool;
-    /// Hands what `has_unsent` holds to the socket, as far as it takes it.
-    fn try_send_unsent(&mut self) -> io::Result<()>;
+    /// Hands what `has_unsent` holds to the socket, as far as it takes it: the bytes written
+    /// (0 when the socket took none).
+    fn try_send_unsent(&mut self) -> io::Result<usize>;
     /// Ends the sending side once what was taken is sent (TLS: after `close_notify`).
     fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// True when opening it already counted against the client address's rate (a TLS
+    /// handshake), so HELLO is not charged again.
+    fn rate_paid_at_open(&self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {
@@ -53,8 +59,8 @@ impl Transport for TcpStream {
         false
     }
 
-    fn try_send_unsent(&mut self) -> io::Result<()> {
-        Ok(())
+    fn try_send_unsent(&mut self) -> io::Result<usize> {
+        Ok(0)
     }
 
     fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send {
@@ -133,20 +139,14 @@ impl Transport for Tls {
             }
             self.plaintext_ready = true;
             // Records the session answers by itself (a key update, say) go out now.
-            match self.try_send_unsent() {
-                Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
-                _ => {}
-            }
+            self.try_send_unsent()?;
         }
     }
 
     fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
         // The session takes plaintext up to its buffer limit (64 KiB of records by default).
         let mut taken = self.session.writer().write(data)?;
-        match self.try_send_unsent() {
-            Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
-            _ => {}
-        }
+        self.try_send_unsent()?;
         if taken == 0 && !self.session.wants_write() {
             // The records went out and made room.
             taken = self.session.writer().write(data)?;
@@ -161,27 +161,33 @@ impl Transport for Tls {
         self.session.wants_write()
     }
 
-    fn try_send_unsent(&mut self) -> io::Result<()> {
+    fn try_send_unsent(&mut self) -> io::Result<usize> {
+        let mut sent = 0;
         while self.session.wants_write() {
-            if self.session.write_tls(&mut Socket(&self.tcp))? == 0 {
-                return Err(ErrorKind::WriteZero.into());
+            match self.session.write_tls(&mut Socket(&self.tcp)) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         self.session.send_close_notify();
         async move {
-            loop {
-                match self.try_send_unsent() {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.tcp.writable().await?,
-                    Err(e) => return Err(e),
-                }
+            self.try_send_unsent()?;
+            while self.session.wants_write() {
+                self.tcp.writable().await?;
+                self.try_send_unsent()?;
             }
             AsyncWriteExt::shutdown(&mut self.tcp).await
         }
+    }
+
+    fn rate_paid_at_open(&self) -> bool {
+        true
     }
 }
 
