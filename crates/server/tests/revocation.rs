@@ -157,9 +157,88 @@ async fn every_token_of_a_subject_is_revoked(backend: Backend) {
     );
 }
 
+/// An admin revokes an API key by its name: refused at once here (HTTP, and an open TCP
+/// session at its next request), on another instance within the poll interval, and on an
+/// instance started later; the key's name is checked, and only admins revoke.
+async fn an_api_key_is_revoked_by_its_name(backend: Backend) {
+    // A key of this run only: the revocation of a key is kept for good, and the test stores
+    // are shared by every test and run.
+    let doomed = datamiddleware::auth::new_key().unwrap();
+    let with_doomed = |c: &mut Config| {
+        tokens_on(c);
+        let game = c.games.keys().next().unwrap().clone();
+        c.auth
+            .keys
+            .push(api_key("doomed", &doomed, Role::Server, &[&game]));
+    };
+    let Some(s) = TestServer::start_with(backend, with_doomed).await else {
+        return;
+    };
+    let other = s.sibling_with(with_doomed).await;
+    let server =
+        |s: &TestServer| Http::with_key(format!("http://{}", s.running.addr), Some(&doomed));
+    let path = s.path("players/p1");
+    assert_eq!(server(&s).get(&path).await.status, 404, "the key works");
+    assert_eq!(server(&other).get(&path).await.status, 404);
+    let session = s.tcp_client(Credential::ApiKey(doomed.clone()));
+    session.ping().await.unwrap();
+
+    assert_code(
+        &server(&s)
+            .post(&s.path("_revoke"), r#"{"key":"doomed"}"#)
+            .await,
+        403,
+        "forbidden",
+        "a server key revoking itself",
+    );
+    assert_code(
+        &s.client
+            .post(&s.path("_revoke"), r#"{"key":"nobody"}"#)
+            .await,
+        400,
+        "bad_request",
+        "an unknown key name",
+    );
+    let r = s
+        .client
+        .post(&s.path("_revoke"), r#"{"key":"doomed"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["revoked"]["key"], "doomed");
+    assert_eq!(r.json()["revoked"]["sha256"].as_str().unwrap().len(), 64);
+
+    assert_code(
+        &server(&s).get(&path).await,
+        401,
+        "unauthorized",
+        "at once here",
+    );
+    let err = session
+        .get(&s.game, "players", "p1")
+        .await
+        .expect_err("the open session");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    assert_eq!(s.client.get(&path).await.status, 404, "other keys work");
+    let started = Instant::now();
+    while server(&other).get(&path).await.status != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not revoked on the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = s.sibling_with(with_doomed).await;
+    assert_eq!(
+        server(&later).get(&path).await.status,
+        401,
+        "after a restart"
+    );
+}
+
 backend_tests!(
     a_token_is_revoked_by_its_id,
     every_token_of_a_subject_is_revoked,
+    an_api_key_is_revoked_by_its_name,
 );
 
 /// With Redis configured, the instance that takes a revocation announces it on the

@@ -58,6 +58,14 @@ impl KeyTable {
         self.by_digest.get(digest).cloned()
     }
 
+    /// The digest of the key named `name`.
+    pub fn digest_of(&self, name: &str) -> Option<[u8; 32]> {
+        self.by_digest
+            .iter()
+            .find(|(_, principal)| &*principal.name == name)
+            .map(|(digest, _)| *digest)
+    }
+
     /// What changes from this table to `new`.
     pub fn changes_to(&self, new: &KeyTable) -> KeyChanges {
         let mut changes = KeyChanges::default();

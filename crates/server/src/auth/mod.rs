@@ -302,7 +302,7 @@ impl Authenticator {
     ) -> Result<Arc<Principal>, ServiceError> {
         let refreshed = match (token, principal.key) {
             (Some(token), _) => self.verify_token(token),
-            (None, Some(digest)) => self.keys.load().get(&digest),
+            (None, Some(digest)) => self.unrevoked(self.keys.load().get(&digest)),
             (None, None) => Some(principal.clone()),
         };
         refreshed.ok_or_else(unauthorized)
@@ -310,8 +310,16 @@ impl Authenticator {
 
     /// A token's principal unless it is invalid or revoked.
     fn verify_token(&self, token: &str) -> Option<Arc<Principal>> {
-        let principal = self.tokens.load().verify(token)?;
-        (!self.revocations.load().revokes(&principal)).then_some(principal)
+        self.unrevoked(self.tokens.load().verify(token))
+    }
+
+    fn unrevoked(&self, principal: Option<Arc<Principal>>) -> Option<Arc<Principal>> {
+        principal.filter(|p| !self.revocations.load().revokes(p))
+    }
+
+    /// The SHA-256 (hex) of the configured API key named `name`.
+    pub fn key_digest(&self, name: &str) -> Option<String> {
+        self.keys.load().digest_of(name).map(hex::encode)
     }
 
     /// Replaces the revocations in force with those read from the stores (plus the ones
@@ -371,7 +379,9 @@ impl Authenticator {
             Credential::None => None,
             // A JWT has two dots; an API key has none.
             Credential::Bearer(token) if token.contains('.') => self.verify_token(token),
-            Credential::ApiKey(key) | Credential::Bearer(key) => self.keys.load().find(key),
+            Credential::ApiKey(key) | Credential::Bearer(key) => {
+                self.unrevoked(self.keys.load().find(key))
+            }
         };
         let presented = !matches!(credential, Credential::None);
         found.ok_or_else(|| {

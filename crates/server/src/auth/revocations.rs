@@ -1,5 +1,6 @@
-//! Token revocation: one token by its id (`jti`), or every token of one subject issued at or
-//! before a cutoff. The rows live in the game's store (`dmw_revocations`), so every instance
+//! Revocation: one token by its id (`jti`), every token of one subject issued at or before a
+//! cutoff, or one API key (by its digest, so a new key under the same name is not affected;
+//! for good: a revoked key is never accepted again). The rows live in the game's store (`dmw_revocations`), so every instance
 //! learns them by polling ([`POLL_EVERY`]) and they outlive restarts; the instance that takes
 //! a revocation applies it at once. A revoked token is refused on every request, also when it
 //! sits in the verified-token cache, and a TCP session holding it is closed at its next
@@ -15,7 +16,7 @@ pub const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long a revocation is kept: tokens that live longer than this need a key rotation.
 pub const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// A revocation as stored: (game, kind "jti" or "sub", value, cutoff seconds).
+/// A revocation as stored: (game, kind "jti", "sub" or "key", value, cutoff seconds).
 pub type Row = (String, String, String, u64);
 
 /// What a token says of itself that a revocation can name.
@@ -37,6 +38,8 @@ pub struct Revocations {
     jtis: HashMap<Box<str>, HashSet<Box<str>>>,
     /// Per game, subject → cutoff: its tokens issued at or before it are refused.
     subjects: HashMap<Box<str>, HashMap<Box<str>, u64>>,
+    /// Digests of revoked API keys, whatever game's store holds the row.
+    keys: HashSet<[u8; 32]>,
 }
 
 impl Revocations {
@@ -63,14 +66,19 @@ impl Revocations {
                 let at = subjects.entry(value.into()).or_default();
                 *at = (*at).max(cutoff);
             }
+            "key" => {
+                if let Some(digest) = super::keys::parse_digest(value) {
+                    self.keys.insert(digest);
+                }
+            }
             _ => {}
         }
     }
 
-    /// True when `principal` came from a token that is revoked.
+    /// True when `principal` came from a token or an API key that is revoked.
     pub fn revokes(&self, principal: &Principal) -> bool {
         let Some(token) = &principal.token else {
-            return false;
+            return !self.keys.is_empty() && principal.key.is_some_and(|k| self.keys.contains(&k));
         };
         let by_id = match (&token.jti, self.jtis.get(&*token.game)) {
             (Some(jti), Some(jtis)) => jtis.contains(&**jti),
@@ -124,6 +132,23 @@ mod tests {
         assert!(
             !revocations.revokes(&Principal::anonymous("key")),
             "not a token"
+        );
+    }
+
+    #[test]
+    fn a_key_is_revoked_by_its_digest_in_every_game() {
+        let digest = super::super::keys::digest("dmw_some_key");
+        let key = |digest| Principal {
+            key: Some(digest),
+            ..Principal::anonymous("k")
+        };
+        let revocations =
+            Revocations::from_rows([("rpg".into(), "key".into(), hex::encode(digest), 0)]);
+        assert!(revocations.revokes(&key(digest)));
+        assert!(!revocations.revokes(&key([7; 32])), "another key");
+        assert!(
+            !revocations.revokes(&token("rpg", "k", "j", 0)),
+            "tokens are not keys"
         );
     }
 }

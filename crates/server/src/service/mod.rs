@@ -345,7 +345,11 @@ impl Service {
             ));
         }
         let game = self.game(game_name)?;
-        let until = crate::auth::tokens::unix_now() + crate::auth::revocations::KEEP_FOR.as_secs();
+        // A token revocation outlives the tokens it names; a key's is for good.
+        let until = match kind {
+            "key" => i64::MAX as u64,
+            _ => crate::auth::tokens::unix_now() + crate::auth::revocations::KEEP_FOR.as_secs(),
+        };
         self.budget(game.store.revoke(game_name, kind, value, cutoff_s, until))
             .await?;
         if let Some(bus) = self.inner.cache.bus() {

@@ -404,22 +404,39 @@ struct RevokeBody {
     /// Every token of this subject issued at or before `before` (default: now).
     sub: Option<String>,
     before: Option<u64>,
+    /// The configured API key of this name, for good.
+    key: Option<String>,
 }
 
-/// `POST /api/v1/{game}/_revoke` (admin keys): `{"jti": "…"}` or `{"sub": "…", "before": t}`.
+/// `POST /api/v1/{game}/_revoke` (admin keys): `{"jti": "…"}`, `{"sub": "…", "before": t}` or
+/// `{"key": "<name>"}`.
 async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> HttpResult {
     require_json(&req, &["application/json"])?;
     let body: RevokeBody = parse_json(&read_body(state, req).await?)?;
     let now = crate::auth::tokens::unix_now();
-    let (kind, value, cutoff) = match (body.jti, body.sub, body.before) {
-        (Some(jti), None, None) if !jti.is_empty() && jti.len() <= 255 => ("jti", jti, 0),
-        (None, Some(sub), before) => {
+    let mut key_name = String::new();
+    let (kind, value, cutoff) = match (body.jti, body.sub, body.before, body.key) {
+        (Some(jti), None, None, None) if !jti.is_empty() && jti.len() <= 255 => ("jti", jti, 0),
+        (None, Some(sub), before, None) => {
             crate::model::check_id(&sub, "sub")?;
             ("sub", sub, before.unwrap_or(now))
         }
+        (None, None, None, Some(name)) => match state.auth.key_digest(&name) {
+            Some(digest) => {
+                key_name = name;
+                ("key", digest, 0)
+            }
+            // Only an admin learns which names exist; anyone else is refused by the service.
+            None if caller.principal.role == crate::auth::Role::Admin => {
+                return Err(ServiceError::bad_request(format!(
+                    "no API key is named {name:?} in this server's configuration"
+                )));
+            }
+            None => ("key", String::new(), 0),
+        },
         _ => {
             return Err(ServiceError::bad_request(
-                "give {\"jti\": \"<1-255 characters>\"} or {\"sub\": \"<id>\", \"before\": <unix seconds, optional>}",
+                "give {\"jti\": \"<1-255 characters>\"}, {\"sub\": \"<id>\", \"before\": <unix seconds, optional>} or {\"key\": \"<API key name>\"}",
             ));
         }
     };
@@ -428,7 +445,10 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
         .revoke(caller, game, kind, &value, cutoff)
         .await?;
     state.auth.add_revocation(game, kind, &value, cutoff);
-    let answer = serde_json::json!({ "revoked": { kind: value, "before": cutoff } });
+    let answer = match kind {
+        "key" => serde_json::json!({ "revoked": { "key": key_name, "sha256": value } }),
+        _ => serde_json::json!({ "revoked": { kind: value, "before": cutoff } }),
+    };
     Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
 }
 
