@@ -12,7 +12,9 @@
 #   6. the cached GETs of 1 and 2 through an instance with auth on (an API key; a JWT) vs the
 #      same build with auth off;
 #   7. the cached GET of 1 over TLS (HTTPS) vs nginx over TLS with the same certificate (the
-#      test certificate of crates/server/tests/fixtures), and TCP GET over TLS vs plain TCP.
+#      test certificate of crates/server/tests/fixtures), and TCP GET over TLS vs plain TCP;
+#   8. the cached GETs of 1 and 2 with metrics on (the default) vs the same build with
+#      `metrics.enabled = false`.
 # Installs nginx, redis-server and pgbench (postgresql-contrib) when absent; starts and stops
 # everything it needs.
 #
@@ -89,6 +91,11 @@ pids+=($!)
 redis-server --port 16390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" --logfile "$work/redis.log"
 wait_http 127.0.0.1:18481/doc.json && wait_http 127.0.0.1:18482/
 curl -fs --cacert "$ca" https://127.0.0.1:18488/doc.json >/dev/null && curl -fs --cacert "$ca" https://127.0.0.1:18487/healthz >/dev/null
+# The same build with metrics off (the cost of recording them on the hit path).
+(cd "$work" && DMW_LOG__FILTER=warn DMW_METRICS__ENABLED=false exec "$OLDPWD/$bin" --listen 127.0.0.1:18489 --tcp-listen 127.0.0.1:17489) &
+pids+=($!)
+wait_http 127.0.0.1:18489/healthz
+curl -fs -X PUT -H 'content-type: application/json' 127.0.0.1:18489/api/players/k0 -d "$doc" >/dev/null
 # The same build with auth on: an API key, and an HS256 token key for a server-role JWT.
 mkdir -p "$work/auth"
 keygen=$("$bin" key new --name bench --role server --games default)
@@ -142,6 +149,7 @@ for round in $(seq "$rounds"); do
   run_bench http_hyper --target url --url http://127.0.0.1:18482/ -c 64
   run_bench http_auth_key --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --api-key "$api_key"
   run_bench http_auth_jwt --target http --addr 127.0.0.1:18485 --keys 1 --no-load -c 64 --token "$jwt"
+  run_bench http_nometrics --target http --addr 127.0.0.1:18489 --keys 1 --no-load -c 64
   run_bench https_ours --target http --addr 127.0.0.1:18487 --tls-ca "$ca" --keys 1 --no-load -c 64
   run_bench https_nginx --target url --url https://127.0.0.1:18488/doc.json --tls-ca "$ca" -c 64
   echo "== round $round: TCP GET vs redis GET, ${size}-byte values, 50 connections" >&2
@@ -149,6 +157,7 @@ for round in $(seq "$rounds"); do
     run_bench "tcp_ours_d$depth" --target tcp --addr 127.0.0.1:17480 --keys 1 --no-load -c 50 -d $depth
     run_bench "redis_d$depth" --target redis --addr 127.0.0.1:16390 --keys 1 --value-size "$size" -c 50 -d $depth
     run_bench "tcp_auth_d$depth" --target tcp --addr 127.0.0.1:17485 --keys 1 --no-load -c 50 -d $depth --api-key "$api_key"
+    run_bench "tcp_nometrics_d$depth" --target tcp --addr 127.0.0.1:17489 --keys 1 --no-load -c 50 -d $depth
     run_bench "tcp_tls_d$depth" --target tcp --addr 127.0.0.1:17487 --tls-ca "$ca" --keys 1 --no-load -c 50 -d $depth
     # How the instance's L2 reads reach Redis: lookups of many requests share one MGET
     # (cache/coalesce.rs), so Redis runs far fewer commands than requests arrive.
@@ -225,6 +234,8 @@ table=$(cat <<TABLE
 | TCP GET cached, auth on vs off, depth 16 | $(median "${rps[tcp_auth_d16]}") | $(median "${rps[tcp_ours_d16]}") | **$(ratio tcp_auth_d16 tcp_ours_d16)×** | within noise |
 | HTTPS GET cached vs nginx over TLS (same certificate) | $(median "${rps[https_ours]}") | $(median "${rps[https_nginx]}") | **$(ratio https_ours https_nginx)×** | ≥ 1.0× |
 | TCP GET cached over TLS vs plain TCP, depth 1 | $(median "${rps[tcp_tls_d1]}") | $(median "${rps[tcp_ours_d1]}") | **$(ratio tcp_tls_d1 tcp_ours_d1)×** | — |
+| HTTP GET cached, metrics on vs off | $(median "${rps[http_ours]}") | $(median "${rps[http_nometrics]}") | **$(ratio http_ours http_nometrics)×** | ≥ 0.95× |
+| TCP GET cached, metrics on vs off, depth 16 | $(median "${rps[tcp_ours_d16]}") | $(median "${rps[tcp_nometrics_d16]}") | **$(ratio tcp_ours_d16 tcp_nometrics_d16)×** | ≥ 0.95× |
 | TCP GET cached over TLS vs plain TCP, depth 16 | $(median "${rps[tcp_tls_d16]}") | $(median "${rps[tcp_ours_d16]}") | **$(ratio tcp_tls_d16 tcp_ours_d16)×** | — |
 TABLE
 )

@@ -22,7 +22,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dir.display()
         )),
     );
-    let service = Service::from_config(&config).await?;
+    let metrics = std::sync::Arc::new(datamiddleware::ops::metrics::Metrics::new(true));
+    let service = Service::from_config(&config, metrics).await?;
     let value = serde_json::json!({"name": "Aria", "level": 42});
     let serde_json::Value::Object(value) = value else {
         unreachable!()

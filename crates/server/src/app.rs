@@ -52,7 +52,8 @@ pub struct Running {
 
 /// Connects the stores, binds the listeners and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let service = Service::from_config(&config).await?;
+    let metrics = Arc::new(crate::ops::metrics::Metrics::new(config.metrics.enabled));
+    let service = Service::from_config(&config, metrics).await?;
     if service.cache().bus().is_some() {
         // Serve from the caches from the first request when the bus comes up quickly; else
         // start anyway, reads going to the store until it is whole.

@@ -25,6 +25,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub warmup: WarmupConfig,
     /// Games (tenants) by name. When none is configured, a game `default` on an embedded
     /// SQLite file under `./data/` is used (see [`Config::with_default_game`]).
@@ -498,6 +499,21 @@ impl Default for LogConfig {
         LogConfig {
             filter: "info".to_string(),
         }
+    }
+}
+
+/// `[metrics]`: the Prometheus metrics at `GET /metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record request counts and durations (connection counts and store work are always
+    /// counted).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`model`]: names, ids, stored rows and the encoded document form.
 //! - [`error`]: the one error type and its stable codes.
 //! - [`config`]: serde configuration, loading (file, `DMW_` env, CLI) and validation.
+//! - [`ops`]: what operators see: the metrics registry and its handles.
 //! - [`app`]: wiring for the binary and for tests.
 
 pub mod app;
@@ -26,5 +27,6 @@ pub mod config;
 pub mod error;
 pub mod ingress;
 pub mod model;
+pub mod ops;
 pub mod service;
 pub mod store;

@@ -248,14 +248,7 @@ async fn conns_holds_connections_from_several_processes() {
         "{per_connection} bytes per connection"
     );
     assert!(stdout.contains("300 alive, 0 dropped"), "{stdout}");
-    assert_eq!(
-        s.running
-            .service
-            .stats()
-            .tcp_accepted
-            .load(std::sync::atomic::Ordering::SeqCst),
-        300
-    );
+    assert_eq!(s.running.service.metrics().tcp.accepted.get(), 300);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 

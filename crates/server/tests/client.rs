@@ -64,11 +64,9 @@ async fn many_tasks_share_one_multiplexed_connection() {
     let doc = client.get(&s.game, "players", "p").await.unwrap();
     assert_eq!(doc.value::<serde_json::Value>().unwrap()["gold"], 101);
     assert_eq!((doc.version, doc.tier), (101, Tier::L1));
-    let stats = s.running.service.stats();
-    let count =
-        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::SeqCst);
+    let tcp = &s.running.service.metrics().tcp;
     assert_eq!(
-        (count(&stats.tcp_accepted), count(&stats.tcp_connections)),
+        (tcp.accepted.get(), tcp.open.get()),
         (1, 1),
         "every request went over the one connection ever opened"
     );
@@ -169,18 +167,9 @@ async fn heartbeats_keep_an_idle_connection_open() {
     // Idle for several heartbeat timeouts: the client's PINGs (and PONGs) keep it alive.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     client.ping().await.unwrap();
-    let stats = s.running.service.stats();
-    assert_eq!(
-        stats.tcp_accepted.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "never reconnected"
-    );
-    assert_eq!(
-        stats
-            .tcp_connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    let tcp = &s.running.service.metrics().tcp;
+    assert_eq!(tcp.accepted.get(), 1, "never reconnected");
+    assert_eq!(tcp.open.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

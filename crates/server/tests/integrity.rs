@@ -37,13 +37,7 @@ backend_tests!(
 
 /// Waits until no write has committed for a while: abandoned writes run on in their tasks.
 async fn writes_settled(s: &TestServer) {
-    let commits = || {
-        s.running
-            .service
-            .stats()
-            .commits
-            .load(std::sync::atomic::Ordering::SeqCst)
-    };
+    let commits = || s.running.service.metrics().store.commits.get();
     let mut last = commits();
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -589,14 +589,7 @@ async fn a_peer_that_never_reads_is_disconnected() {
         "the server stopped reading a peer that does not read"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s
-        .running
-        .service
-        .stats()
-        .tcp_connections
-        .load(std::sync::atomic::Ordering::SeqCst)
-        > 0
-    {
+    while s.running.service.metrics().tcp.open.get() > 0 {
         assert!(
             Instant::now() < deadline,
             "the stalled connection was not closed"
@@ -618,14 +611,7 @@ async fn connections_over_the_limit_are_refused() {
     let mut b = Raw::ready(&s).await;
     let mut over = Raw::connect(&s).await;
     over.expect_error_then_close("overloaded", 0).await;
-    assert_eq!(
-        s.running
-            .service
-            .stats()
-            .tcp_refused
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(s.running.service.metrics().tcp.refused.get(), 1);
     b.send(2, Message::Ping(2)).await;
     assert_eq!(
         b.recv().await.1,

@@ -3,8 +3,6 @@
 //! The store is asked for no more than still fits, so a small request cannot make the server
 //! read or assemble a huge answer.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use super::{
@@ -114,7 +112,7 @@ impl Service {
             .min(room + config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
         let mut permit = budget.reserve(hit_bytes + worst).await?;
         let miss_ids: Vec<&str> = missing.iter().map(|index| unique[*index]).collect();
-        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.store.reads.inc();
         let many = self
             .budget(game.store.get_many(game_name, collection, &miss_ids, room))
             .await?;
@@ -179,7 +177,7 @@ impl Service {
         let per_doc = config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES;
         let worst = ((limit + 1) * per_doc).min(budget.max_bytes + per_doc);
         let mut permit = budget.reserve(worst).await?;
-        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.store.reads.inc();
         let page = self
             .budget(game.store.list(
                 game_name,

@@ -29,6 +29,7 @@ use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, StoredDoc, Tier, encode_document};
+use crate::ops::metrics::Metrics;
 use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
@@ -116,21 +117,6 @@ pub fn txn_results_json(outcomes: &[OpOutcome]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Counters read by tests and, later, by the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Store read queries issued (single, batch and list).
-    pub store_reads: AtomicU64,
-    /// Write transactions committed.
-    pub commits: AtomicU64,
-    /// TCP connections open now.
-    pub tcp_connections: AtomicU64,
-    /// TCP connections accepted since start (refused ones not included).
-    pub tcp_accepted: AtomicU64,
-    /// TCP connections refused because `tcp.max_connections` was reached.
-    pub tcp_refused: AtomicU64,
-}
-
 struct Game {
     store: Store,
     collections: FastMap<String, CollectionConfig>,
@@ -157,7 +143,8 @@ struct Inner {
     /// `store.max_pending_writes`: all permits of `pending_writes`.
     max_pending_writes: usize,
     store_timeout: Duration,
-    stats: Stats,
+    /// Where the service's own work is counted (store reads, commits).
+    metrics: Arc<Metrics>,
     budget: ResponseBudget,
     /// Writes in progress, whether their callers wait or went away (`store.max_pending_writes`).
     pending_writes: Arc<tokio::sync::Semaphore>,
@@ -167,7 +154,10 @@ struct Inner {
 
 impl Service {
     /// Connects every configured store (one pool per distinct URL) and migrates it.
-    pub async fn from_config(config: &Config) -> Result<Service, StoreError> {
+    pub async fn from_config(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Service, StoreError> {
         let mut by_url: HashMap<&str, Store> = HashMap::new();
         let mut games = FastMap::default();
         for (name, game) in &config.games {
@@ -219,7 +209,7 @@ impl Service {
                 last_touch_ms: AtomicU64::new(0),
                 max_pending_writes: config.store.max_pending_writes,
                 store_timeout: config.store.timeout,
-                stats: Stats::default(),
+                metrics,
                 budget: ResponseBudget::new(&config.responses, config.store.timeout),
                 pending_writes: Arc::new(tokio::sync::Semaphore::new(
                     config.store.max_pending_writes,
@@ -238,8 +228,9 @@ impl Service {
         Ok(service)
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    /// The process's metrics (front ends get their handles from here).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The cache tiers (their counters are visible to tests and metrics).

@@ -2,8 +2,6 @@
 //! synchronous) and [`Service::get_each`] (callbacks, so a connection can read L2 without a
 //! task per request). All three take the same checks and the same tiers.
 
-use std::sync::atomic::Ordering;
-
 use super::{Game, ReadResult, Service, to_cached};
 use std::sync::Arc;
 
@@ -287,7 +285,7 @@ impl Service {
         collection: &str,
         id: &str,
     ) -> Result<Cached, ServiceError> {
-        self.inner.stats.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.store.reads.inc();
         let doc_key = DocKey {
             collection: collection.to_string(),
             id: id.to_string(),

@@ -301,7 +301,7 @@ impl Service {
         let cache = &self.inner.cache;
         match result {
             Ok((new_rows, outcomes)) => {
-                self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.store.commits.inc();
                 let changed = p
                     .keys
                     .iter()

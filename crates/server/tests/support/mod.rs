@@ -293,11 +293,7 @@ impl TestServer {
     }
 
     pub fn store_reads(&self) -> u64 {
-        self.running
-            .service
-            .stats()
-            .store_reads
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.running.service.metrics().store.reads.get()
     }
 
     /// A counter of this instance's L2 (which must be configured).

@@ -4,6 +4,7 @@
 //! Routing is hand-written over hyper rather than axum: the cache-hit path is the product, and
 //! an axum route measured 20–25 % below bare hyper on this machine (see docs/performance.md).
 
+pub mod endpoint;
 mod problem;
 mod routes;
 mod watchdog;
@@ -30,6 +31,7 @@ use super::tls::Tls;
 use crate::auth::Authenticator;
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
+use crate::ops::metrics::HttpMetrics;
 use crate::service::Service;
 
 /// Most header lines accepted in one request (beyond: 431). This is hyper's built-in default:
@@ -214,27 +216,45 @@ async fn handle(
     request: watchdog::RequestGuard,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // Only a body of unknown length can be chunked: the header lookup (~200 instructions of a
-    // cache hit's ~11,500 in callgrind) is skipped for every request without one.
-    if hyper::body::Body::size_hint(req.body()).exact().is_none()
-        && req.headers().contains_key(TRANSFER_ENCODING)
-    {
-        return Ok(Box::pin(refuse_transfer_encoding(&state, req)).await);
-    }
-    if let Some(peer) = request.peer()
-        && let Err(limited) = state.auth.limits().check_ip(peer)
-    {
-        return Ok(problem::response(&limited));
-    }
-    let Some(_slot) = state.in_flight.try_enter() else {
-        return Ok(problem::response(&ServiceError::new(
-            ErrorCode::Overloaded,
-            "too many requests in flight; retry later",
-        )));
+    // What the metrics need of the request, taken before it is consumed. One future with a
+    // block rather than an inner `async fn`: its arguments would be laid out twice.
+    let measured = state.service.metrics().http.enabled().then(|| {
+        let endpoint = endpoint::Endpoint::of_path(req.uri().path());
+        (
+            std::time::Instant::now(),
+            endpoint,
+            HttpMetrics::method_slot(req.method()),
+        )
+    });
+    let response = 'answer: {
+        // Only a body of unknown length can be chunked: the header lookup (~200 instructions
+        // of a cache hit's ~11,500 in callgrind) is skipped for every request without one.
+        if hyper::body::Body::size_hint(req.body()).exact().is_none()
+            && req.headers().contains_key(TRANSFER_ENCODING)
+        {
+            break 'answer Box::pin(refuse_transfer_encoding(&state, req)).await;
+        }
+        if let Some(peer) = request.peer()
+            && let Err(limited) = state.auth.limits().check_ip(peer)
+        {
+            break 'answer problem::response(&limited);
+        }
+        let Some(_slot) = state.in_flight.try_enter() else {
+            break 'answer problem::response(&ServiceError::new(
+                ErrorCode::Overloaded,
+                "too many requests in flight; retry later",
+            ));
+        };
+        routes::route(&state, req)
+            .await
+            .unwrap_or_else(|e| problem::response(&e))
     };
-    Ok(routes::route(&state, req)
-        .await
-        .unwrap_or_else(|e| problem::response(&e)))
+    if let Some((started, endpoint, method)) = measured {
+        let took = started.elapsed();
+        let metrics = &state.service.metrics().http;
+        metrics.record(endpoint, method, response.status().as_u16(), took);
+    }
+    Ok(response)
 }
 
 /// Framing by Transfer-Encoding — or by it and Content-Length at once, which hyper resolves

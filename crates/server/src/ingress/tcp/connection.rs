@@ -31,6 +31,7 @@ use crate::auth::{Caller, UNAUTHORIZED};
 use crate::error::ServiceError;
 use crate::ingress::CLOSE_FLUSH;
 use crate::ingress::drain::{self, Drain};
+use crate::ops::metrics::TcpEnd;
 use crate::service::{Get, L1Answer, ReadResult, Reply, ResponsePermit};
 
 /// Bytes reserved for reading when a read finds no room.
@@ -124,13 +125,13 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Serves one connection from `peer` until it closes.
+/// Serves one connection from `peer` until it closes; why it ended.
 pub(super) async fn serve<T: Transport>(
     stream: T,
     peer: Option<std::net::IpAddr>,
     ctx: &TcpContext,
     drain: &Drain,
-) {
+) -> TcpEnd {
     let now = Instant::now();
     let mut conn = Conn {
         stream,
@@ -211,6 +212,13 @@ pub(super) async fn serve<T: Transport>(
     let peer_gone = matches!(end, End::PeerClosed | End::Io(_));
     let _ = tokio::time::timeout(CLOSE_FLUSH, conn.close(!peer_gone)).await;
     tracing::debug!(%end, "TCP connection closed");
+    match end {
+        End::PeerClosed => TcpEnd::PeerClosed,
+        End::Io(_) => TcpEnd::Io,
+        End::Stalled => TcpEnd::Stalled,
+        End::Finished => TcpEnd::Finished,
+        End::GraceOver => TcpEnd::GraceOver,
+    }
 }
 
 impl<T: Transport> Conn<'_, T> {

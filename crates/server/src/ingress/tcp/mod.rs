@@ -12,7 +12,6 @@ mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -22,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::Authenticator;
 use crate::config::TcpConfig;
 use crate::ingress::tls::Tls;
+use crate::ops::metrics::TcpEnd;
 use crate::service::Service;
 
 /// What every connection shares.
@@ -68,8 +68,7 @@ pub async fn serve(
     });
     let over_tls = tls.is_some();
     let refused = |stream| {
-        let stats = ctx.service.stats();
-        stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+        ctx.service.metrics().tcp.refused.inc();
         // A TLS client would read the error frame as a broken handshake: it gets a bare close.
         if !over_tls {
             refuse(stream);
@@ -86,19 +85,17 @@ pub async fn serve(
         |stream, drain| {
             let (ctx, tls) = (ctx.clone(), tls.clone());
             async move {
-                let stats = ctx.service.stats();
-                stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
-                stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+                let metrics = ctx.service.metrics().clone();
+                metrics.tcp.connection_opened();
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
-                match tls {
+                let end = match tls {
                     None => connection::serve(stream, peer, &ctx, &drain).await,
-                    Some(tls) => {
-                        if let Some(session) = handshake(&tls, stream, peer, &ctx).await {
-                            connection::serve(session, peer, &ctx, &drain).await;
-                        }
-                    }
-                }
-                stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+                    Some(tls) => match handshake(&tls, stream, peer, &ctx).await {
+                        Some(session) => connection::serve(session, peer, &ctx, &drain).await,
+                        None => TcpEnd::Handshake,
+                    },
+                };
+                metrics.tcp.connection_closed(end);
             }
         },
     )

@@ -1,0 +1,284 @@
+//! The metrics registry (Prometheus text format, `GET /metrics`) and the handles each component
+//! records into. The registry is built once at start and the handles are resolved then (or on
+//! their first use, once): recording is an atomic add, never a label lookup, an allocation or
+//! label formatting. With `metrics.enabled = false` nothing is recorded (the hit-path cost of
+//! metrics is measured against that in `bench/compare.sh`).
+
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::histogram::Histogram;
+use super::process::Process;
+use crate::ingress::http::endpoint::Endpoint;
+
+/// Every metric of one process.
+pub struct Metrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+    pub tcp: TcpMetrics,
+    pub store: StoreMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("enabled", &self.http.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(enabled: bool) -> Metrics {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::register(&mut registry, enabled);
+        let tcp = TcpMetrics::register(&mut registry, enabled);
+        let store = StoreMetrics::register(&mut registry);
+        registry.register_collector(Box::new(Process));
+        Metrics {
+            registry,
+            http,
+            tcp,
+            store,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The `Content-Type` of [`Metrics::encode`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    endpoint: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+/// The statuses the API answers with, each with a slot of its own per endpoint and method.
+const STATUSES: [u16; 20] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422, 429, 431, 500, 503,
+    504,
+];
+/// Methods with a slot of their own; anything else counts as `other`.
+const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "other"];
+
+/// `http_requests_total{method,endpoint,status}` and
+/// `http_request_duration_seconds{endpoint}`.
+pub struct HttpMetrics {
+    enabled: bool,
+    requests: Family<RequestLabels, Counter>,
+    /// `[endpoint][method][status]`: the family's counter, fetched on first use.
+    resolved: Box<[OnceLock<Counter>]>,
+    durations: Box<[Histogram]>,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry, enabled: bool) -> HttpMetrics {
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, endpoint (the route template) and status.",
+            requests.clone(),
+        );
+        let durations_family = Family::<EndpointLabel, Histogram>::default();
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's head to its answer, by endpoint.",
+            durations_family.clone(),
+        );
+        let durations = Endpoint::ALL
+            .iter()
+            .map(|e| {
+                durations_family.get_or_create_owned(&EndpointLabel {
+                    endpoint: e.label(),
+                })
+            })
+            .collect();
+        let slots = Endpoint::ALL.len() * METHODS.len() * (STATUSES.len() + 1);
+        HttpMetrics {
+            enabled,
+            requests,
+            resolved: (0..slots).map(|_| OnceLock::new()).collect(),
+            durations,
+        }
+    }
+
+    /// False when metrics are off: callers skip even reading the clock.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The `method` argument of [`HttpMetrics::record`].
+    pub fn method_slot(method: &http::Method) -> u8 {
+        match *method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            http::Method::PUT => 2,
+            http::Method::PATCH => 3,
+            http::Method::DELETE => 4,
+            http::Method::POST => 5,
+            _ => 6,
+        }
+    }
+
+    /// One answered request (`method` from [`HttpMetrics::method_slot`]).
+    pub fn record(&self, endpoint: Endpoint, method: u8, status: u16, took: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let method = usize::from(method).min(METHODS.len() - 1);
+        let status_slot = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len());
+        let labels = || RequestLabels {
+            method: METHODS[method],
+            endpoint: endpoint.label(),
+            status,
+        };
+        if status_slot == STATUSES.len() {
+            // A status without a slot (none is answered today): the family's lookup.
+            self.requests.get_or_create(&labels()).inc();
+        } else {
+            let slot =
+                (endpoint as usize * METHODS.len() + method) * (STATUSES.len() + 1) + status_slot;
+            self.resolved[slot]
+                .get_or_init(|| self.requests.get_or_create_owned(&labels()))
+                .inc();
+        }
+        self.durations[endpoint as usize].observe(took);
+    }
+}
+
+/// Why a TCP connection ended.
+#[derive(Debug, Clone, Copy)]
+pub enum TcpEnd {
+    PeerClosed,
+    Io,
+    Stalled,
+    Finished,
+    GraceOver,
+    /// The TLS handshake failed or timed out (or the address was over its rate).
+    Handshake,
+}
+
+impl TcpEnd {
+    const ALL: [(TcpEnd, &'static str); 6] = [
+        (TcpEnd::PeerClosed, "peer_closed"),
+        (TcpEnd::Io, "io_error"),
+        (TcpEnd::Stalled, "stalled"),
+        // Every request read was answered, then closed: after the client's EOF, a GOAWAY or a
+        // protocol violation.
+        (TcpEnd::Finished, "finished"),
+        (TcpEnd::GraceOver, "grace_over"),
+        (TcpEnd::Handshake, "tls_handshake_failed"),
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// TCP connections: open now, accepted, refused over the limit, closed by reason.
+pub struct TcpMetrics {
+    enabled: bool,
+    pub open: Gauge,
+    pub accepted: Counter,
+    pub refused: Counter,
+    closed: [Counter; 6],
+}
+
+impl TcpMetrics {
+    fn register(registry: &mut Registry, enabled: bool) -> TcpMetrics {
+        let open = Gauge::default();
+        registry.register(
+            "tcp_connections_open",
+            "TCP protocol connections open now (TLS included).",
+            open.clone(),
+        );
+        let accepted = Counter::default();
+        registry.register(
+            "tcp_connections_accepted",
+            "TCP protocol connections accepted (refused ones not included).",
+            accepted.clone(),
+        );
+        let refused = Counter::default();
+        registry.register(
+            "tcp_connections_refused",
+            "TCP protocol connections refused because tcp.max_connections was reached.",
+            refused.clone(),
+        );
+        let closed_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tcp_connections_closed",
+            "TCP protocol connections closed, by reason.",
+            closed_family.clone(),
+        );
+        let closed = TcpEnd::ALL
+            .map(|(_, reason)| closed_family.get_or_create_owned(&ReasonLabel { reason }));
+        TcpMetrics {
+            enabled,
+            open,
+            accepted,
+            refused,
+            closed,
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        // Connection counts are kept with metrics off too: tests and `/healthz` read them.
+        self.open.inc();
+        self.accepted.inc();
+    }
+
+    pub fn connection_closed(&self, why: TcpEnd) {
+        self.open.dec();
+        if self.enabled {
+            self.closed[why as usize].inc();
+        }
+    }
+}
+
+/// Store work: read queries and committed write transactions.
+pub struct StoreMetrics {
+    pub reads: Counter<u64, AtomicU64>,
+    pub commits: Counter<u64, AtomicU64>,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> StoreMetrics {
+        let reads = Counter::default();
+        registry.register(
+            "store_reads",
+            "Read queries sent to the stores (single, batch and list).",
+            reads.clone(),
+        );
+        let commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Write transactions committed.",
+            commits.clone(),
+        );
+        StoreMetrics { reads, commits }
+    }
+}

@@ -1,0 +1,7 @@
+//! Operations: what an operator sees of a running process. Today the metrics
+//! ([`metrics::Metrics`], served at `GET /metrics`); profiling, health detail and the status
+//! page follow (issue 11).
+
+pub mod histogram;
+pub mod metrics;
+mod process;

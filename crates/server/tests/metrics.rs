@@ -1,0 +1,169 @@
+//! `GET /metrics`: admin-only Prometheus text whose numbers follow what the server did —
+//! HTTP requests by method, route template and status with their durations, TCP connections
+//! by what became of them, store reads and commits, and the process's own resources.
+
+mod support;
+
+use datamiddleware::auth::Role;
+use datamiddleware_protocol::{Credential, Hello, Message};
+use support::{Backend, Http, TestServer, api_key, assert_code};
+
+const READER: &str = "dmw_5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a4c6e8b1d3f5a7c9e0b2d4f6a8c1e9c1e3b";
+
+async fn start(enabled: bool) -> TestServer {
+    TestServer::start_with(Backend::Sqlite, |c| {
+        c.metrics.enabled = enabled;
+        c.auth
+            .keys
+            .push(api_key("reader", READER, Role::Readonly, &["*"]));
+    })
+    .await
+    .unwrap()
+}
+
+/// The scrape, after checking its status and content type.
+async fn scrape(s: &TestServer) -> String {
+    let r = s.client.get("/metrics").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+const DOCUMENT: &str = "/api/v1/{game}/{collection}/{id}";
+
+fn requests(method: &str, status: u16) -> String {
+    format!(
+        "http_requests_total{{method=\"{method}\",endpoint=\"{DOCUMENT}\",status=\"{status}\"}}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_read_the_metrics() {
+    let s = start(true).await;
+    assert_code(
+        &s.anonymous().get("/metrics").await,
+        401,
+        "unauthorized",
+        "no key",
+    );
+    let reader = Http::with_key(format!("http://{}", s.running.addr), Some(READER));
+    assert_code(
+        &reader.get("/metrics").await,
+        403,
+        "forbidden",
+        "a read-only key",
+    );
+    scrape(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_counted_by_route_template_and_status() {
+    let s = start(true).await;
+    let path = s.path("players/secret-id-1");
+    assert_eq!(
+        s.client.put(&path, r#"{"value":{"gold":1}}"#).await.status,
+        201
+    );
+    for _ in 0..3 {
+        assert_eq!(s.client.get(&path).await.status, 200);
+    }
+    assert_eq!(s.client.get(&s.path("players/absent")).await.status, 404);
+    s.client.get("/no/such/route").await;
+    let text = scrape(&s).await;
+    assert_eq!(value(&text, &requests("PUT", 201)), Some(1.0), "{text}");
+    assert_eq!(value(&text, &requests("GET", 200)), Some(3.0));
+    assert_eq!(value(&text, &requests("GET", 404)), Some(1.0));
+    let unmatched = r#"http_requests_total{method="GET",endpoint="unmatched",status="404"}"#;
+    assert_eq!(value(&text, unmatched), Some(1.0));
+    let count = format!("http_request_duration_seconds_count{{endpoint=\"{DOCUMENT}\"}}");
+    assert_eq!(value(&text, &count), Some(5.0));
+    let le = format!("http_request_duration_seconds_bucket{{endpoint=\"{DOCUMENT}\",le=\"+Inf\"}}");
+    assert_eq!(value(&text, &le), Some(5.0), "{text}");
+    assert!(!text.contains("secret-id-1"), "never the raw path");
+    // The store: one commit, one read for the first GET's miss and one for the absent id.
+    assert_eq!(value(&text, "store_commits_total"), Some(1.0));
+    assert!(value(&text, "store_reads_total").unwrap() >= 1.0);
+    assert!(value(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(value(&text, "process_open_fds").unwrap() > 3.0);
+    assert!(value(&text, "process_cpu_seconds_total").unwrap() > 0.0);
+    // The scrape itself is counted by the next one.
+    let text = scrape(&s).await;
+    let scrapes = r#"http_requests_total{method="GET",endpoint="/metrics",status="200"}"#;
+    assert_eq!(value(&text, scrapes), Some(1.0));
+}
+
+/// Waits until the scrape shows `series` at `expected`; the scrape.
+async fn until(s: &TestServer, series: &str, expected: f64) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let text = scrape(s).await;
+        if value(&text, series) == Some(expected) {
+            return text;
+        }
+        assert!(started.elapsed().as_secs() < 5, "{series}: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_counted_by_what_became_of_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(true).await;
+    let addr = s.running.tcp_addr.unwrap();
+    // One that says HELLO and then ends its side: its requests answered, it is finished.
+    let mut greeted = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    Message::Hello(Hello {
+        version: 1,
+        client_name: "metrics-test".into(),
+        credential: Credential::ApiKey(support::TEST_KEY.into()),
+    })
+    .encode(0, &mut hello);
+    greeted.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 256];
+    assert!(greeted.read(&mut answer).await.unwrap() > 0, "HELLO_OK");
+    // One that leaves before saying anything.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let text = until(&s, "tcp_connections_open", 2.0).await;
+    assert_eq!(value(&text, "tcp_connections_accepted_total"), Some(2.0));
+    drop(silent);
+    until(
+        &s,
+        r#"tcp_connections_closed_total{reason="peer_closed"}"#,
+        1.0,
+    )
+    .await;
+    greeted.shutdown().await.unwrap();
+    let text = until(
+        &s,
+        r#"tcp_connections_closed_total{reason="finished"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(value(&text, "tcp_connections_open"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_metrics_off_requests_are_not_recorded() {
+    let s = start(false).await;
+    let path = s.path("players/p1");
+    s.client.put(&path, r#"{"value":{}}"#).await;
+    s.client.get(&path).await;
+    let text = scrape(&s).await;
+    assert!(!text.contains("http_requests_total{"), "{text}");
+    assert_eq!(
+        value(&text, "store_commits_total"),
+        Some(1.0),
+        "store work still counted"
+    );
+}
