@@ -134,7 +134,15 @@ impl Connection {
         tokio::spawn(write_loop(writer, queue));
         let interval =
             Duration::from_millis(u64::from(connection.hello.heartbeat_interval_ms.max(100)));
-        tokio::spawn(read_loop(connection.clone(), reader, buf, interval));
+        // The reader holds the connection weakly: once every client handle and every request
+        // has let go of it, its frame queue closes, the writer shuts the socket down, and the
+        // server closes its side.
+        tokio::spawn(read_loop(
+            Arc::downgrade(&connection),
+            reader,
+            buf,
+            interval,
+        ));
         Ok(connection)
     }
 
@@ -275,7 +283,7 @@ async fn write_loop(
 /// Routes responses to waiting requests, answers server PINGs, sends our own PINGs, and
 /// declares the connection dead after three silent heartbeat intervals.
 async fn read_loop(
-    connection: Arc<Connection>,
+    connection: std::sync::Weak<Connection>,
     mut reader: impl AsyncRead + Unpin,
     mut buf: BytesMut,
     interval: Duration,
@@ -283,17 +291,22 @@ async fn read_loop(
     let mut last_recv = Instant::now();
     let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
     loop {
+        // Nobody holds the connection any more: nothing to route answers to.
+        let Some(live) = connection.upgrade() else {
+            return;
+        };
         loop {
             match decode(&mut buf, u32::MAX) {
-                Ok(Some((header, message))) => on_frame(&connection, header.request_id, message),
+                Ok(Some((header, message))) => on_frame(&live, header.request_id, message),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "protocol error from the server; dropping the connection");
-                    connection.fail_all();
+                    live.fail_all();
                     return;
                 }
             }
         }
+        drop(live);
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
@@ -304,13 +317,18 @@ async fn read_loop(
                     tracing::warn!("no heartbeat from the server; dropping the connection");
                     break;
                 }
+                let Some(live) = connection.upgrade() else {
+                    return;
+                };
                 let mut ping = BytesMut::new();
                 Message::Ping(0).encode(0, &mut ping);
-                let _ = connection.frames.send(ping);
+                let _ = live.frames.send(ping);
             }
         }
     }
-    connection.fail_all();
+    if let Some(live) = connection.upgrade() {
+        live.fail_all();
+    }
 }
 
 fn on_frame(connection: &Connection, request_id: u32, message: Message) {

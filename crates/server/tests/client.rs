@@ -181,3 +181,24 @@ async fn reuse_port_lets_two_listeners_share_a_port() {
     let without = datamiddleware::ingress::tcp::bind(addr, false);
     assert!(without.is_err(), "without SO_REUSEPORT the port is taken");
 }
+
+/// Dropping every handle of a client closes its connection: nothing keeps it (and its tasks)
+/// alive behind the application's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_closes_its_connection() {
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+    let client = Client::new(s.running.tcp_addr.unwrap().to_string(), options());
+    let copy = client.clone();
+    client.ping().await.unwrap();
+    let tcp = &s.running.service.metrics().tcp;
+    assert_eq!(tcp.open.get(), 1);
+    drop(client);
+    copy.ping().await.expect("a clone still holds it");
+    assert_eq!(tcp.open.get(), 1);
+    drop(copy);
+    let started = std::time::Instant::now();
+    while tcp.open.get() != 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
