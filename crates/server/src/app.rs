@@ -84,7 +84,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     let authenticator = Arc::new(
-        auth::Authenticator::new(&config.auth, &config.rate_limits).map_err(StartError::Auth)?,
+        auth::Authenticator::new(
+            &config.auth,
+            &config.rate_limits,
+            service.metrics().rate_limited.clone(),
+        )
+        .map_err(StartError::Auth)?,
     );
     if !authenticator.limits().is_empty() {
         // Ends with the last reference to the authenticator (the server stopped).

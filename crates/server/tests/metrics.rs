@@ -167,3 +167,65 @@ async fn with_metrics_off_requests_are_not_recorded() {
         "store work still counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_requests_pools_runtime_and_rate_limits_are_exposed() {
+    const RATE: u32 = 5;
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.rate_limits.per_ip = RATE;
+    })
+    .await
+    .unwrap();
+    let client = s.tcp_client(Credential::ApiKey(support::TEST_KEY.into()));
+    let gold = serde_json::json!({"gold": 1});
+    client
+        .put(
+            &s.game,
+            "players",
+            "p1",
+            &gold,
+            datamiddleware_client::Precondition::None,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        client.get(&s.game, "players", "p1").await.unwrap();
+    }
+    // Over the per-address rate (a bucket of 2 × RATE): some are refused, each one counted.
+    let mut refused = 0;
+    for _ in 0..(4 * RATE) {
+        if s.client.get(&s.path("players/p1")).await.status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let text = scrape(&s).await;
+    let requests =
+        |opcode: &str| value(&text, &format!("tcp_requests_total{{opcode=\"{opcode}\"}}"));
+    assert_eq!(requests("put"), Some(1.0), "{text}");
+    assert_eq!(requests("get"), Some(2.0));
+    assert_eq!(requests("txn"), Some(0.0));
+    let put_timed = r#"tcp_request_duration_seconds_count{opcode="put"}"#;
+    assert_eq!(
+        value(&text, put_timed),
+        Some(1.0),
+        "a PUT runs in a task and is timed"
+    );
+    let limited = r#"rate_limited_total{limit="per_ip"}"#;
+    // The TCP client's HELLO and requests count against the same address.
+    assert!(
+        value(&text, limited).unwrap() >= f64::from(refused),
+        "{text}"
+    );
+    let pool = text
+        .lines()
+        .find(|l| l.starts_with("store_pool_max_connections{pool_name=\"sqlite://"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let max: f64 = pool.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(max >= 1.0, "{pool}");
+    assert!(text.contains("pool_active_workers{pool_name=\"sqlite://"));
+    assert_eq!(value(&text, "tokio_workers"), Some(2.0));
+    assert!(value(&text, "tokio_alive_tasks").unwrap() >= 1.0);
+    assert!(text.contains("tokio_worker_busy_seconds_total{worker=\"1\"}"));
+}

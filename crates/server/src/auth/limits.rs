@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{Principal, Role};
 use crate::config::RateLimitsConfig;
@@ -33,6 +34,8 @@ pub struct Limits {
     /// Set by [`Limits::clean`] while a limiter is at `max_tracked`: the address limiter
     /// first, then the callers' in role order.
     full: [AtomicBool; 5],
+    /// Requests refused, in the same order (the metric `rate_limited_total`).
+    rejected: [Counter; 5],
 }
 
 impl Limits {
@@ -47,7 +50,14 @@ impl Limits {
             ],
             max_tracked: config.max_tracked,
             full: Default::default(),
+            rejected: Default::default(),
         }
+    }
+
+    /// Counts refusals into these counters (per_ip, then admin, server, readonly, player).
+    pub fn counting_rejections(mut self, rejected: [Counter; 5]) -> Limits {
+        self.rejected = rejected;
+        self
     }
 
     /// True when no bucket is configured (nothing to check or clean).
@@ -58,9 +68,12 @@ impl Limits {
     /// `rate_limited` when `ip` sent more than its rate.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ServiceError> {
         match &self.per_ip {
-            Some(limiter) if !self.full[0].load(Ordering::Relaxed) => limiter
-                .check_key(&host(ip))
-                .map_err(|_| limited("this address")),
+            Some(limiter) if !self.full[0].load(Ordering::Relaxed) => {
+                limiter.check_key(&host(ip)).map_err(|_| {
+                    self.rejected[0].inc();
+                    limited("this address")
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -74,9 +87,12 @@ impl Limits {
             Role::Player => 3,
         };
         match &self.per_caller[slot] {
-            Some(limiter) if !self.full[slot + 1].load(Ordering::Relaxed) => limiter
-                .check_key(&principal.name)
-                .map_err(|_| limited("this caller")),
+            Some(limiter) if !self.full[slot + 1].load(Ordering::Relaxed) => {
+                limiter.check_key(&principal.name).map_err(|_| {
+                    self.rejected[slot + 1].inc();
+                    limited("this caller")
+                })
+            }
             _ => Ok(()),
         }
     }

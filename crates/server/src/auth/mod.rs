@@ -262,7 +262,11 @@ pub struct Authenticator {
 impl Authenticator {
     /// The authenticator of a validated configuration; the error names the token key entry
     /// that cannot be loaded.
-    pub fn new(config: &AuthConfig, limits: &RateLimitsConfig) -> Result<Authenticator, String> {
+    pub fn new(
+        config: &AuthConfig,
+        limits: &RateLimitsConfig,
+        rejections: [prometheus_client::metrics::counter::Counter; 5],
+    ) -> Result<Authenticator, String> {
         let tokens = Tokens::from_config(&config.tokens).map_err(|(at, e)| format!("{at}: {e}"))?;
         Ok(Authenticator {
             enabled: config.enabled,
@@ -271,7 +275,7 @@ impl Authenticator {
             generation: AtomicU64::new(0),
             revocations: ArcSwap::default(),
             recent: parking_lot::Mutex::default(),
-            limits: Limits::from_config(limits),
+            limits: Limits::from_config(limits).counting_rejections(rejections),
             refusals: Sampler::default(),
             anonymous: Arc::new(Principal::anonymous("anonymous")),
         })

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub tcp: TcpMetrics,
     pub store: StoreMetrics,
+    /// `rate_limited_total{limit}`: per_ip, admin, server, readonly, player.
+    pub rate_limited: [Counter; 5],
+    /// The store pools, read at each scrape.
+    pub pools: super::pools::Pools,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -40,12 +44,27 @@ impl Metrics {
         let http = HttpMetrics::register(&mut registry, enabled);
         let tcp = TcpMetrics::register(&mut registry, enabled);
         let store = StoreMetrics::register(&mut registry);
+        let limits = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests (and TLS handshakes) refused by a rate limit, by limit.",
+            limits.clone(),
+        );
+        let rate_limited = ["per_ip", "admin", "server", "readonly", "player"]
+            .map(|limit| limits.get_or_create_owned(&LimitLabel { limit }));
         registry.register_collector(Box::new(Process));
+        let pools = super::pools::Pools::default();
+        registry.register_collector(Box::new(pools.clone()));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            registry.register_collector(Box::new(super::runtime::Runtime(handle)));
+        }
         Metrics {
             registry,
             http,
             tcp,
             store,
+            rate_limited,
+            pools,
         }
     }
 
@@ -66,6 +85,11 @@ struct RequestLabels {
     method: &'static str,
     endpoint: &'static str,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,13 +223,37 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-/// TCP connections: open now, accepted, refused over the limit, closed by reason.
+/// The request opcodes (0x10 + index), as the `opcode` label says them.
+pub const TCP_REQUESTS: [&str; 9] = [
+    "get",
+    "batch_get",
+    "put",
+    "patch",
+    "delete",
+    "list",
+    "incr",
+    "txn",
+    "mint",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpcodeLabel {
+    opcode: &'static str,
+}
+
+/// TCP connections (open now, accepted, refused over the limit, closed by reason) and requests
+/// by opcode.
 pub struct TcpMetrics {
     enabled: bool,
     pub open: Gauge,
     pub accepted: Counter,
     pub refused: Counter,
     closed: [Counter; 6],
+    /// By opcode − 0x10; a connection adds what it read since its last flush (one atomic add
+    /// per read from the socket, not per request).
+    requests: [Counter; 9],
+    /// Requests that ran in a task of their own (not the GETs answered or batched inline).
+    durations: [Histogram; 9],
 }
 
 impl TcpMetrics {
@@ -236,12 +284,49 @@ impl TcpMetrics {
         );
         let closed = TcpEnd::ALL
             .map(|(_, reason)| closed_family.get_or_create_owned(&ReasonLabel { reason }));
+        let requests_family = Family::<OpcodeLabel, Counter>::default();
+        registry.register(
+            "tcp_requests",
+            "TCP protocol requests read, by opcode.",
+            requests_family.clone(),
+        );
+        let durations_family = Family::<OpcodeLabel, Histogram>::default();
+        registry.register(
+            "tcp_request_duration_seconds",
+            "Time from a request's start (after the earlier requests on its documents) to its \
+             answer, for requests run in a task (GETs answered from L1 or batched are not timed).",
+            durations_family.clone(),
+        );
         TcpMetrics {
             enabled,
             open,
             accepted,
             refused,
             closed,
+            requests: TCP_REQUESTS
+                .map(|opcode| requests_family.get_or_create_owned(&OpcodeLabel { opcode })),
+            durations: TCP_REQUESTS
+                .map(|opcode| durations_family.get_or_create_owned(&OpcodeLabel { opcode })),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Adds a connection's counts of requests read, by opcode − 0x10.
+    pub fn add_requests(&self, counts: &[u32; 9]) {
+        for (counter, n) in self.requests.iter().zip(counts) {
+            if *n > 0 {
+                counter.inc_by(u64::from(*n));
+            }
+        }
+    }
+
+    /// One request run in a task, by opcode − 0x10.
+    pub fn observe(&self, opcode_index: usize, took: Duration) {
+        if let Some(histogram) = self.durations.get(opcode_index) {
+            histogram.observe(took);
         }
     }
 

@@ -4,4 +4,6 @@
 
 pub mod histogram;
 pub mod metrics;
+pub mod pools;
 mod process;
+mod runtime;

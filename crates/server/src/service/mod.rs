@@ -172,10 +172,13 @@ impl Service {
             let collections = game.collections.clone().into_iter().collect();
             games.insert(name.clone(), Game { store, collections });
         }
-        let stores = by_url
+        let stores: Vec<(String, Store)> = by_url
             .into_iter()
             .map(|(url, store)| (redact_url(url), store))
             .collect();
+        for (name, store) in &stores {
+            metrics.pools.watch(name.clone(), store.pool_watch());
+        }
         let l1 = L1::new(config.cache.l1_max_bytes);
         // The bus's tasks end when the service (this sender) is dropped.
         let (stop_bus, stopped) = tokio::sync::watch::channel(false);

@@ -89,7 +89,14 @@ pub struct Store {
     write_lock: std::sync::Arc<Mutex<()>>,
 }
 
+pub use pool::{PoolStatus, PoolWatch};
+
 impl Store {
+    /// Watches the connection pool (for the metrics).
+    pub fn pool_watch(&self) -> PoolWatch {
+        self.pool.watch()
+    }
+
     /// Connects (creating a SQLite file and its directory if needed) and migrates the schema.
     pub async fn connect(url: &str, config: &StoreConfig) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();

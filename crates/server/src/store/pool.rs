@@ -150,6 +150,45 @@ impl Pool {
     pub fn size(&self) -> usize {
         self.inner.status().size
     }
+
+    /// A handle that reads the pool's state without keeping it alive (for the metrics).
+    pub fn watch(&self) -> PoolWatch {
+        PoolWatch(self.inner.weak())
+    }
+}
+
+/// Reads a pool's state while the pool exists.
+pub struct PoolWatch(managed::WeakPool<Manager>);
+
+impl std::fmt::Debug for PoolWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PoolWatch").field(&self.status()).finish()
+    }
+}
+
+/// A pool's state at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStatus {
+    /// Most connections it opens.
+    pub max: usize,
+    /// Connections open (idle or leased).
+    pub open: usize,
+    pub idle: usize,
+    /// Tasks waiting for a connection.
+    pub waiting: usize,
+}
+
+impl PoolWatch {
+    /// `None` once the pool is gone.
+    pub fn status(&self) -> Option<PoolStatus> {
+        let status = self.0.upgrade()?.status();
+        Some(PoolStatus {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
+    }
 }
 
 /// One leased connection. It goes back to the pool only if [`Lease::finish`] saw its last

@@ -101,6 +101,9 @@ struct Conn<'a, T> {
     /// Set when the request being read is over a rate limit: [`Conn::dispatch`] answers it
     /// with this error, in its turn among the requests on its documents.
     refused: Option<ServiceError>,
+    /// Requests read by opcode − 0x10 since the last flush into the metrics (with metrics
+    /// on): one shared atomic add per read from the socket instead of one per request.
+    request_counts: [u32; 9],
 }
 
 /// Why a connection ended (for the debug log).
@@ -158,6 +161,7 @@ pub(super) async fn serve<T: Transport>(
         token: None,
         generation: 0,
         refused: None,
+        request_counts: [0; 9],
     };
     let _registration = drain.register(conn.outbox.clone());
     let mut drain_seen = drain::Phase::Serving;
@@ -320,6 +324,10 @@ impl<T: Transport> Conn<'_, T> {
                 }
             };
             if ready && header.opcode.is_request() {
+                let index = usize::from(header.opcode as u8 - 0x10);
+                if let Some(count) = self.request_counts.get_mut(index) {
+                    *count += 1;
+                }
                 if let Err(detail) = self.accept_request_id(header.request_id) {
                     self.fail(header.request_id, ErrorCode::ProtocolError, &detail);
                     break;
@@ -344,6 +352,13 @@ impl<T: Transport> Conn<'_, T> {
         if !self.gets.is_empty() {
             let gets = std::mem::take(&mut self.gets);
             self.ctx.service.get_each(&self.caller, gets);
+        }
+        if self.request_counts != [0; 9] {
+            let metrics = &self.ctx.service.metrics().tcp;
+            if metrics.enabled() {
+                metrics.add_requests(&self.request_counts);
+            }
+            self.request_counts = [0; 9];
         }
     }
 
@@ -552,6 +567,7 @@ impl<T: Transport> Conn<'_, T> {
     /// Runs a request in its own task, ordered against the earlier requests on its documents
     /// (see [`super::order`]).
     fn dispatch(&mut self, id: u32, message: Message) {
+        let opcode = usize::from((message.opcode() as u8).saturating_sub(0x10));
         let mut request = Request::from_message(message);
         let done = Arc::new(Done::default());
         let waits = match touch(&request) {
@@ -609,8 +625,12 @@ impl<T: Transport> Conn<'_, T> {
                 return;
             }
             let (settled, settling) = tokio::sync::oneshot::channel::<()>();
+            let started = service.metrics().tcp.enabled().then(Instant::now);
             let (response, permit) =
                 dispatch::handle(&service, &caller, request, Some(settled)).await;
+            if let Some(started) = started {
+                service.metrics().tcp.observe(opcode, started.elapsed());
+            }
             for earlier in &waits.before_answer {
                 earlier.wait().await;
             }
