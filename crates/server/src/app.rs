@@ -260,6 +260,9 @@ impl Running {
 
     /// Stops accepting, drains in-flight requests (up to the grace period) and returns.
     pub async fn stop(self) -> std::io::Result<()> {
+        // Readiness turns false first, so a balancer polling /readyz on an open connection
+        // stops sending here while the requests in flight finish.
+        self.service.begin_drain();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             task.await

@@ -229,3 +229,51 @@ async fn tcp_requests_pools_runtime_and_rate_limits_are_exposed() {
     assert!(value(&text, "tokio_alive_tasks").unwrap() >= 1.0);
     assert!(text.contains("tokio_worker_busy_seconds_total{worker=\"1\"}"));
 }
+
+/// `/livez` answers while the process runs; `/readyz` and `/healthz` turn 503 `draining` at the
+/// start of a shutdown; `/healthz` says the version and uptime. None needs a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_readiness_and_health_detail() {
+    let s = start(true).await;
+    let anonymous = s.anonymous();
+    let live = anonymous.get("/livez").await;
+    assert_eq!(
+        (live.status.as_u16(), live.json()["status"].clone()),
+        (200, "alive".into())
+    );
+    let ready = anonymous.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].clone()),
+        (200, "ready".into())
+    );
+    let health = anonymous.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        health.json()["uptime_s"].as_u64().is_some(),
+        "{:?}",
+        health.body
+    );
+
+    s.running.service.begin_drain();
+    let ready = anonymous.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].clone()),
+        (503, "draining".into())
+    );
+    let health = anonymous.get("/healthz").await;
+    assert_eq!(
+        (health.status.as_u16(), health.json()["status"].clone()),
+        (503, "draining".into())
+    );
+    assert_eq!(
+        anonymous.get("/livez").await.status,
+        200,
+        "alive while draining"
+    );
+    let text = scrape(&s).await;
+    assert!(
+        text.contains(r#"endpoint="/readyz",status="503""#),
+        "{text}"
+    );
+}

@@ -135,6 +135,9 @@ struct Inner {
     cache: Cache,
     _stop_bus: tokio::sync::watch::Sender<bool>,
     warming: Warming,
+    /// Set when the server starts shutting down: readiness turns false at once.
+    draining: std::sync::atomic::AtomicBool,
+    started: std::time::Instant,
     recent_owners: warm::RecentOwners,
     /// `cache.l2_prefix`: the bus this instance is on (its row in `dmw_instances`).
     bus_prefix: String,
@@ -207,6 +210,8 @@ impl Service {
                 cache,
                 _stop_bus: stop_bus,
                 warming: Warming::default(),
+                draining: std::sync::atomic::AtomicBool::new(false),
+                started: std::time::Instant::now(),
                 recent_owners: Default::default(),
                 bus_prefix: config.cache.l2_prefix.clone(),
                 last_touch_ms: AtomicU64::new(0),
@@ -370,6 +375,24 @@ impl Service {
             all.extend(self.budget(store.revocations(now)).await?);
         }
         Ok(all)
+    }
+
+    /// Marks the start of a shutdown (readiness probes fail from now on).
+    pub fn begin_drain(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Time since the service was built.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
     }
 
     /// Checks every store; returns the name and error of each that failed.

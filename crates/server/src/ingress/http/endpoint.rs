@@ -26,6 +26,8 @@ pub(super) fn split_path<'a>(path: &'a str, out: &mut [&'a str; MAX_SEGMENTS]) -
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Live,
+    Ready,
     Metrics,
     Txn,
     Token,
@@ -40,8 +42,10 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order of their numbers.
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Health,
+        Endpoint::Live,
+        Endpoint::Ready,
         Endpoint::Metrics,
         Endpoint::Txn,
         Endpoint::Token,
@@ -58,6 +62,8 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::Health => "/healthz",
+            Endpoint::Live => "/livez",
+            Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
             Endpoint::Txn => "/api/v1/{game}/_txn",
             Endpoint::Token => "/api/v1/{game}/_token",
@@ -83,6 +89,8 @@ impl Endpoint {
     pub fn of(segments: &[&str]) -> Endpoint {
         let rest = match segments {
             ["healthz"] => return Endpoint::Health,
+            ["livez"] => return Endpoint::Live,
+            ["readyz"] => return Endpoint::Ready,
             ["metrics"] => return Endpoint::Metrics,
             ["api", "v1", _game, rest @ ..] => rest,
             ["api", rest @ ..] => rest,

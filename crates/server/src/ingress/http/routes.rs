@@ -68,6 +68,15 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
             only(&req, &[Method::GET])?;
             Box::pin(health(state)).await
         }
+        ["livez"] => {
+            only(&req, &[Method::GET])?;
+            let body = Bytes::from_static(br#"{"status":"alive"}"#);
+            Ok(json(StatusCode::OK, body))
+        }
+        ["readyz"] => {
+            only(&req, &[Method::GET])?;
+            Box::pin(ready(state)).await
+        }
         ["metrics"] => {
             only(&req, &[Method::GET])?;
             let principal = state.auth.authenticate("", credential(&parts.headers))?;
@@ -465,6 +474,36 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
     Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
 }
 
+/// `GET /readyz`: 200 when this instance should get traffic — not draining, warm-up done,
+/// every store answering; else 503 with the first reason.
+async fn ready(state: &HttpState) -> HttpResult {
+    let service = &state.service;
+    let not_ready = |status: &str| {
+        let body = serde_json::json!({ "status": status });
+        Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        ))
+    };
+    if service.draining() {
+        return not_ready("draining");
+    }
+    if service
+        .warming()
+        .active
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return not_ready("warming");
+    }
+    if service.health().await.iter().any(|(_, r)| r.is_err()) {
+        return not_ready("degraded");
+    }
+    Ok(json(
+        StatusCode::OK,
+        Bytes::from_static(br#"{"status":"ready"}"#),
+    ))
+}
+
 async fn health(state: &HttpState) -> HttpResult {
     let warming = state.service.warming();
     if warming.active.load(std::sync::atomic::Ordering::Acquire) {
@@ -500,12 +539,15 @@ async fn health(state: &HttpState) -> HttpResult {
         Some(bus) if bus.trusted() => "whole",
         Some(_) => "broken",
     };
+    let draining = state.service.draining();
     let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if healthy { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.service.uptime().as_secs(),
         "stores": stores,
         "cache": {"l2": l2, "bus": bus},
     });
-    let status = if healthy {
+    let status = if healthy && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
