@@ -162,10 +162,23 @@ fn new_key(name: &str, role: &str, games: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Replaces the log filter on a reload (`None` when `RUST_LOG` set it: that one stays).
+type LogFilter =
+    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>;
+
 fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, from_env) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, true),
+        Err(_) => (EnvFilter::new(&config.log.filter), false),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
+    let log_filter: LogFilter = (!from_env).then_some(handle);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -186,7 +199,7 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> Exit
         );
         tokio::select! {
             () = shutdown_signal() => {}
-            () = reload_on_hangup(&running, file.as_deref(), &overrides) => {}
+            () = reload_on_hangup(&running, &log_filter, file.as_deref(), &overrides) => {}
         }
         match running.stop().await {
             Ok(()) => ExitCode::SUCCESS,
@@ -203,6 +216,7 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> Exit
 /// the signal cannot be watched).
 async fn reload_on_hangup(
     running: &datamiddleware::app::Running,
+    log_filter: &LogFilter,
     file: Option<&std::path::Path>,
     overrides: &CliOverrides,
 ) {
@@ -215,7 +229,18 @@ async fn reload_on_hangup(
         };
         while hangup.recv().await.is_some() {
             match Config::load(file, overrides) {
-                Ok(config) => running.reload(&config),
+                Ok(config) => {
+                    if let Some(handle) = log_filter {
+                        match handle.reload(EnvFilter::new(&config.log.filter)) {
+                            Ok(()) => tracing::info!(
+                                filter = %config.log.filter,
+                                "configuration reloaded: log filter"
+                            ),
+                            Err(e) => tracing::error!(error = %e, "reload: log filter kept"),
+                        }
+                    }
+                    running.reload(&config)
+                }
                 Err(e) => tracing::error!(
                     error = %e,
                     "SIGHUP: the configuration is invalid; the running one is kept"
@@ -224,7 +249,7 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (running, file, overrides);
+    let _ = (running, log_filter, file, overrides);
     std::future::pending().await
 }
 

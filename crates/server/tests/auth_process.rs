@@ -205,3 +205,65 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
     );
     assert!(!log.contains(SECRET), "the token secret appears in the log");
 }
+
+/// `[log] filter` is applied again on SIGHUP (when `RUST_LOG` did not set it): a process
+/// started at `warn` logs at `info` after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filter_is_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dmw.toml");
+    let with_filter = |filter: &str| {
+        format!(
+            "[log]\nfilter = \"{filter}\"\n[games.default]\nstore = \"sqlite://{}/l.db\"\n",
+            dir.path().display()
+        )
+    };
+    std::fs::write(&file, with_filter("warn")).unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (http_port, tcp_port) = (support::free_port(), support::free_port());
+    let mut child = datamiddleware()
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--tcp-listen", &format!("127.0.0.1:{tcp_port}")])
+        .env_remove("RUST_LOG")
+        .env_remove("DMW_LOG__FILTER")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let http = Http::new(format!("http://127.0.0.1:{http_port}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .try_send(Method::GET, "/healthz", &[], None)
+        .await
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&file, with_filter("info")).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("configuration reloaded: log filter")
+    {
+        assert!(Instant::now() < deadline, "no info line after the reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    while child.try_wait().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains("datamiddleware listening"),
+        "an info line before the reload:\n{log}"
+    );
+}
