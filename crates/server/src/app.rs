@@ -48,6 +48,7 @@ pub struct Running {
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     hot_keys_file: Option<std::path::PathBuf>,
     shutdown_grace: std::time::Duration,
+    drain_delay: std::time::Duration,
 }
 
 /// Connects the stores, binds the listeners and starts serving in the background.
@@ -192,6 +193,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         hot_keys_file: config.warmup.hot_keys_file.clone(),
         shutdown_grace: config.http.shutdown_grace,
+        drain_delay: config.http.drain_delay,
     })
 }
 
@@ -260,9 +262,13 @@ impl Running {
 
     /// Stops accepting, drains in-flight requests (up to the grace period) and returns.
     pub async fn stop(self) -> std::io::Result<()> {
-        // Readiness turns false first, so a balancer polling /readyz on an open connection
-        // stops sending here while the requests in flight finish.
+        // Readiness turns false first; for `http.drain_delay` everything still serves, so a
+        // balancer polling /readyz stops sending new connections before the listeners close.
         self.service.begin_drain();
+        if !self.drain_delay.is_zero() {
+            tracing::info!(delay = ?self.drain_delay, "draining: /readyz answers 503");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             task.await

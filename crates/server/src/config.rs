@@ -53,6 +53,11 @@ pub struct HttpConfig {
     /// On shutdown, how long in-flight requests may take before connections are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On a shutdown, `/readyz` answers 503 `draining` for this long while everything else
+    /// still serves, before the listeners close: set it to the balancer's probe interval so
+    /// that it stops sending new connections first (0: close at once).
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// Most concurrent HTTP/2 streams per connection.
     pub http2_max_streams: u32,
 }
@@ -67,6 +72,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             http2_max_streams: 256,
         }
     }

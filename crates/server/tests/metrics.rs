@@ -277,3 +277,35 @@ async fn liveness_readiness_and_health_detail() {
         "{text}"
     );
 }
+
+/// With `http.drain_delay`, a shutdown keeps every listener open for that long while
+/// `/readyz` answers 503 `draining` (even on a new connection), then closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_delay_keeps_serving_while_readiness_is_false() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.http.drain_delay = std::time::Duration::from_millis(1500);
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", s.running.addr);
+    let TestServer { running, .. } = s;
+    let stopping = tokio::spawn(running.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // A client of its own: a new connection, as a balancer's probe would open.
+    let probe = Http::with_key(base.clone(), None);
+    let ready = probe.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].clone()),
+        (503, "draining".into())
+    );
+    assert_eq!(probe.get("/livez").await.status, 200, "still serving");
+    stopping.await.unwrap().unwrap();
+    let after = Http::with_key(base, None);
+    assert!(
+        after
+            .try_send(http::Method::GET, "/livez", &[], None)
+            .await
+            .is_none(),
+        "closed after the delay"
+    );
+}

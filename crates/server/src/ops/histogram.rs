@@ -33,10 +33,10 @@ pub struct Histogram(Arc<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Observations per bucket (not cumulative); the last one is above every bound.
+    /// Observations per bucket (not cumulative); the last one is above every bound. The count
+    /// is their sum, so a scrape never sees a bucket above the total.
     buckets: [AtomicU64; 17],
     sum_ns: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -46,12 +46,15 @@ impl Histogram {
         let inner = &self.0;
         inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        inner.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -62,16 +65,15 @@ impl TypedMetric for Histogram {
 impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let inner = &self.0;
+        let counts: [u64; 17] = std::array::from_fn(|i| inner.buckets[i].load(Ordering::Relaxed));
         let mut buckets = [(0.0, 0u64); 16];
         for (i, slot) in buckets.iter_mut().enumerate() {
-            *slot = (LATENCY_BUCKETS[i], inner.buckets[i].load(Ordering::Relaxed));
+            *slot = (LATENCY_BUCKETS[i], counts[i]);
         }
-        // The encoder writes the `+Inf` bucket itself, from the count: the observations above
-        // every bound (the 17th counter) are in it.
-        // The count read after the buckets: a scrape racing observations may see the count a
-        // little ahead of the buckets' sum, never behind it.
+        // The encoder writes the `+Inf` bucket itself from the count, which holds the
+        // observations above every bound (the 17th counter) too.
+        let count = counts.iter().sum();
         let sum = inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let count = inner.count.load(Ordering::Relaxed);
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 

@@ -330,17 +330,29 @@ impl TcpMetrics {
         }
     }
 
-    pub fn connection_opened(&self) {
-        // Connection counts are kept with metrics off too: tests and `/healthz` read them.
+    /// Counts a connection as open until the guard is dropped, then as closed for the reason
+    /// it holds by then (a task that panics counts as `io_error`). Kept with metrics off too:
+    /// tests read them.
+    pub fn opened(&self) -> OpenConnection<'_> {
         self.open.inc();
         self.accepted.inc();
-    }
-
-    pub fn connection_closed(&self, why: TcpEnd) {
-        self.open.dec();
-        if self.enabled {
-            self.closed[why as usize].inc();
+        OpenConnection {
+            metrics: self,
+            end: TcpEnd::Io,
         }
+    }
+}
+
+/// See [`TcpMetrics::opened`].
+pub struct OpenConnection<'a> {
+    metrics: &'a TcpMetrics,
+    pub end: TcpEnd,
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+        self.metrics.closed[self.end as usize].inc();
     }
 }
 

@@ -46,11 +46,12 @@ impl Collector for Process {
     }
 }
 
-/// Pages resident (`/proc/self/statm`, second field) times the page size.
+/// `VmRSS` of `/proc/self/status` (in kB there: no page size to know).
 fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// utime + stime of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
@@ -65,7 +66,13 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn open_fds() -> Option<usize> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+    // Listing the directory opens one more descriptor, which the listing shows too.
+    Some(
+        std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .count()
+            .saturating_sub(1),
+    )
 }
 
 #[cfg(test)]

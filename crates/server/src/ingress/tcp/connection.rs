@@ -625,7 +625,10 @@ impl<T: Transport> Conn<'_, T> {
                 return;
             }
             let (settled, settling) = tokio::sync::oneshot::channel::<()>();
-            let started = service.metrics().tcp.enabled().then(Instant::now);
+            // A request refused by a rate limit is not timed: its near-zero answer would
+            // pull the quantiles down exactly while limiting happens.
+            let timed = !matches!(request, Request::Refused(_));
+            let started = (timed && service.metrics().tcp.enabled()).then(Instant::now);
             let (response, permit) =
                 dispatch::handle(&service, &caller, request, Some(settled)).await;
             if let Some(started) = started {

@@ -86,16 +86,15 @@ pub async fn serve(
             let (ctx, tls) = (ctx.clone(), tls.clone());
             async move {
                 let metrics = ctx.service.metrics().clone();
-                metrics.tcp.connection_opened();
+                let mut open = metrics.tcp.opened();
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
-                let end = match tls {
+                open.end = match tls {
                     None => connection::serve(stream, peer, &ctx, &drain).await,
                     Some(tls) => match handshake(&tls, stream, peer, &ctx).await {
                         Some(session) => connection::serve(session, peer, &ctx, &drain).await,
                         None => TcpEnd::Handshake,
                     },
                 };
-                metrics.tcp.connection_closed(end);
             }
         },
     )
