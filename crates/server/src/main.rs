@@ -46,6 +46,10 @@ enum Command {
     },
     /// Load generator: drive this server (HTTP or TCP), any HTTP URL or Redis and report.
     Bench(Box<datamiddleware_bench::BenchArgs>),
+    /// Check this machine against the configuration (open files, kernel backlogs, local
+    /// ports, memory) and print the command that fixes each finding; exit status 1 when
+    /// something needs fixing.
+    Doctor,
     /// API keys.
     Key {
         #[command(subcommand)]
@@ -104,6 +108,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config, cli.config, overrides),
+        Command::Doctor => {
+            let machine = datamiddleware::ops::doctor::Machine::read();
+            let findings = datamiddleware::ops::doctor::check(&config, &machine);
+            let (text, all_ok) = datamiddleware::ops::doctor::report(&findings);
+            print!("{text}");
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Bench(_) | Command::Key { .. } => {
             unreachable!("handled before loading the configuration")
         }

@@ -65,3 +65,62 @@ fn invalid_configuration_fails_with_the_key_named() {
             .contains("does not exist")
     );
 }
+
+/// `doctor` checks this machine against the configuration: connection limits beyond any file
+/// limit are a finding with its fix and exit status 1; small ones pass that check.
+#[test]
+fn doctor_names_each_shortfall_with_its_fix() {
+    let run = |connections: &str| {
+        datamiddleware()
+            .arg("doctor")
+            .env("DMW_HTTP__MAX_CONNECTIONS", connections)
+            .env("DMW_TCP__MAX_CONNECTIONS", connections)
+            .output()
+            .unwrap()
+    };
+    let output = run("50000000");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FIX  open files"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("100000080 needed"), "{line}");
+    assert!(text.contains("LimitNOFILE=100000080"), "{text}");
+    for check in ["listen backlog", "SYN backlog", "local ports", "memory"] {
+        assert!(text.contains(check), "{check}: {text}");
+    }
+    let text = String::from_utf8(run("10").stdout).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("ok   open files")),
+        "{text}"
+    );
+}
+
+/// `scripts/tune-linux.sh --dry-run` shows the seed's kernel settings without changing
+/// anything, and never sets `tcp_tw_recycle` (removed from Linux 4.12).
+#[test]
+fn tune_linux_dry_run_lists_the_settings() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/tune-linux.sh");
+    let output = Command::new("bash")
+        .args([script, "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for setting in [
+        "net.core.somaxconn = 65535",
+        "net.ipv4.tcp_max_syn_backlog = 262144",
+        "net.ipv4.ip_local_port_range = 1024 65535",
+        "fs.file-max = 2097152",
+    ] {
+        assert!(text.contains(setting), "{setting}: {text}");
+    }
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("net.ipv4.tcp_tw_recycle")),
+        "{text}"
+    );
+    assert!(text.contains("tcp_tw_recycle is not set"));
+}
