@@ -50,6 +50,27 @@ enum Command {
     /// ports, memory) and print the command that fixes each finding; exit status 1 when
     /// something needs fixing.
     Doctor,
+    /// The seed's capacity model with this build's measured costs: cores, memory and
+    /// instances for a number of connections and requests a second.
+    Capacity {
+        /// Connections open at once (HTTP and TCP).
+        #[arg(long)]
+        connections: u64,
+        /// Requests a second.
+        #[arg(long)]
+        rps: f64,
+        /// small (4 cores, 16 GiB), standard (8, 32), large (16, 64), flagship (32, 128), or
+        /// auto (this machine).
+        #[arg(long, default_value = "standard")]
+        machine: String,
+        /// What the requests are: http (cached GETs), tcp (pipelined cached GETs) or
+        /// tcp-depth-1.
+        #[arg(long, default_value = "http")]
+        mix: String,
+        /// CPU microseconds per request, measured for your own mix (overrides --mix).
+        #[arg(long)]
+        cpu_us: Option<f64>,
+    },
     /// API keys.
     Key {
         #[command(subcommand)]
@@ -108,6 +129,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config, cli.config, overrides),
+        Command::Capacity {
+            connections,
+            rps,
+            machine,
+            mix,
+            cpu_us,
+        } => capacity(&config, connections, rps, &machine, &mix, cpu_us),
         Command::Doctor => {
             let machine = datamiddleware::ops::doctor::Machine::read();
             let findings = datamiddleware::ops::doctor::check(&config, &machine);
@@ -123,6 +151,54 @@ fn main() -> ExitCode {
             unreachable!("handled before loading the configuration")
         }
     }
+}
+
+fn capacity(
+    config: &Config,
+    connections: u64,
+    rps: f64,
+    machine: &str,
+    mix: &str,
+    cpu_us: Option<f64>,
+) -> ExitCode {
+    use datamiddleware::ops::capacity::{self, FLAGSHIP, LARGE, Machine, Mix, SMALL, STANDARD};
+    let machine = match machine {
+        "small" => SMALL,
+        "standard" => STANDARD,
+        "large" => LARGE,
+        "flagship" => FLAGSHIP,
+        "auto" => {
+            let found = datamiddleware::ops::doctor::Machine::read();
+            Machine {
+                name: "auto (this machine)",
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+                memory_bytes: found.memory_total_bytes.unwrap_or(0),
+            }
+        }
+        other => {
+            eprintln!(
+                "datamiddleware: --machine {other:?}: small, standard, large, flagship or auto"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let cpu_us = match (cpu_us, Mix::parse(mix)) {
+        (Some(us), _) if us > 0.0 => us,
+        (None, Some(mix)) => mix.cpu_us(),
+        _ => {
+            eprintln!("datamiddleware: --mix is http, tcp or tcp-depth-1; --cpu-us must be > 0");
+            return ExitCode::from(2);
+        }
+    };
+    if !(rps.is_finite() && rps >= 0.0) {
+        eprintln!("datamiddleware: --rps must be a number ≥ 0");
+        return ExitCode::from(2);
+    }
+    print!(
+        "{}",
+        capacity::report(machine, connections, rps, cpu_us, config.cache.l1_max_bytes)
+    );
+    ExitCode::SUCCESS
 }
 
 /// The multi-threaded tokio runtime (one worker per core), or `None` after saying why not.

@@ -124,3 +124,37 @@ fn tune_linux_dry_run_lists_the_settings() {
     );
     assert!(text.contains("tcp_tw_recycle is not set"));
 }
+
+/// `capacity` prints the seed's model with this build's costs; a machine it does not know is
+/// refused with exit status 2.
+#[test]
+fn capacity_prints_the_model_and_refuses_unknown_machines() {
+    let output = datamiddleware()
+        .args(["capacity", "--connections", "400000", "--rps", "200000"])
+        .args(["--machine", "flagship", "--mix", "http"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("machine flagship: 32 cores, 128 GiB"),
+        "{text}"
+    );
+    // 200,000 req/s × 14.29 µs = 2.9 cores, below one flagship's 17.9 usable: two instances.
+    assert!(text.contains("= 2.9 cores → 1 instance(s)"), "{text}");
+    assert!(text.contains("instances     = 2"), "{text}");
+    let refused = datamiddleware()
+        .args([
+            "capacity",
+            "--connections",
+            "1",
+            "--rps",
+            "1",
+            "--machine",
+            "huge",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("small, standard, large"));
+}

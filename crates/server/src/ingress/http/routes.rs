@@ -64,32 +64,9 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
     };
     let segments = &segments[..count];
     match segments {
-        ["healthz"] => {
+        [ops @ ("healthz" | "livez" | "readyz" | "metrics")] => {
             only(&req, &[Method::GET])?;
-            Box::pin(health(state)).await
-        }
-        ["livez"] => {
-            only(&req, &[Method::GET])?;
-            let body = Bytes::from_static(br#"{"status":"alive"}"#);
-            Ok(json(StatusCode::OK, body))
-        }
-        ["readyz"] => {
-            only(&req, &[Method::GET])?;
-            Box::pin(ready(state)).await
-        }
-        ["metrics"] => {
-            only(&req, &[Method::GET])?;
-            let principal = state.auth.authenticate("", credential(&parts.headers))?;
-            if principal.role != crate::auth::Role::Admin {
-                return Err(principal.deny(Access::Read, "", "only admin keys read the metrics"));
-            }
-            let text = state.service.metrics().encode();
-            let mut response = Response::new(Full::new(Bytes::from(text)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(crate::ops::metrics::CONTENT_TYPE),
-            );
-            Ok(response)
+            Box::pin(ops_route(state, &parts.headers, ops)).await
         }
         ["api", ..] => {
             let caller = Caller {
@@ -472,6 +449,35 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
         _ => serde_json::json!({ "revoked": { kind: value, "before": cutoff } }),
     };
     Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
+}
+
+/// The operations endpoints: their own small router, boxed, so the API's request future does
+/// not carry their states.
+async fn ops_route(state: &HttpState, headers: &http::HeaderMap, path: &str) -> HttpResult {
+    match path {
+        "healthz" => health(state).await,
+        "livez" => Ok(json(
+            StatusCode::OK,
+            Bytes::from_static(br#"{"status":"alive"}"#),
+        )),
+        "readyz" => ready(state).await,
+        _ => metrics(state, headers).await,
+    }
+}
+
+/// `GET /metrics`: admin keys only when auth is on.
+async fn metrics(state: &HttpState, headers: &http::HeaderMap) -> HttpResult {
+    let principal = state.auth.authenticate("", credential(headers))?;
+    if principal.role != crate::auth::Role::Admin {
+        return Err(principal.deny(Access::Read, "", "only admin keys read the metrics"));
+    }
+    let text = state.service.metrics().encode();
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::ops::metrics::CONTENT_TYPE),
+    );
+    Ok(response)
 }
 
 /// `GET /readyz`: 200 when this instance should get traffic — not draining, warm-up done,
