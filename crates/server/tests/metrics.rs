@@ -309,3 +309,42 @@ async fn the_drain_delay_keeps_serving_while_readiness_is_false() {
         "closed after the delay"
     );
 }
+
+/// The cache tiers' own counters reach the scrape: L1 entries and bytes always; with Redis,
+/// L2 lookups and fills, its breaker, and the bus's trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_tiers_are_exposed() {
+    let redis = support::Redis::Standalone;
+    let prefix = support::unique_prefix();
+    if redis.urls().is_none() {
+        return;
+    }
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        redis.configure(c, &prefix);
+    })
+    .await
+    .unwrap();
+    let path = s.path("players/p1");
+    assert_eq!(
+        s.client.put(&path, r#"{"value":{"gold":1}}"#).await.status,
+        201
+    );
+    assert_eq!(s.client.get(&path).await.status, 200);
+    // An id no tier has: L1 misses, L2 is asked, the store answers.
+    assert_eq!(s.client.get(&s.path("players/absent")).await.status, 404);
+    let text = scrape(&s).await;
+    assert!(value(&text, "l1_entries").unwrap() >= 1.0, "{text}");
+    assert!(value(&text, "l1_bytes").unwrap() > 0.0);
+    assert!(value(&text, "l2_lookups_total").unwrap() >= 1.0, "{text}");
+    assert_eq!(value(&text, "l2_breaker_open"), Some(0.0));
+    assert_eq!(value(&text, "bus_trusted"), Some(1.0));
+    assert!(value(&text, "bus_published_total").unwrap() >= 1.0);
+    // Without Redis there is no L2 or bus figure at all (rather than zeros that look alive).
+    let alone = start(true).await;
+    let text = scrape(&alone).await;
+    assert!(value(&text, "l1_bytes").is_some());
+    assert!(
+        !text.contains("l2_lookups") && !text.contains("bus_trusted"),
+        "{text}"
+    );
+}

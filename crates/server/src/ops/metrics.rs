@@ -28,6 +28,8 @@ pub struct Metrics {
     pub rate_limited: [Counter; 5],
     /// The store pools, read at each scrape.
     pub pools: super::pools::Pools,
+    /// The cache tiers, read at each scrape.
+    pub caches: super::caches::Caches,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,6 +57,8 @@ impl Metrics {
         registry.register_collector(Box::new(Process));
         let pools = super::pools::Pools::default();
         registry.register_collector(Box::new(pools.clone()));
+        let caches = super::caches::Caches::default();
+        registry.register_collector(Box::new(caches.clone()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             registry.register_collector(Box::new(super::runtime::Runtime(handle)));
         }
@@ -65,6 +69,7 @@ impl Metrics {
             store,
             rate_limited,
             pools,
+            caches,
         }
     }
 

@@ -2,6 +2,7 @@
 //! ([`metrics::Metrics`], served at `GET /metrics`); profiling, health detail and the status
 //! page follow (issue 11).
 
+pub mod caches;
 pub mod capacity;
 pub mod doctor;
 pub mod histogram;

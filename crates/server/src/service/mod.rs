@@ -224,6 +224,11 @@ impl Service {
                 )),
             }),
         };
+        service
+            .inner
+            .metrics
+            .caches
+            .watch(service.inner.cache.clone());
         if let Some(hot_keys) = hot_keys {
             warm::start_preloader(Arc::downgrade(&service.inner), hot_keys);
         }
