@@ -54,7 +54,17 @@ pub struct Running {
 /// Connects the stores, binds the listeners and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(crate::ops::metrics::Metrics::new(config.metrics.enabled));
-    let service = Service::from_config(&config, metrics).await?;
+    let service = Service::from_config(&config, metrics.clone()).await?;
+    // Ends when the metrics (and so the service) are gone.
+    if let Err(e) = crate::ops::stalls::start(
+        tokio::runtime::Handle::current(),
+        metrics.stalls.clone(),
+        config.metrics.stall_threshold,
+        Arc::downgrade(&metrics),
+    ) {
+        tracing::warn!(error = %e, "cannot start the stall watchdog");
+    }
+    drop(metrics);
     if service.cache().bus().is_some() {
         // Serve from the caches from the first request when the bus comes up quickly; else
         // start anyway, reads going to the store until it is whole.

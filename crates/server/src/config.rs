@@ -515,11 +515,18 @@ pub struct MetricsConfig {
     /// Record request counts and durations (connection counts and store work are always
     /// counted).
     pub enabled: bool,
+    /// A runtime worker running this long without a break is reported (a warning and
+    /// `tokio_worker_stalls_total`): a blocking call inside a task, or a saturated worker.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            stall_threshold: Duration::from_secs(2),
+        }
     }
 }
 
@@ -694,6 +701,12 @@ impl Config {
             ("tcp.max_in_flight", self.tcp.max_in_flight as usize),
             ("tcp.max_output_bytes", self.tcp.max_output_bytes),
         ];
+        if self.metrics.stall_threshold < Duration::from_secs(1) {
+            return invalid(
+                "metrics.stall_threshold",
+                "at least 1s (the runtime is sampled every second)",
+            );
+        }
         for (key, value) in positive {
             if value == 0 {
                 return invalid(key, "must be greater than 0");

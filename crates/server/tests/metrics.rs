@@ -348,3 +348,28 @@ async fn cache_tiers_are_exposed() {
         "{text}"
     );
 }
+
+/// A blocking call inside a task keeps its worker running without a break: the watchdog
+/// reports it (a warning and `tokio_worker_stalls_total`) once past `metrics.stall_threshold`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_worker_is_reported() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.metrics.stall_threshold = std::time::Duration::from_secs(1);
+    })
+    .await
+    .unwrap();
+    let stalls = s.running.service.metrics().stalls.worker_stalls.clone();
+    assert_eq!(stalls.get(), 0, "nothing blocked yet");
+    tokio::spawn(async { std::thread::sleep(std::time::Duration::from_millis(3500)) });
+    let started = std::time::Instant::now();
+    while stalls.get() == 0 {
+        assert!(started.elapsed().as_secs() < 10, "no stall reported");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = scrape(&s).await;
+    assert!(
+        value(&text, "tokio_worker_stalls_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value(&text, "tokio_task_growth_warnings_total"), Some(0.0));
+}

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub pools: super::pools::Pools,
     /// The cache tiers, read at each scrape.
     pub caches: super::caches::Caches,
+    /// What the stall watchdog found.
+    pub stalls: super::stalls::StallCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,6 +61,17 @@ impl Metrics {
         registry.register_collector(Box::new(pools.clone()));
         let caches = super::caches::Caches::default();
         registry.register_collector(Box::new(caches.clone()));
+        let stalls = super::stalls::StallCounters::default();
+        registry.register(
+            "tokio_worker_stalls",
+            "Times a runtime worker ran past metrics.stall_threshold without a break.",
+            stalls.worker_stalls.clone(),
+        );
+        registry.register(
+            "tokio_task_growth_warnings",
+            "Times the tasks alive grew by half again (and over 1,000) within a minute.",
+            stalls.task_growth.clone(),
+        );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             registry.register_collector(Box::new(super::runtime::Runtime(handle)));
         }
@@ -70,6 +83,7 @@ impl Metrics {
             rate_limited,
             pools,
             caches,
+            stalls,
         }
     }
 

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod pools;
 mod process;
 mod runtime;
+pub mod stalls;
