@@ -75,7 +75,11 @@ fn open_files_limit() -> Option<(u64, u64)> {
 /// Every check of `config` on `machine`; a value the machine did not tell is reported, not
 /// guessed.
 pub fn check(config: &Config, machine: &Machine) -> Vec<Finding> {
-    let connections = (config.http.max_connections + config.tcp.max_connections) as u64;
+    // Each listener has its own limit: a TLS listener beside a plain one doubles it.
+    let listeners = |tls: bool| if tls { 2 } else { 1 };
+    let connections = (config.http.max_connections * listeners(config.http.tls_listen.is_some())
+        + config.tcp.max_connections * listeners(config.tcp.tls_listen.is_some()))
+        as u64;
     // One pool per distinct store URL (the default game's when none is configured).
     let urls: std::collections::HashSet<&str> =
         config.games.values().map(|g| g.store.as_str()).collect();
@@ -277,6 +281,18 @@ mod tests {
         };
         let f = &check(&Config::default(), &m)[0];
         assert!(f.fix.starts_with("ulimit -n 20080"), "{f:?}");
+    }
+
+    #[test]
+    fn a_tls_listener_doubles_its_connection_limit() {
+        let mut config = Config::default();
+        config.tcp.tls_listen = Some("127.0.0.1:7443".parse().unwrap());
+        let m = Machine {
+            open_files: Some((1024, 1_048_576)),
+            ..machine()
+        };
+        // 10,000 HTTP + 2 × 10,000 TCP + 16 store connections + 64.
+        assert!(check(&config, &m)[0].fix.starts_with("ulimit -n 30080"));
     }
 
     #[test]
