@@ -240,7 +240,7 @@ fn tls(args: &RunArgs) -> Result<Option<tls::Tls>, String> {
     let name = args
         .tls_name
         .as_deref()
-        .unwrap_or_else(|| tls::host_of(authority));
+        .unwrap_or_else(|| datamiddleware_client::host_of(authority));
     let alpn: &[&[u8]] = match args.target {
         TargetKind::Http | TargetKind::Url => &[b"http/1.1"],
         TargetKind::Tcp | TargetKind::Redis => &[],

@@ -8,8 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -32,23 +31,8 @@ impl Tls {
     /// Trusting the certificates in `ca_file`, expecting `name` on the server's certificate,
     /// offering `alpn` (HTTP/1.1 for the HTTP targets: the generator speaks nothing else).
     pub fn new(ca_file: &Path, name: &str, alpn: &[&[u8]]) -> Result<Tls, String> {
-        let bad = |e: &dyn std::fmt::Display| format!("--tls-ca {}: {e}", ca_file.display());
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(&e))? {
-            roots
-                .add(certificate.map_err(|e| bad(&e))?)
-                .map_err(|e| bad(&e))?;
-        }
-        if roots.is_empty() {
-            return Err(bad(&"no certificate in it"));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = datamiddleware_client::config_with_ca_file(ca_file, alpn)
+            .map_err(|e| format!("--tls-ca {e}"))?;
         let name = ServerName::try_from(name.to_string())
             .map_err(|e| format!("server name {name}: {e}"))?;
         Ok(Tls {
@@ -65,14 +49,6 @@ impl Tls {
             .map_err(|e| format!("TLS handshake: {e}"))?;
         Ok(Stream::Tls(Box::new(stream)))
     }
-}
-
-/// `host` of `host:port` or `[v6]:port`.
-pub fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
 }
 
 /// A connection to the target.
@@ -118,17 +94,5 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn the_host_is_the_address_without_its_port() {
-        assert_eq!(host_of("localhost:8443"), "localhost");
-        assert_eq!(host_of("127.0.0.1:8443"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:8443"), "::1");
     }
 }

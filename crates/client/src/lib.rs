@@ -34,7 +34,7 @@ use datamiddleware_protocol::{DocRef, Message};
 use serde::de::DeserializeOwned;
 
 use connection::{CallError, Connection};
-pub use tls::TlsOptions;
+pub use tls::{TlsOptions, config_with_ca_file, host_of};
 
 /// How many times one request may be sent when each connection goes away before reading it.
 const MAX_SENDS_OF_UNREAD: u32 = 3;

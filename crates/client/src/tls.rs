@@ -31,23 +31,7 @@ impl TlsOptions {
     /// Trusts the certificate authorities in a PEM file (a private CA, or the server's own
     /// self-signed certificate) and nothing else.
     pub fn with_ca_file(path: impl AsRef<Path>) -> Result<TlsOptions, Error> {
-        let path = path.as_ref();
-        let bad = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", path.display()));
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-            roots
-                .add(certificate.map_err(|e| bad(&e))?)
-                .map_err(|e| bad(&e))?;
-        }
-        if roots.is_empty() {
-            return Err(bad(&"no certificate in it"));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = config_with_ca_file(path.as_ref(), &[])?;
         Ok(TlsOptions::with_config(Arc::new(config)))
     }
 
@@ -89,8 +73,31 @@ impl TlsOptions {
     }
 }
 
-/// `host` of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> &str {
+/// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting only the CA
+/// certificates of a PEM file and offering `alpn`.
+pub fn config_with_ca_file(path: &Path, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots
+            .add(certificate.map_err(|e| bad(&e))?)
+            .map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in it"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// `host` of `host:port` or `[v6]:port`: the name a certificate must carry by default.
+pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

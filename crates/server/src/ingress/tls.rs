@@ -70,6 +70,34 @@ impl Tls {
     }
 }
 
+/// The TLS handshake of a connection from `peer` by `acceptor`, within `within`, for both front
+/// ends. The handshake costs a signature, so it first counts against the address's rate;
+/// `None` (logged at debug) when over it, failed, or too slow.
+pub(crate) async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: Option<std::net::IpAddr>,
+    limits: &crate::auth::Limits,
+    within: std::time::Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    if let Some(peer) = peer
+        && limits.check_ip(peer).is_err()
+    {
+        return None;
+    }
+    match tokio::time::timeout(within, acceptor.accept(stream)).await {
+        Ok(Ok(session)) => Some(session),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The chain and key of `config` as rustls uses them.
 fn load(config: &TlsConfig) -> Result<CertifiedKey, String> {
     let (cert_file, key_file) = match (&config.cert_file, &config.key_file) {

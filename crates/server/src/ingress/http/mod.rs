@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use super::drain::{self, Drain, Wakes};
 
-use super::tls::Tls;
+use super::tls::{Tls, handshake};
 use crate::auth::Authenticator;
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
@@ -130,18 +130,11 @@ pub(crate) async fn serve(
                 let Some(tls) = tls else {
                     return serve_connection(stream, peer, state, &builder, &drain).await;
                 };
-                // The handshake costs a signature: it counts against the address's rate.
-                if let Some(peer) = peer
-                    && state.auth.limits().check_ip(peer).is_err()
-                {
-                    return;
-                }
-                // The handshake within the head timeout, in the connection's own task.
-                let handshake = tls.http_acceptor().accept(stream);
-                match tokio::time::timeout(state.config.header_read_timeout, handshake).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, state, &builder, &drain).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                // Within the head timeout, in the connection's own task.
+                let (limits, within) = (state.auth.limits(), state.config.header_read_timeout);
+                let acceptor = tls.http_acceptor();
+                if let Some(stream) = handshake(acceptor, stream, peer, limits, within).await {
+                    serve_connection(stream, peer, state, &builder, &drain).await;
                 }
             }
         },

@@ -103,34 +103,18 @@ pub async fn serve(
 }
 
 /// The TLS handshake of a new connection, within the handshake timeout (HELLO then has the
-/// same time again). The handshake costs a signature: it counts against the client address's
-/// rate limit, and over it the connection is closed before the handshake.
+/// same time again); see [`crate::ingress::tls::handshake`].
 async fn handshake(
     tls: &Tls,
     stream: tokio::net::TcpStream,
     peer: Option<std::net::IpAddr>,
     ctx: &TcpContext,
 ) -> Option<transport::Tls> {
-    if let Some(peer) = peer
-        && ctx.auth.limits().check_ip(peer).is_err()
-    {
-        return None;
-    }
-    let accept = tls.tcp_acceptor().accept(stream);
-    match tokio::time::timeout(ctx.config.handshake_timeout, accept).await {
-        Ok(Ok(session)) => {
-            let (tcp, session) = session.into_inner();
-            Some(transport::Tls::new(tcp, session))
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            None
-        }
-    }
+    let (limits, within) = (ctx.auth.limits(), ctx.config.handshake_timeout);
+    let session =
+        crate::ingress::tls::handshake(tls.tcp_acceptor(), stream, peer, limits, within).await?;
+    let (tcp, session) = session.into_inner();
+    Some(transport::Tls::new(tcp, session))
 }
 
 /// Tells a connection over the limit why it is closed (best effort, never blocks).
