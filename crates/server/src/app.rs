@@ -124,8 +124,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Err(e) => tracing::warn!(error = %e.message, "cannot read the token revocations yet"),
         }
     }
-    let http_state =
-        ingress::http::state(service.clone(), config.http.clone(), authenticator.clone());
+    let http_state = ingress::http::state(
+        service.clone(),
+        config.http.clone(),
+        authenticator.clone(),
+        config.log.access_sample,
+    );
     let http = ingress::http::serve(listener, None, http_state.clone(), stopped(stop.clone()));
     let mut tasks = vec![tokio::spawn(http)];
     // One certificate for every TLS listener, so that a reload reaches them all.

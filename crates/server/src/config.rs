@@ -498,14 +498,48 @@ impl Default for WarmupConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `datamiddleware=debug` (`RUST_LOG` wins if set).
     pub filter: String,
+    /// `human` (one readable line per event) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// Write to this file instead of standard error; it is rotated (`rotation`) by renaming
+    /// to `<file>.<date>` and at most `max_files` are kept.
+    pub file: Option<std::path::PathBuf>,
+    pub rotation: LogRotation,
+    pub max_files: usize,
+    /// Lines waiting for the writer thread beyond this are dropped (and counted in
+    /// `log_lines_dropped_total`) rather than blocking a request on a slow disk.
+    pub buffered_lines: usize,
+    /// The fraction of HTTP requests written to the access log (target
+    /// `datamiddleware::access`), from 0 (none) to 1 (every request).
+    pub access_sample: f64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             filter: "info".to_string(),
+            format: LogFormat::Human,
+            file: None,
+            rotation: LogRotation::Daily,
+            max_files: 7,
+            buffered_lines: 128_000,
+            access_sample: 0.0,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    Daily,
+    Never,
 }
 
 /// `[metrics]`: the Prometheus metrics at `GET /metrics`.
@@ -700,7 +734,17 @@ impl Config {
             ("tcp.max_connections", self.tcp.max_connections),
             ("tcp.max_in_flight", self.tcp.max_in_flight as usize),
             ("tcp.max_output_bytes", self.tcp.max_output_bytes),
+            ("log.max_files", self.log.max_files),
+            ("log.buffered_lines", self.log.buffered_lines),
         ];
+        if !(0.0..=1.0).contains(&self.log.access_sample) {
+            return invalid("log.access_sample", "a fraction from 0 to 1");
+        }
+        if let Some(file) = &self.log.file
+            && file.file_name().is_none()
+        {
+            return invalid("log.file", "must name a file, not a directory");
+        }
         if self.metrics.stall_threshold < Duration::from_secs(1) {
             return invalid(
                 "metrics.stall_threshold",

@@ -254,22 +254,17 @@ fn new_key(name: &str, role: &str, games: &str) -> ExitCode {
 }
 
 /// Replaces the log filter on a reload (`None` when `RUST_LOG` set it: that one stays).
-type LogFilter =
-    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>;
+type LogFilter = Option<datamiddleware::ops::logs::FilterHandle>;
 
 fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let (filter, from_env) = match EnvFilter::try_from_default_env() {
-        Ok(filter) => (filter, true),
-        Err(_) => (EnvFilter::new(&config.log.filter), false),
+    // Held until the end of `serve`: dropping it flushes the lines still queued.
+    let (_log_guard, log_filter) = match datamiddleware::ops::logs::init(&config.log) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("datamiddleware: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer())
-        .init();
-    let log_filter: LogFilter = (!from_env).then_some(handle);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

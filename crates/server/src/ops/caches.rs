@@ -47,13 +47,13 @@ impl Collector for Caches {
         gauge(
             &mut e,
             "l1_entries",
-            "Documents and remembered misses in L1.",
+            "Documents and remembered misses in L1",
             l1.len() as u64,
         )?;
         gauge(
             &mut e,
             "l1_bytes",
-            "Bytes L1 holds (keys, encoded documents, bookkeeping), at most cache.l1_max_bytes.",
+            "Bytes L1 holds (keys, encoded documents, bookkeeping), at most cache.l1_max_bytes",
             l1.weight(),
         )?;
         if let Some(l2) = cache.l2() {
@@ -61,27 +61,27 @@ impl Collector for Caches {
             counter(
                 &mut e,
                 "l2_lookups",
-                "L2 (Redis) lookups made.",
+                "L2 (Redis) lookups made",
                 read(&c.lookups),
             )?;
-            counter(&mut e, "l2_hits", "Keys L2 answered.", read(&c.hits))?;
-            counter(&mut e, "l2_fills", "Fills L2 accepted.", read(&c.fills))?;
+            counter(&mut e, "l2_hits", "Keys L2 answered", read(&c.hits))?;
+            counter(&mut e, "l2_fills", "Fills L2 accepted", read(&c.fills))?;
             counter(
                 &mut e,
                 "l2_fills_refused",
-                "Fills L2 refused (a write in progress, an older version, or too late).",
+                "Fills L2 refused (a write in progress, an older version, or too late)",
                 read(&c.fills_refused),
             )?;
             counter(
                 &mut e,
                 "l2_failures",
-                "L2 calls that failed or timed out.",
+                "L2 calls that failed or timed out",
                 read(&c.failures),
             )?;
             gauge(
                 &mut e,
                 "l2_breaker_open",
-                "1 while the breaker keeps calls away from a failing Redis.",
+                "1 while the breaker keeps calls away from a failing Redis",
                 u64::from(l2.breaker().is_open()),
             )?;
         }
@@ -90,31 +90,31 @@ impl Collector for Caches {
             counter(
                 &mut e,
                 "bus_published",
-                "Messages this instance published (heartbeats included).",
+                "Messages this instance published (heartbeats included)",
                 read(&c.published),
             )?;
             counter(
                 &mut e,
                 "bus_invalidations_applied",
-                "Invalidations from other instances applied to L1.",
+                "Invalidations from other instances applied to L1",
                 read(&c.applied),
             )?;
             counter(
                 &mut e,
                 "bus_gaps",
-                "Sequence gaps seen (messages lost): each cleared L1.",
+                "Sequence gaps seen (messages lost): each cleared L1",
                 read(&c.gaps),
             )?;
             counter(
                 &mut e,
                 "bus_distrusted",
-                "Times this instance stopped trusting its caches.",
+                "Times this instance stopped trusting its caches",
                 read(&c.distrusted),
             )?;
             gauge(
                 &mut e,
                 "bus_trusted",
-                "1 while the bus is whole and the caches are served.",
+                "1 while the bus is whole and the caches are served",
                 u64::from(bus.trusted()),
             )?;
         }

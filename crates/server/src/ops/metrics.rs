@@ -51,7 +51,7 @@ impl Metrics {
         let limits = Family::<LimitLabel, Counter>::default();
         registry.register(
             "rate_limited",
-            "Requests (and TLS handshakes) refused by a rate limit, by limit.",
+            "Requests (and TLS handshakes) refused by a rate limit, by limit",
             limits.clone(),
         );
         let rate_limited = ["per_ip", "admin", "server", "readonly", "player"]
@@ -64,12 +64,12 @@ impl Metrics {
         let stalls = super::stalls::StallCounters::default();
         registry.register(
             "tokio_worker_stalls",
-            "Times a runtime worker ran past metrics.stall_threshold without a break.",
+            "Times a runtime worker ran past metrics.stall_threshold without a break",
             stalls.worker_stalls.clone(),
         );
         registry.register(
             "tokio_task_growth_warnings",
-            "Times the tasks alive grew by half again (and over 1,000) within a minute.",
+            "Times the tasks alive grew by half again (and over 1,000) within a minute",
             stalls.task_growth.clone(),
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -139,13 +139,13 @@ impl HttpMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
-            "HTTP requests answered, by method, endpoint (the route template) and status.",
+            "HTTP requests answered, by method, endpoint (the route template) and status",
             requests.clone(),
         );
         let durations_family = Family::<EndpointLabel, Histogram>::default();
         registry.register(
             "http_request_duration_seconds",
-            "Time from a request's head to its answer, by endpoint.",
+            "Time from a request's head to its answer, by endpoint",
             durations_family.clone(),
         );
         let durations = Endpoint::ALL
@@ -181,6 +181,11 @@ impl HttpMetrics {
             http::Method::POST => 5,
             _ => 6,
         }
+    }
+
+    /// The label of a method slot.
+    pub fn method_name(slot: u8) -> &'static str {
+        METHODS[usize::from(slot).min(METHODS.len() - 1)]
     }
 
     /// One answered request (`method` from [`HttpMetrics::method_slot`]).
@@ -280,25 +285,25 @@ impl TcpMetrics {
         let open = Gauge::default();
         registry.register(
             "tcp_connections_open",
-            "TCP protocol connections open now (TLS included).",
+            "TCP protocol connections open now (TLS included)",
             open.clone(),
         );
         let accepted = Counter::default();
         registry.register(
             "tcp_connections_accepted",
-            "TCP protocol connections accepted (refused ones not included).",
+            "TCP protocol connections accepted (refused ones not included)",
             accepted.clone(),
         );
         let refused = Counter::default();
         registry.register(
             "tcp_connections_refused",
-            "TCP protocol connections refused because tcp.max_connections was reached.",
+            "TCP protocol connections refused because tcp.max_connections was reached",
             refused.clone(),
         );
         let closed_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "tcp_connections_closed",
-            "TCP protocol connections closed, by reason.",
+            "TCP protocol connections closed, by reason",
             closed_family.clone(),
         );
         let closed = TcpEnd::ALL
@@ -306,14 +311,14 @@ impl TcpMetrics {
         let requests_family = Family::<OpcodeLabel, Counter>::default();
         registry.register(
             "tcp_requests",
-            "TCP protocol requests read, by opcode.",
+            "TCP protocol requests read, by opcode",
             requests_family.clone(),
         );
         let durations_family = Family::<OpcodeLabel, Histogram>::default();
         registry.register(
             "tcp_request_duration_seconds",
             "Time from a request's start (after the earlier requests on its documents) to its \
-             answer, for requests run in a task (GETs answered from L1 or batched are not timed).",
+             answer, for requests run in a task (GETs answered from L1 or batched are not timed)",
             durations_family.clone(),
         );
         TcpMetrics {
@@ -386,13 +391,13 @@ impl StoreMetrics {
         let reads = Counter::default();
         registry.register(
             "store_reads",
-            "Read queries sent to the stores (single, batch and list).",
+            "Read queries sent to the stores (single, batch and list)",
             reads.clone(),
         );
         let commits = Counter::default();
         registry.register(
             "store_commits",
-            "Write transactions committed.",
+            "Write transactions committed",
             commits.clone(),
         );
         StoreMetrics { reads, commits }

@@ -6,6 +6,7 @@ pub mod caches;
 pub mod capacity;
 pub mod doctor;
 pub mod histogram;
+pub mod logs;
 pub mod metrics;
 pub mod pools;
 mod process;

@@ -44,22 +44,22 @@ impl Collector for Pools {
         let families: [(&str, &str, Read); 4] = [
             (
                 "pool_active_workers",
-                "Store connections in use, by pool (the store's URL without credentials).",
+                "Store connections in use, by pool (the store's URL without credentials)",
                 |s| s.open.saturating_sub(s.idle),
             ),
             (
                 "store_pool_idle_connections",
-                "Store connections open and idle.",
+                "Store connections open and idle",
                 |s| s.idle,
             ),
             (
                 "store_pool_max_connections",
-                "Most connections the pool opens (store.max_connections).",
+                "Most connections the pool opens (store.max_connections)",
                 |s| s.max,
             ),
             (
                 "store_pool_waiting",
-                "Requests waiting for a store connection.",
+                "Requests waiting for a store connection",
                 |s| s.waiting,
             ),
         ];

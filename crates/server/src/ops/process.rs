@@ -1,6 +1,7 @@
 //! The process's own resources, read from `/proc` at each scrape (Linux; elsewhere nothing is
 //! reported): resident memory, CPU time and open file descriptors — what the seed's
-//! troubleshooting starts from ("high CPU", "memory growth", "too many open files").
+//! troubleshooting starts from ("high CPU", "memory growth", "too many open files"), and the
+//! log lines the non-blocking writer had to drop.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,7 +17,7 @@ impl Collector for Process {
             let gauge = ConstGauge::new(rss as i64);
             let metric = encoder.encode_descriptor(
                 "process_resident_memory_bytes",
-                "Resident memory of the process.",
+                "Resident memory of the process",
                 None,
                 gauge.metric_type(),
             )?;
@@ -26,7 +27,7 @@ impl Collector for Process {
             let counter = ConstCounter::new(seconds);
             let metric = encoder.encode_descriptor(
                 "process_cpu_seconds",
-                "CPU time used by the process (user and system).",
+                "CPU time used by the process (user and system)",
                 None,
                 counter.metric_type(),
             )?;
@@ -36,12 +37,20 @@ impl Collector for Process {
             let gauge = ConstGauge::new(fds as i64);
             let metric = encoder.encode_descriptor(
                 "process_open_fds",
-                "Open file descriptors (sockets included).",
+                "Open file descriptors (sockets included)",
                 None,
                 gauge.metric_type(),
             )?;
             gauge.encode(metric)?;
         }
+        let dropped = ConstCounter::new(super::logs::dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up (log.buffered_lines)",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)?;
         Ok(())
     }
 }

@@ -33,24 +33,24 @@ impl Collector for Runtime {
         gauge(
             &mut encoder,
             "tokio_workers",
-            "Worker threads of the runtime.",
+            "Worker threads of the runtime",
             workers,
         )?;
         gauge(
             &mut encoder,
             "tokio_alive_tasks",
-            "Tasks alive (spawned and not finished): grows with connections and requests.",
+            "Tasks alive (spawned and not finished): grows with connections and requests",
             metrics.num_alive_tasks(),
         )?;
         gauge(
             &mut encoder,
             "tokio_global_queue_depth",
-            "Tasks waiting in the runtime's global queue.",
+            "Tasks waiting in the runtime's global queue",
             metrics.global_queue_depth(),
         )?;
         let mut busy = encoder.encode_descriptor(
             "tokio_worker_busy_seconds",
-            "Time each worker spent running tasks.",
+            "Time each worker spent running tasks",
             None,
             MetricType::Counter,
         )?;
@@ -63,7 +63,7 @@ impl Collector for Runtime {
         }
         let mut parks = encoder.encode_descriptor(
             "tokio_worker_parks",
-            "Times each worker went to sleep for lack of work.",
+            "Times each worker went to sleep for lack of work",
             None,
             MetricType::Counter,
         )?;

@@ -29,6 +29,11 @@ pub enum Endpoint {
     Live,
     Ready,
     Metrics,
+    /// The status page.
+    Admin,
+    OpenApi,
+    CpuProfile,
+    HeapProfile,
     Txn,
     Token,
     Revoke,
@@ -42,11 +47,15 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order of their numbers.
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 16] = [
         Endpoint::Health,
         Endpoint::Live,
         Endpoint::Ready,
         Endpoint::Metrics,
+        Endpoint::Admin,
+        Endpoint::OpenApi,
+        Endpoint::CpuProfile,
+        Endpoint::HeapProfile,
         Endpoint::Txn,
         Endpoint::Token,
         Endpoint::Revoke,
@@ -65,6 +74,10 @@ impl Endpoint {
             Endpoint::Live => "/livez",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
+            Endpoint::Admin => "/admin",
+            Endpoint::OpenApi => "/openapi.json",
+            Endpoint::CpuProfile => "/debug/pprof/profile",
+            Endpoint::HeapProfile => "/debug/pprof/heap",
             Endpoint::Txn => "/api/v1/{game}/_txn",
             Endpoint::Token => "/api/v1/{game}/_token",
             Endpoint::Revoke => "/api/v1/{game}/_revoke",
@@ -92,6 +105,10 @@ impl Endpoint {
             ["livez"] => return Endpoint::Live,
             ["readyz"] => return Endpoint::Ready,
             ["metrics"] => return Endpoint::Metrics,
+            ["admin"] => return Endpoint::Admin,
+            ["openapi.json"] => return Endpoint::OpenApi,
+            ["debug", "pprof", "profile"] => return Endpoint::CpuProfile,
+            ["debug", "pprof", "heap"] => return Endpoint::HeapProfile,
             ["api", "v1", _game, rest @ ..] => rest,
             ["api", rest @ ..] => rest,
             _ => return Endpoint::Unmatched,
@@ -143,6 +160,11 @@ mod tests {
         );
         assert_eq!(of("/healthz"), "/healthz");
         assert_eq!(of("/metrics"), "/metrics");
+        assert_eq!(of("/admin"), "/admin");
+        assert_eq!(of("/openapi.json"), "/openapi.json");
+        assert_eq!(of("/debug/pprof/profile"), "/debug/pprof/profile");
+        assert_eq!(of("/debug/pprof/heap"), "/debug/pprof/heap");
+        assert_eq!(of("/debug/pprof/other"), "unmatched");
         assert_eq!(of("/nothing/here"), "unmatched");
         assert_eq!(of("/api/v1/rpg/a/b/c/d"), "unmatched");
     }

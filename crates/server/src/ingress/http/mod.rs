@@ -5,6 +5,7 @@
 //! an axum route measured 20–25 % below bare hyper on this machine (see docs/performance.md).
 
 pub mod endpoint;
+mod ops_routes;
 mod problem;
 mod routes;
 mod watchdog;
@@ -31,6 +32,7 @@ use super::tls::{Tls, handshake};
 use crate::auth::Authenticator;
 use crate::config::HttpConfig;
 use crate::error::{ErrorCode, ServiceError};
+use crate::ops::logs;
 use crate::ops::metrics::HttpMetrics;
 use crate::service::Service;
 
@@ -40,12 +42,17 @@ pub const MAX_HEADERS: usize = 100;
 /// Largest request head (request line + headers) accepted (beyond: 431).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// Echoed on every answer: the client's own id, or the one its request was logged under.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// What every request handler shares.
 pub(crate) struct HttpState {
     pub service: Service,
     pub config: HttpConfig,
     /// Who may call the API (every `/api/` request is authenticated before it is routed).
     pub auth: Arc<Authenticator>,
+    /// The fraction of requests written to the access log (`log.access_sample`).
+    access_sample: f64,
     in_flight: InFlight,
 }
 
@@ -80,8 +87,10 @@ pub(crate) fn state(
     service: Service,
     config: HttpConfig,
     auth: Arc<Authenticator>,
+    access_sample: f64,
 ) -> Arc<HttpState> {
     Arc::new(HttpState {
+        access_sample,
         in_flight: InFlight {
             current: AtomicUsize::new(0),
             limit: config.max_in_flight,
@@ -209,45 +218,88 @@ async fn handle(
     request: watchdog::RequestGuard,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // What the metrics need of the request, taken before it is consumed. One future with a
-    // block rather than an inner `async fn`: its arguments would be laid out twice.
-    let measured = state.service.metrics().http.enabled().then(|| {
-        let endpoint = endpoint::Endpoint::of_path(req.uri().path());
-        (
-            std::time::Instant::now(),
-            endpoint,
-            HttpMetrics::method_slot(req.method()),
-        )
-    });
-    let response = 'answer: {
+    // What the metrics and logs need of the request, taken before it is consumed. One future
+    // with a block rather than an inner `async fn`: its arguments would be laid out twice.
+    let started = std::time::Instant::now();
+    let endpoint = endpoint::Endpoint::of_path(req.uri().path());
+    let method = HttpMetrics::method_slot(req.method());
+    let context = logs::RequestContext {
+        id: logs::request_id(req.headers().get(X_REQUEST_ID)),
+        method,
+        endpoint,
+    };
+    // Boxed: rarely taken, and the request future should not carry a whole `Uri`.
+    let access = logs::sampled(state.access_sample).then(|| Box::new(req.uri().clone()));
+    let (mut response, id) = 'answer: {
         // Only a body of unknown length can be chunked: the header lookup (~200 instructions
         // of a cache hit's ~11,500 in callgrind) is skipped for every request without one.
         if hyper::body::Body::size_hint(req.body()).exact().is_none()
             && req.headers().contains_key(TRANSFER_ENCODING)
         {
-            break 'answer Box::pin(refuse_transfer_encoding(&state, req)).await;
+            break 'answer (
+                Box::pin(refuse_transfer_encoding(&state, req)).await,
+                context.id,
+            );
         }
         if let Some(peer) = request.peer()
             && let Err(limited) = state.auth.limits().check_ip(peer)
         {
-            break 'answer problem::response(&limited);
+            break 'answer (problem::response(&limited), context.id);
         }
         let Some(_slot) = state.in_flight.try_enter() else {
-            break 'answer problem::response(&ServiceError::new(
+            let overloaded = ServiceError::new(
                 ErrorCode::Overloaded,
                 "too many requests in flight; retry later",
-            ));
+            );
+            break 'answer (problem::response(&overloaded), context.id);
         };
-        routes::route(&state, req)
+        // Only the routing carries the log context: every line a request can cause is there.
+        // The id comes back out of the scope rather than being cloned before: a second copy
+        // would ride in every request's future.
+        let mut routed = std::pin::pin!(logs::in_request(context, routes::route(&state, req)));
+        let response = routed
+            .as_mut()
             .await
-            .unwrap_or_else(|e| problem::response(&e))
+            .unwrap_or_else(|e| problem::response(&e));
+        let id = routed
+            .as_mut()
+            .take_value()
+            .map_or_else(logs::new_request_id, |context| context.id);
+        (response, id)
     };
-    if let Some((started, endpoint, method)) = measured {
-        let took = started.elapsed();
-        let metrics = &state.service.metrics().http;
-        metrics.record(endpoint, method, response.status().as_u16(), took);
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .service
+        .metrics()
+        .http
+        .record(endpoint, method, status, took);
+    if let Some(uri) = access {
+        tracing::info!(
+            target: "datamiddleware::access",
+            request_id = id.to_str().unwrap_or("-"),
+            method = HttpMetrics::method_name(method),
+            path = %uri,
+            endpoint = endpoint.label(),
+            status,
+            micros = took.as_micros() as u64,
+            peer = %Peer(request.peer()),
+        );
     }
+    response.headers_mut().insert(X_REQUEST_ID, id);
     Ok(response)
+}
+
+/// A peer address in the access log, `-` when unknown.
+struct Peer(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Framing by Transfer-Encoding — or by it and Content-Length at once, which hyper resolves
@@ -285,5 +337,6 @@ fn the_request_future_stays_small() {
         std::mem::size_of::<Fut>()
     }
     let bytes = size(handle);
-    assert!(bytes <= 2048, "the request future grew to {bytes} bytes");
+    // 2,048 before the log context (request id, method, endpoint) took its 80 bytes.
+    assert!(bytes <= 2176, "the request future grew to {bytes} bytes");
 }

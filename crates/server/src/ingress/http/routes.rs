@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::HttpState;
 use super::endpoint::{MAX_SEGMENTS, split_path};
 use super::problem::{json, with_etag};
-use crate::auth::{Access, Caller, Credential};
+use crate::auth::{Caller, Credential};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, Tier};
 use crate::service::ops::{Incr, Precondition, WriteOp};
@@ -64,9 +64,10 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
     };
     let segments = &segments[..count];
     match segments {
-        [ops @ ("healthz" | "livez" | "readyz" | "metrics")] => {
+        [ops @ ("healthz" | "livez" | "readyz" | "metrics" | "admin" | "openapi.json")]
+        | ["debug", "pprof", ops @ ("profile" | "heap")] => {
             only(&req, &[Method::GET])?;
-            Box::pin(ops_route(state, &parts.headers, ops)).await
+            Box::pin(super::ops_routes::route(state, &parts, ops)).await
         }
         ["api", ..] => {
             let caller = Caller {
@@ -88,7 +89,7 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
 
 /// The credential a request presents: `X-Api-Key`, else `Authorization: Bearer`. A header
 /// that is not valid text, or another scheme, presents none.
-fn credential(headers: &http::HeaderMap) -> Credential<'_> {
+pub(super) fn credential(headers: &http::HeaderMap) -> Credential<'_> {
     if let Some(key) = headers.get(X_API_KEY) {
         return key.to_str().map_or(Credential::None, Credential::ApiKey);
     }
@@ -449,116 +450,6 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
         _ => serde_json::json!({ "revoked": { kind: value, "before": cutoff } }),
     };
     Ok(json(StatusCode::OK, Bytes::from(answer.to_string())))
-}
-
-/// The operations endpoints: their own small router, boxed, so the API's request future does
-/// not carry their states.
-async fn ops_route(state: &HttpState, headers: &http::HeaderMap, path: &str) -> HttpResult {
-    match path {
-        "healthz" => health(state).await,
-        "livez" => Ok(json(
-            StatusCode::OK,
-            Bytes::from_static(br#"{"status":"alive"}"#),
-        )),
-        "readyz" => ready(state).await,
-        _ => metrics(state, headers).await,
-    }
-}
-
-/// `GET /metrics`: admin keys only when auth is on.
-async fn metrics(state: &HttpState, headers: &http::HeaderMap) -> HttpResult {
-    let principal = state.auth.authenticate("", credential(headers))?;
-    if principal.role != crate::auth::Role::Admin {
-        return Err(principal.deny(Access::Read, "", "only admin keys read the metrics"));
-    }
-    let text = state.service.metrics().encode();
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(crate::ops::metrics::CONTENT_TYPE),
-    );
-    Ok(response)
-}
-
-/// `GET /readyz`: 200 when this instance should get traffic — not draining, warm-up done,
-/// every store answering; else 503 with the first reason.
-async fn ready(state: &HttpState) -> HttpResult {
-    let service = &state.service;
-    let not_ready = |status: &str| {
-        let body = serde_json::json!({ "status": status });
-        Ok(json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from(body.to_string()),
-        ))
-    };
-    if service.draining() {
-        return not_ready("draining");
-    }
-    if service
-        .warming()
-        .active
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        return not_ready("warming");
-    }
-    if service.health().await.iter().any(|(_, r)| r.is_err()) {
-        return not_ready("degraded");
-    }
-    Ok(json(
-        StatusCode::OK,
-        Bytes::from_static(br#"{"status":"ready"}"#),
-    ))
-}
-
-async fn health(state: &HttpState) -> HttpResult {
-    let warming = state.service.warming();
-    if warming.active.load(std::sync::atomic::Ordering::Acquire) {
-        let body = serde_json::json!({
-            "status": "warming",
-            "loaded": warming.loaded.load(std::sync::atomic::Ordering::Relaxed),
-            "total": warming.total.load(std::sync::atomic::Ordering::Relaxed),
-        });
-        return Ok(json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from(body.to_string()),
-        ));
-    }
-    let checks = state.service.health().await;
-    let healthy = checks.iter().all(|(_, r)| r.is_ok());
-    let stores: Vec<_> = checks
-        .iter()
-        .map(|(name, result)| match result {
-            Ok(()) => serde_json::json!({"store": name, "ok": true}),
-            Err(e) => serde_json::json!({"store": name, "ok": false, "error": e}),
-        })
-        .collect();
-    // Redis failing degrades (reads go to the store) and does not make the instance unhealthy.
-    let cache = state.service.cache();
-    // An idle instance calls Redis for no request: the health check asks it itself.
-    let l2 = match cache.l2() {
-        None => "none",
-        Some(l2) if l2.ping().await => "ok",
-        Some(_) => "failing",
-    };
-    let bus = match cache.bus() {
-        None => "none",
-        Some(bus) if bus.trusted() => "whole",
-        Some(_) => "broken",
-    };
-    let draining = state.service.draining();
-    let body = serde_json::json!({
-        "status": if draining { "draining" } else if healthy { "ok" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.service.uptime().as_secs(),
-        "stores": stores,
-        "cache": {"l2": l2, "bus": bus},
-    });
-    let status = if healthy && !draining {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok(json(status, Bytes::from(body.to_string())))
 }
 
 fn push_docs<'a>(out: &mut BytesMut, docs: impl Iterator<Item = Option<&'a Bytes>>) {
