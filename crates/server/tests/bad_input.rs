@@ -193,7 +193,20 @@ async fn methods_and_routes() {
         (r.status.as_u16(), r.code()),
         (405, "method_not_allowed".to_string())
     );
-    assert_eq!(c.get(&s.path("_txn")).await.code(), "method_not_allowed");
+    // RFC 9110: a 405 names the methods the resource has.
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PUT, PATCH, DELETE"));
+    let r = c.get(&s.path("_txn")).await;
+    assert_eq!(r.code(), "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = c.send(Method::DELETE, "/healthz", &[], None).await;
+    assert_eq!((r.status.as_u16(), r.header("allow")), (405, Some("GET")));
+    // Only the list route takes a query string.
+    let r = c.get(&s.path("players/p?x=1")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "bad_request".to_string())
+    );
+    assert_eq!(c.get(&s.path("players?limit=1")).await.status, 200);
     assert_eq!(
         c.get(&s.path("players/p/_incr")).await.code(),
         "method_not_allowed"

@@ -155,6 +155,32 @@ async fn every_token_of_a_subject_is_revoked(backend: Backend) {
         "invalid_id",
         "a bad sub",
     );
+    // A cutoff the stores cannot hold is refused, not wrapped into the past.
+    assert_code(
+        &s.client
+            .post(
+                &s.path("_revoke"),
+                r#"{"sub":"bob","before":18446744073709551615}"#,
+            )
+            .await,
+        400,
+        "bad_request",
+        "a cutoff past i64::MAX",
+    );
+    // A whole number written with a fraction counts (JSON Schema's `integer`).
+    let later = mint(&s, "dave").await;
+    let before = unix_now() + 60;
+    let body = format!(r#"{{"sub":"dave","before":{before}.0}}"#);
+    let r = s.client.post(&s.path("_revoke"), &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(status(&s, &later).await, 401);
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// An admin revokes an API key by its name: refused at once here (HTTP, and an open TCP

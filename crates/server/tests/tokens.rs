@@ -404,6 +404,20 @@ async fn a_player_touches_only_its_own_documents(backend: Backend) {
         "invalid_id",
         "a bad sub",
     );
+    // An admin key of every game mints only for a game that exists.
+    let admin = Http::new(format!("http://{}", s.running.addr));
+    assert_code(
+        &admin
+            .post("/api/v1/no_such_game/_token", r#"{"sub":"alice"}"#)
+            .await,
+        404,
+        "unknown_game",
+        "a token for a game that is not configured",
+    );
+    assert_eq!(
+        admin.post(&p("_token"), r#"{"sub":"alice"}"#).await.status,
+        200
+    );
 }
 
 async fn an_expired_token_ends_its_tcp_connection(backend: Backend) {

@@ -256,6 +256,11 @@ impl Service {
         &self.inner.budget
     }
 
+    /// `Ok` when `game` is configured, else the `unknown_game` error.
+    pub fn check_game(&self, game: &str) -> Result<(), ServiceError> {
+        self.game(game).map(|_| ())
+    }
+
     fn game(&self, game: &str) -> Result<&Game, ServiceError> {
         self.inner.games.get(game).ok_or_else(|| {
             ServiceError::new(ErrorCode::UnknownGame, format!("no game named {game:?}"))

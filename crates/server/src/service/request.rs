@@ -34,6 +34,30 @@ fn explicit_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// A whole number ≥ 0: an integer literal up to `u64::MAX`, or one written with a fraction of
+/// zero (`3.0`, as some JSON encoders write every number) up to 2^53, where floating point is
+/// still exact. JSON Schema's `integer` admits both forms.
+pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    let number = Number::deserialize(d)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= (1u64 << 53) as f64 => Ok(f as u64),
+        _ => Err(D::Error::custom(format!(
+            "{number} is not a whole number from 0 to 18446744073709551615"
+        ))),
+    }
+}
+
+/// [`whole`], or `null` / absent.
+pub fn whole_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole")] u64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+}
+
 /// Body of `PUT …/{id}`: `{"value": {…}, "owner": "…"}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +121,7 @@ pub struct PutOp {
     value: Value,
     #[serde(default, deserialize_with = "explicit_null")]
     owner: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     if_version: Option<u64>,
     /// Fail with `already_exists` if a live document exists.
     #[serde(default)]
@@ -110,7 +134,7 @@ pub struct PatchOp {
     collection: String,
     id: String,
     patch: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     if_version: Option<u64>,
 }
 
@@ -119,7 +143,7 @@ pub struct PatchOp {
 pub struct DeleteOp {
     collection: String,
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     if_version: Option<u64>,
 }
 
@@ -134,7 +158,7 @@ pub struct IncrOp {
     min: Option<Number>,
     #[serde(default)]
     max: Option<Number>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     if_version: Option<u64>,
 }
 
@@ -144,6 +168,7 @@ pub struct CheckOp {
     collection: String,
     id: String,
     /// The version the document must have; 0 asserts that it does not exist.
+    #[serde(deserialize_with = "whole")]
     version: u64,
 }
 
@@ -254,6 +279,20 @@ mod tests {
         .unwrap();
         let ops = exact.into_ops().unwrap();
         assert_eq!(ops[0].pre.if_version, Some(u64::MAX));
+        let whole = |json: &str| -> Result<Option<u64>, String> {
+            let body = format!(
+                r#"{{"ops":[{{"op":"delete","collection":"p","id":"1","if_version":{json}}}]}}"#
+            );
+            parse_json::<TxnRequest>(body.as_bytes())
+                .map(|t| t.into_ops().unwrap()[0].pre.if_version)
+                .map_err(|e| e.message)
+        };
+        assert_eq!(whole("3.0"), Ok(Some(3)));
+        assert_eq!(whole("9007199254740992.0"), Ok(Some(1 << 53)));
+        assert_eq!(whole("null"), Ok(None));
+        for bad in ["3.5", "-1", "-1.0", "1e300", "9007199254740994.0", "\"3\""] {
+            assert!(whole(bad).is_err(), "{bad} is refused");
+        }
         // (serde_json writes an exponent as e+16: the same number, the digits untouched)
         assert!(matches!(&ops[1].op, WriteOp::Incr(incr) if incr.by.to_string() == "1e+16"));
         let err = parse_json::<TxnRequest>(

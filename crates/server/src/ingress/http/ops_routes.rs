@@ -153,3 +153,31 @@ async fn health(state: &HttpState) -> HttpResult {
     };
     Ok(json(status, Bytes::from(body.to_string())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::endpoint::Endpoint;
+
+    /// The served OpenAPI document names exactly the router's route templates, so neither can
+    /// gain or lose a route without the other (schemathesis checks the rest against the
+    /// running server in scripts/test.sh).
+    #[test]
+    fn the_openapi_paths_are_the_routers_templates() {
+        let document: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut documented: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut routed: Vec<&str> = Endpoint::ALL
+            .iter()
+            .filter(|e| **e != Endpoint::Unmatched)
+            .map(|e| e.label())
+            .collect();
+        documented.sort_unstable();
+        routed.sort_unstable();
+        assert_eq!(documented, routed);
+    }
+}

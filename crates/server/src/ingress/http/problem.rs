@@ -2,7 +2,7 @@
 //! with the stable `code` member, plus small builders for JSON success responses.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, ETAG, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_TYPE, ETAG, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -40,10 +40,21 @@ pub fn response(error: &ServiceError) -> Response<Full<Bytes>> {
                 HeaderValue::from_static("Bearer realm=\"datamiddleware\""),
             );
         }
+        // RFC 9110 §15.5.6: a 405 lists the methods the resource has.
+        ErrorCode::MethodNotAllowed => {
+            if let Some(allowed) = error.message.strip_prefix(ALLOWED_PREFIX)
+                && let Ok(value) = HeaderValue::from_str(allowed)
+            {
+                headers.insert(ALLOW, value);
+            }
+        }
         _ => {}
     }
     response
 }
+
+/// How a 405's detail starts; the methods after it go into its `Allow` header.
+pub const ALLOWED_PREFIX: &str = "allowed methods: ";
 
 /// A JSON response with `status` and `body`.
 pub fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

@@ -114,6 +114,12 @@ async fn api(
     game: &str,
     rest: &[&str],
 ) -> HttpResult {
+    // Only the list route takes query parameters: elsewhere one is a client's mistake.
+    if !matches!(rest, [_collection]) && req.parts.uri.query().is_some_and(|q| !q.is_empty()) {
+        return Err(ServiceError::bad_request(
+            "this route takes no query parameters",
+        ));
+    }
     match rest {
         ["_txn"] => {
             only(&req, &[Method::POST])?;
@@ -255,6 +261,7 @@ async fn write_document(
         }
         _ => Err(method_not_allowed(&[
             Method::GET,
+            Method::HEAD,
             Method::PUT,
             Method::PATCH,
             Method::DELETE,
@@ -393,6 +400,9 @@ async fn mint(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) -> H
     require_json(&req, &["application/json"])?;
     let body: crate::auth::MintRequest = parse_json(&read_body(state, req).await?)?;
     let minted = crate::auth::mint_for(&state.auth, caller, game, &body.sub, body.ttl)?;
+    // After the caller's access was checked, as on every route: only a caller who may use
+    // the game learns whether it exists.
+    state.service.check_game(game)?;
     Ok(json(StatusCode::OK, Bytes::from(minted.to_json())))
 }
 
@@ -403,6 +413,7 @@ struct RevokeBody {
     jti: Option<String>,
     /// Every token of this subject issued at or before `before` (default: now).
     sub: Option<String>,
+    #[serde(default, deserialize_with = "crate::service::request::whole_or_null")]
     before: Option<u64>,
     /// The configured API key of this name, for good.
     key: Option<String>,
@@ -419,6 +430,12 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
         (Some(jti), None, None, None) if !jti.is_empty() && jti.len() <= 255 => ("jti", jti, 0),
         (None, Some(sub), before, None) => {
             crate::model::check_id(&sub, "sub")?;
+            // Stored as a signed 64-bit number of seconds (the SQL stores have no unsigned).
+            if before.is_some_and(|b| b > i64::MAX as u64) {
+                return Err(ServiceError::bad_request(
+                    "before: at most 9223372036854775807 (unix seconds)",
+                ));
+            }
             ("sub", sub, before.unwrap_or(now))
         }
         (None, None, None, Some(name)) => match state.auth.key_digest(&name) {
@@ -436,7 +453,7 @@ async fn revoke(state: &HttpState, req: Req<'_>, caller: &Caller, game: &str) ->
         },
         _ => {
             return Err(ServiceError::bad_request(
-                "give {\"jti\": \"<1-255 characters>\"}, {\"sub\": \"<id>\", \"before\": <unix seconds, optional>} or {\"key\": \"<API key name>\"}",
+                "give {\"jti\": \"<1-255 bytes>\"}, {\"sub\": \"<id>\", \"before\": <unix seconds, optional>} or {\"key\": \"<API key name>\"}",
             ));
         }
     };
@@ -631,7 +648,7 @@ fn method_not_allowed(allowed: &[Method]) -> ServiceError {
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     ServiceError::new(
         ErrorCode::MethodNotAllowed,
-        format!("allowed methods: {}", names.join(", ")),
+        format!("{}{}", super::problem::ALLOWED_PREFIX, names.join(", ")),
     )
 }
 

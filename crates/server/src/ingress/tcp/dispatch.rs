@@ -92,7 +92,7 @@ pub async fn handle(
             auth,
             game,
             request,
-        } => mint(&auth, caller, &game, &request),
+        } => mint(service, &auth, caller, &game, &request),
     };
     result.unwrap_or_else(|e| (error_message(&e), None))
 }
@@ -131,6 +131,7 @@ async fn txn(
 
 /// MINT: the same rule and answer as the HTTP `_token`.
 fn mint(
+    service: &Service,
     auth: &Authenticator,
     caller: &Caller,
     game: &str,
@@ -138,6 +139,7 @@ fn mint(
 ) -> Result<Response, ServiceError> {
     let body: MintRequest = parse_json(request)?;
     let minted = crate::auth::mint_for(auth, caller, game, &body.sub, body.ttl)?;
+    service.check_game(game)?;
     Ok((
         Message::Token {
             token: Bytes::from(minted.to_json()),
