@@ -553,6 +553,9 @@ pub struct MetricsConfig {
     /// `tokio_worker_stalls_total`): a blocking call inside a task, or a saturated worker.
     #[serde(with = "humantime_serde")]
     pub stall_threshold: Duration,
+    /// Sample allocations (one per 512 KiB allocated on average) from the start, so that
+    /// `GET /debug/pprof/heap` can show where the memory held was allocated.
+    pub heap_sampling: bool,
 }
 
 impl Default for MetricsConfig {
@@ -560,6 +563,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             stall_threshold: Duration::from_secs(2),
+            heap_sampling: true,
         }
     }
 }

@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// jemalloc's own options (heap profiling compiled in but inactive; one sample per 512 KiB)
+// are built into it by .cargo/config.toml: declaring `malloc_conf` here would take unsafe code.
+
 #[derive(Parser)]
 #[command(
     name = "datamiddleware",
@@ -269,6 +272,11 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> Exit
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        if config.metrics.heap_sampling
+            && !datamiddleware::ops::profiling::start_heap_sampling().await
+        {
+            tracing::warn!("heap sampling is not available in this build");
+        }
         let running = match datamiddleware::app::start(config).await {
             Ok(running) => running,
             Err(e) => {

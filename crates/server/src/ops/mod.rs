@@ -10,5 +10,6 @@ pub mod logs;
 pub mod metrics;
 pub mod pools;
 mod process;
+pub mod profiling;
 mod runtime;
 pub mod stalls;

@@ -13,6 +13,7 @@ use super::problem::json;
 use super::routes::credential;
 use crate::auth::Access;
 use crate::error::ServiceError;
+use crate::ops::profiling::{self, CpuFormat, MAX_SECONDS};
 
 type HttpResult = Result<Response<Full<Bytes>>, ServiceError>;
 
@@ -36,11 +37,61 @@ pub(super) async fn route(state: &HttpState, parts: &Parts, path: &str) -> HttpR
         "metrics" => metrics(state, &parts.headers).await,
         "admin" => Ok(static_file(ADMIN_PAGE, "text/html; charset=utf-8")),
         "openapi.json" => Ok(static_file(OPENAPI, "application/json")),
+        "profile" => {
+            admin_only(state, &parts.headers, "only admin keys take profiles")?;
+            let (seconds, format) = profile_query(parts.uri.query().unwrap_or(""))?;
+            let body = profiling::cpu(seconds, format).await?;
+            let content_type = match format {
+                CpuFormat::Protobuf => "application/octet-stream",
+                CpuFormat::Svg => "image/svg+xml",
+            };
+            Ok(binary(body, content_type))
+        }
         _ => {
-            admin_only(state, &parts.headers, "only admin keys read profiles")?;
-            Err(ServiceError::bad_request("profiling is not built yet"))
+            admin_only(state, &parts.headers, "only admin keys take profiles")?;
+            Ok(binary(profiling::heap().await?, "application/octet-stream"))
         }
     }
+}
+
+/// `seconds` (1 to 300, default 10) and `format` (`protobuf`, the default, or `svg`).
+fn profile_query(query: &str) -> Result<(u64, CpuFormat), ServiceError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        seconds: Option<u64>,
+        format: Option<String>,
+    }
+    let query: Query = serde_urlencoded::from_str(query).map_err(|e| {
+        ServiceError::bad_request(format!(
+            "query: {e} (seconds=1..{MAX_SECONDS}, format=protobuf|svg)"
+        ))
+    })?;
+    let seconds = query.seconds.unwrap_or(10);
+    if !(1..=MAX_SECONDS).contains(&seconds) {
+        return Err(ServiceError::bad_request(format!(
+            "seconds: from 1 to {MAX_SECONDS}"
+        )));
+    }
+    let format = match query.format.as_deref() {
+        None | Some("protobuf") => CpuFormat::Protobuf,
+        Some("svg") => CpuFormat::Svg,
+        Some(other) => {
+            return Err(ServiceError::bad_request(format!(
+                "format {other:?}: protobuf or svg"
+            )));
+        }
+    };
+    Ok((seconds, format))
+}
+
+/// A profile: bytes, not to be cached.
+fn binary(body: Vec<u8>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// A page or document compiled into the binary.
