@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against SQLite and real PostgreSQL, MySQL/MariaDB and Redis servers
-# (a standalone Redis on 6379 and a 6-node Redis Cluster on 7000-7005), then the Go client's
-# tests (installing golang-go when absent) against the server binary.
+# (a standalone Redis on 6379 and a 6-node Redis Cluster on 7000-7005), then, against the server
+# binary: the Go client's tests (installing golang-go when absent), schemathesis against the
+# OpenAPI document (scripts/schemathesis.sh), the status page in headless Chromium
+# (scripts/admin-page-test.sh) and the shipped nginx and HAProxy configs in front of three
+# instances (scripts/lb-test.sh). DATAMIDDLEWARE_SKIP_SYSTEM_TESTS=1 skips those last three.
 # Starts a server that is down, installing it from Debian packages when absent (needs root),
 # then exports DATAMIDDLEWARE_TEST_POSTGRES_URL / DATAMIDDLEWARE_TEST_MYSQL_URL /
 # DATAMIDDLEWARE_TEST_REDIS_URL / DATAMIDDLEWARE_TEST_REDIS_CLUSTER_NODES for the backend suites.
@@ -37,4 +40,12 @@ cargo build --quiet --bin datamiddleware
   DATAMIDDLEWARE_BIN="$PWD/../../target/debug/datamiddleware" CI="${CI:-}" \
     GOFLAGS=-mod=mod GOPROXY=off go test -count=1 ./...
 ) || status=$?
+
+# Whole-system tests of the binary, each installing what it needs when absent.
+if [[ "${DATAMIDDLEWARE_SKIP_SYSTEM_TESTS:-}" != 1 ]]; then
+  for script in schemathesis.sh admin-page-test.sh lb-test.sh; do
+    log "$script against target/debug/datamiddleware"
+    DATAMIDDLEWARE_BIN=target/debug/datamiddleware "scripts/$script" || status=$?
+  done
+fi
 exit "$status"

@@ -16,6 +16,9 @@ use crate::model::{DOCUMENT_ENVELOPE_BYTES, is_valid_name};
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// A machine size whose limits and memory budgets replace the built-in defaults (keys set
+    /// in the file or the environment still win); see [`profiles`].
+    pub profile: Option<profiles::Profile>,
     pub http: HttpConfig,
     pub tcp: TcpConfig,
     pub auth: AuthConfig,
@@ -677,16 +680,29 @@ impl Config {
     /// Loads defaults, then the TOML file (if any), then `DMW_` environment variables
     /// (`__` separates levels: `DMW_HTTP__LISTEN=0.0.0.0:8080`), then CLI overrides; validates.
     pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // The file, then the environment: what the operator set.
+        let mut set = Figment::new();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.display().to_string()));
             }
-            figment = figment.merge(Toml::file(path));
+            set = set.merge(Toml::file(path));
         }
         // DMW_CONFIG names the file (a CLI concern), not a setting.
-        figment = figment.merge(Env::prefixed("DMW_").split("__").ignore(&["config"]));
+        set = set.merge(Env::prefixed("DMW_").split("__").ignore(&["config"]));
+        let profile: Option<profiles::Profile> = set
+            .extract_inner("profile")
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
+            .or_else(|e| match e {
+                ConfigError::Parse(e) if e.missing() => Ok(None),
+                e => Err(e),
+            })?;
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(profile) = profile {
+            figment = figment.merge(Serialized::defaults(profile.settings()));
+        }
         let mut config: Config = figment
+            .merge(set)
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         if let Some(listen) = cli.listen {
@@ -893,6 +909,7 @@ impl Config {
     }
 }
 
+pub mod profiles;
 mod security;
 #[cfg(test)]
 mod tests;

@@ -372,3 +372,19 @@ fn token_keys_are_validated_naming_the_entry() {
         problem(&long_leeway)
     );
 }
+
+#[test]
+fn a_profile_sets_the_defaults_that_scale_and_the_file_still_wins() {
+    let plain = load_toml("").unwrap();
+    let small = load_toml("profile = \"small\"\n[http]\nmax_connections = 123\n").unwrap();
+    assert_eq!(small.profile, Some(profiles::Profile::Small));
+    assert_eq!(small.http.max_connections, 123, "the file's key wins");
+    assert_eq!(small.tcp.max_connections, 50_000);
+    assert_eq!(small.cache.l1_max_bytes, 2 << 30);
+    assert_eq!(small.store.max_connections, 32);
+    assert_ne!(small.tcp.max_connections, plain.tcp.max_connections);
+    let large = load_toml("profile = \"large\"\n").unwrap();
+    assert_eq!(large.http.max_in_flight, 16 * 1_024);
+    assert_eq!(large.responses.max_total_bytes, 2 << 30);
+    assert!(problem("profile = \"huge\"\n").contains("huge"));
+}
