@@ -339,6 +339,30 @@ async fn cache_tiers_are_exposed() {
     assert_eq!(value(&text, "l2_breaker_open"), Some(0.0));
     assert_eq!(value(&text, "bus_trusted"), Some(1.0));
     assert!(value(&text, "bus_published_total").unwrap() >= 1.0);
+    let lookups = |tier: &str, result: &str| {
+        value(
+            &text,
+            &format!("cache_lookups_total{{tier=\"{tier}\",result=\"{result}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {tier} {result} series: {text}"))
+    };
+    assert!(lookups("l2", "miss") >= 1.0, "the absent id missed L2");
+    let hits_before = lookups("l1", "hit");
+    // The id is now remembered as missing; the document is in L1.
+    assert_eq!(s.client.get(&s.path("players/absent")).await.status, 404);
+    assert_eq!(s.client.get(&path).await.status, 200);
+    let text = scrape(&s).await;
+    let lookups = |tier: &str, result: &str| {
+        value(
+            &text,
+            &format!("cache_lookups_total{{tier=\"{tier}\",result=\"{result}\"}}"),
+        )
+        .unwrap()
+    };
+    assert_eq!(lookups("l1", "hit"), hits_before + 1.0, "{text}");
+    assert!(lookups("l1", "negative") >= 1.0, "{text}");
+    assert!(lookups("l1", "miss") >= 1.0, "{text}");
+    assert!(lookups("l1", "coalesced") >= 0.0);
     // Without Redis there is no L2 or bus figure at all (rather than zeros that look alive).
     let alone = start(true).await;
     let text = scrape(&alone).await;

@@ -92,6 +92,7 @@ pub struct L1 {
 
 struct Inner {
     entries: quick_cache::sync::Cache<Box<str>, Entry, EntryWeighter>,
+    lookups: super::lookups::Lookups,
     stripes: Box<[Mutex<Stripe>]>,
     hasher: foldhash::fast::RandomState,
 }
@@ -109,10 +110,16 @@ impl L1 {
         L1 {
             inner: Arc::new(Inner {
                 entries,
+                lookups: Default::default(),
                 stripes,
                 hasher: Default::default(),
             }),
         }
+    }
+
+    /// Lookups by result (counted by the cache's front door and by [`L1::load_once`]).
+    pub fn lookups(&self) -> &super::lookups::Lookups {
+        &self.inner.lookups
     }
 
     /// The unexpired entry for `key`, if any.
@@ -142,14 +149,17 @@ impl L1 {
             // A flight fills and leaves under this lock: a caller that missed just before it
             // finished finds its result here instead of starting a second load.
             if serve_hits && let Some(hit) = self.get(key) {
+                self.inner.lookups.coalesced.add();
                 return Ok((hit, Tier::L1));
             }
             guard.inflight.entry(key.into()).or_default().clone()
         };
         // The closure runs only in the caller that drives the load; if that caller is
         // cancelled, a waiting caller runs its own closure instead (OnceCell semantics).
-        flight
+        let drove = std::sync::atomic::AtomicBool::new(false);
+        let answer = flight
             .get_or_init(|| async {
+                drove.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _done = FlightGuard {
                     l1: self,
                     stripe,
@@ -164,7 +174,11 @@ impl L1 {
                 loaded
             })
             .await
-            .clone()
+            .clone();
+        if !drove.load(std::sync::atomic::Ordering::Relaxed) {
+            self.inner.lookups.coalesced.add();
+        }
+        answer
     }
 
     /// Call before a write transaction or a store read of `key` starts.

@@ -14,6 +14,7 @@ mod coalesce;
 pub mod key;
 pub mod l1;
 pub mod l2;
+pub mod lookups;
 pub mod sketch;
 
 use std::sync::Arc;
@@ -171,10 +172,18 @@ impl Cache {
     /// L1's answer for `key`, synchronously (the inline hit path): `None` on a miss, or while
     /// the caches are not trusted.
     pub fn cached(&self, key: &str) -> Option<Cached> {
-        if !self.trusted() {
-            return None;
+        let lookups = self.l1.lookups();
+        let found = if self.trusted() {
+            self.l1.get(key)
+        } else {
+            None
+        };
+        match &found {
+            Some(Cached::Doc { .. }) => lookups.hit.add(),
+            Some(Cached::Missing { .. }) => lookups.negative.add(),
+            None => lookups.miss.add(),
         }
-        self.l1.get(key)
+        found
     }
 
     /// Reads `key`, which L1 just missed ([`Cache::cached`]), through L2 and the store; `load`

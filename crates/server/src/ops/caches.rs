@@ -56,6 +56,34 @@ impl Collector for Caches {
             "Bytes L1 holds (keys, encoded documents, bookkeeping), at most cache.l1_max_bytes",
             l1.weight(),
         )?;
+        let mut results = Vec::with_capacity(6);
+        let lookups = l1.lookups();
+        for (result, count) in [
+            ("hit", &lookups.hit),
+            ("negative", &lookups.negative),
+            ("miss", &lookups.miss),
+            ("coalesced", &lookups.coalesced),
+        ] {
+            results.push(("l1", result, count.sum()));
+        }
+        if let Some(l2) = cache.l2() {
+            let c = l2.counters();
+            let (asked, found) = (read(&c.lookups), read(&c.hits));
+            results.push(("l2", "hit", found));
+            results.push(("l2", "miss", asked.saturating_sub(found)));
+        }
+        let mut family = e.encode_descriptor(
+            "cache_lookups",
+            "Cache lookups by tier and result: hit (a document), negative (a remembered miss), \
+             miss; coalesced: of the L1 misses, those that joined a load already in flight",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        // One descriptor, then each labelled series of it.
+        for (tier, result, count) in results {
+            let labels = [("tier", tier), ("result", result)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
         if let Some(l2) = cache.l2() {
             let c = l2.counters();
             counter(

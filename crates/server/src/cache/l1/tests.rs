@@ -156,6 +156,11 @@ async fn concurrent_misses_share_one_load() {
     let results = futures::future::join_all(calls).await;
     assert!(results.iter().all(|r| r.as_ref().unwrap().0 == doc(7)));
     assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        l1.lookups().coalesced.sum(),
+        99,
+        "every caller but the one that loaded joined its load"
+    );
     let (hit, tier) = l1.get_or_load("k", |_| TTL, load).await.unwrap();
     assert_eq!((hit, tier), (doc(7), Tier::L1));
 }
