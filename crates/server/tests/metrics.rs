@@ -363,6 +363,38 @@ async fn cache_tiers_are_exposed() {
     assert!(lookups("l1", "negative") >= 1.0, "{text}");
     assert!(lookups("l1", "miss") >= 1.0, "{text}");
     assert!(lookups("l1", "coalesced") >= 0.0);
+    // Another instance's write reaches this one over the bus: its delay is measured.
+    let other = s
+        .sibling_with(|c| {
+            redis.configure(c, &prefix);
+        })
+        .await;
+    assert_eq!(
+        other
+            .client
+            .put(&path, r#"{"value":{"gold":2}}"#)
+            .await
+            .status,
+        200
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = scrape(&s).await;
+        let count = value(&text, "cache_invalidation_delay_seconds_count").unwrap_or(0.0);
+        if count >= 1.0 {
+            let sum = value(&text, "cache_invalidation_delay_seconds_sum").unwrap();
+            assert!(
+                sum < count,
+                "under a second each on one machine: {sum} for {count}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delay measured: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Without Redis there is no L2 or bus figure at all (rather than zeros that look alive).
     let alone = start(true).await;
     let text = scrape(&alone).await;

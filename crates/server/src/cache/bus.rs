@@ -18,8 +18,9 @@
 //! that bound. A clean shutdown says goodbye (`B`) and is forgotten at once.
 //!
 //! Message format (text): `<instance> <seq> H` (heartbeat), `<instance> <seq> I <key> <version>
-//! …` (changes; `i` from an instance not caught up, not a heartbeat), `<instance> <seq> B`
-//! (goodbye).
+//! … @<unix µs>` (changes; `i` from an instance not caught up, not a heartbeat; the last token,
+//! the publisher's clock when it sent them, gives the invalidation delay — a receiver that does
+//! not know it ends its key/version loop there), `<instance> <seq> B` (goodbye).
 //!
 //! The bus also carries a hint that token revocations changed (the change of the key
 //! [`REVOCATIONS`], which no document key can be): receivers read the revocation table at once
@@ -66,6 +67,8 @@ pub struct BusCounters {
     pub distrusted: AtomicU64,
     /// Revocation announcements received from other instances.
     pub revocation_hints: AtomicU64,
+    /// From another instance's publish (its clock) to this one applying the changes.
+    pub delay: crate::ops::histogram::Histogram,
 }
 
 /// The bus handle held by the cache.
@@ -308,6 +311,7 @@ impl Bus {
                 for change in &batch {
                     message.push_str(&format!(" {} {}", change.key, change.version));
                 }
+                message.push_str(&format!(" @{}", unix_micros()));
             }
             if conn.is_none() {
                 conn = self.connect(&clients[node % clients.len()]).await;
@@ -461,7 +465,15 @@ impl Bus {
         if from == self.id || !matches!(kind, Some("I" | "i")) {
             return; // this instance's own changes are in its L1 already
         }
-        while let (Some(key), Some(Ok(version))) = (parts.next(), parts.next().map(str::parse)) {
+        let mut sent_at = None;
+        while let Some(key) = parts.next() {
+            if let Some(micros) = key.strip_prefix('@') {
+                sent_at = micros.parse::<u64>().ok();
+                break;
+            }
+            let Some(Ok(version)) = parts.next().map(str::parse) else {
+                break;
+            };
             if key == REVOCATIONS {
                 self.counters
                     .revocation_hints
@@ -471,6 +483,11 @@ impl Bus {
             }
             l1.remote_write(key, version);
             self.counters.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sent_at) = sent_at {
+            // A clock behind the publisher's reads as no delay rather than a negative one.
+            let delay = unix_micros().saturating_sub(sent_at);
+            self.counters.delay.observe(Duration::from_micros(delay));
         }
     }
 
@@ -531,6 +548,13 @@ impl Bus {
     }
 }
 
+/// This machine's clock in microseconds since 1970 (0 before it).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +601,17 @@ mod tests {
             "version 9 is not older than 9"
         );
         assert_eq!(bus.counters.applied.load(Ordering::Relaxed), 2);
+        assert_eq!(bus.counters.delay.count(), 0, "no send time, no delay");
+        // With the publisher's send time: the changes still apply, and the delay is measured.
+        fill(&l1, "g/c/d", 3);
+        let sent = unix_micros() - 5_000;
+        let message = format!("other 2 I g/c/d 4 @{sent}");
+        bus.receive(message.as_bytes(), &l1, &heard);
+        assert_eq!(l1.get("g/c/d"), None);
+        assert_eq!(bus.counters.applied.load(Ordering::Relaxed), 3);
+        assert_eq!(bus.counters.delay.count(), 1);
+        let seconds = bus.counters.delay.sum_seconds();
+        assert!((0.005..1.0).contains(&seconds), "{seconds}");
         fill(&l1, "g/c/a", 3);
         bus.receive(b"me 1 I g/c/a 5", &l1, &heard);
         assert_eq!(

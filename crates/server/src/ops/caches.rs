@@ -139,6 +139,14 @@ impl Collector for Caches {
                 "Times this instance stopped trusting its caches",
                 read(&c.distrusted),
             )?;
+            let delay = e.encode_descriptor(
+                "cache_invalidation_delay_seconds",
+                "From another instance publishing committed changes (its clock) to this one \
+                 applying them to L1",
+                None,
+                c.delay.metric_type(),
+            )?;
+            c.delay.encode(delay)?;
             gauge(
                 &mut e,
                 "bus_trusted",

@@ -56,6 +56,11 @@ impl Histogram {
             .map(|b| b.load(Ordering::Relaxed))
             .sum()
     }
+
+    /// The sum of the observations, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
 }
 
 impl TypedMetric for Histogram {
