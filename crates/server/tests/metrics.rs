@@ -409,6 +409,16 @@ async fn cache_tiers_are_exposed() {
 /// reports it (a warning and `tokio_worker_stalls_total`) once past `metrics.stall_threshold`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_worker_is_reported() {
+    // The warning goes to the log: catch this process's lines (nextest runs each test in a
+    // process of its own, so the global subscriber is this test's).
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
     let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.metrics.stall_threshold = std::time::Duration::from_secs(1);
     })
@@ -428,4 +438,27 @@ async fn a_blocked_worker_is_reported() {
         "{text}"
     );
     assert_eq!(value(&text, "tokio_task_growth_warnings_total"), Some(0.0));
+    let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("without a break past the threshold"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    assert!(
+        warning.contains("running_s=") && warning.contains("threshold_s=1"),
+        "the warning gives its numbers: {warning}"
+    );
+}
+
+/// Log lines written during a test.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
