@@ -9,9 +9,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+
+mod reload;
 use crate::service::Service;
 use crate::store::StoreError;
 use crate::{auth, ingress};
+pub use reload::Reloaded;
+use reload::{Change, differences, live_part, quiet, token_secrets_differ};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,13 @@ pub struct Running {
     pub service: Service,
     /// The keys in force; [`Running::reload`] replaces them.
     pub authenticator: Arc<auth::Authenticator>,
+    /// The configuration in force: the one started with, plus what reloads applied. Its lock
+    /// makes reloads one at a time.
+    config: parking_lot::Mutex<Config>,
+    /// The HTTP limits in force (every HTTP listener's).
+    http: Arc<ingress::http::HttpLive>,
+    /// The TCP limits in force for new connections, when the TCP front end is enabled.
+    tcp: Option<Arc<ingress::tcp::TcpLive>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     hot_keys_file: Option<std::path::PathBuf>,
@@ -102,8 +113,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )
         .map_err(StartError::Auth)?,
     );
-    if !authenticator.limits().is_empty() {
-        // Ends with the last reference to the authenticator (the server stopped).
+    {
+        // Also without any limit: a reload may add one. Ends with the last reference to the
+        // authenticator (the server stopped).
         let weak = Arc::downgrade(&authenticator);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(auth::limits::CLEAN_EVERY);
@@ -149,7 +161,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let https = ingress::http::serve(
             listener,
             Some(certificate.clone()),
-            http_state,
+            http_state.clone(),
             stopped(stop.clone()),
         );
         tasks.push(tokio::spawn(https));
@@ -166,17 +178,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let mut tcp_addr = None;
     let mut tcp_tls_addr = None;
+    let mut tcp = None;
     if config.tcp.enabled {
         let wanted = config.tcp.listen;
         let listener =
             ingress::tcp::bind(wanted, config.tcp.reuse_port).map_err(bind_error(wanted))?;
         tcp_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
+        let tcp_live =
+            ingress::tcp::TcpLive::new(service.clone(), config.tcp.clone(), authenticator.clone());
+        tcp = Some(tcp_live.clone());
         tasks.push(tokio::spawn(ingress::tcp::serve(
             listener,
             None,
-            service.clone(),
-            config.tcp.clone(),
-            authenticator.clone(),
+            tcp_live.clone(),
             config.http.shutdown_grace,
             stopped(stop.clone()),
         )));
@@ -187,9 +201,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tasks.push(tokio::spawn(ingress::tcp::serve(
                 listener,
                 Some(certificate.clone()),
-                service.clone(),
-                config.tcp.clone(),
-                authenticator.clone(),
+                tcp_live,
                 config.http.shutdown_grace,
                 stopped(stop),
             )));
@@ -203,11 +215,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tls,
         service,
         authenticator,
+        http: http_state,
+        tcp,
         shutdown,
         tasks,
         hot_keys_file: config.warmup.hot_keys_file.clone(),
         shutdown_grace: config.http.shutdown_grace,
         drain_delay: config.http.drain_delay,
+        config: parking_lot::Mutex::new(config),
     })
 }
 
@@ -247,31 +262,106 @@ async fn poll_revocations(
 }
 
 impl Running {
-    /// Applies what can change without a restart from a new, valid configuration (the API
-    /// keys), logging what changed and what would need a restart.
+    /// Applies what can change without a restart from a new, valid configuration, logging
+    /// what changed and what would need a restart (see [`Running::reload_report`]).
     pub fn reload(&self, new: &Config) {
+        self.reload_report(new);
+    }
+
+    /// Applies what can change without a restart from `new` (already validated): the TLS
+    /// certificate and the API and token keys (read again), the rate limits, the lifetimes
+    /// and `max_document_bytes` of the running collections, `[responses]`,
+    /// `http.max_in_flight` and `http.max_body_bytes` (from the next request), and
+    /// `tcp.max_in_flight` and `tcp.max_frame_bytes` (for new connections). Everything else
+    /// that differs — games, collections and stores added, removed or changed included — is
+    /// kept as it runs and logged as taking a restart. Logs one line per change; returns
+    /// what it did.
+    pub fn reload_report(&self, new: &Config) -> Reloaded {
+        let mut running = self.config.lock();
+        let effective = live_part(&running, new);
+        if let Err(e) = effective.validate() {
+            tracing::error!(
+                error = %e,
+                "reload: the new values do not hold together with those kept until a restart; \
+                 nothing was applied"
+            );
+            return Reloaded {
+                refused: Some(e.to_string()),
+                ..Reloaded::default()
+            };
+        }
         if let Some(tls) = &self.tls {
-            match tls.reload(&new.tls) {
+            match tls.reload(&effective.tls) {
                 Ok(()) => tracing::info!("configuration reloaded: TLS certificate read again"),
                 Err(e) => {
                     tracing::error!(error = %e, "reload: the TLS certificate in force is kept")
                 }
             }
         }
-        if new.auth.enabled != self.authenticator.enabled() {
-            tracing::warn!("auth.enabled changed: that takes a restart; the keys are reloaded");
-        }
-        let changes = self.authenticator.reload(&new.auth);
-        if changes.is_empty() {
-            tracing::info!("configuration reloaded: token keys read again, no API key changed");
-        } else {
+        let keys = self.authenticator.reload(&effective.auth);
+        if !keys.is_empty() {
             tracing::info!(
-                added = ?changes.added,
-                removed = ?changes.removed,
-                changed = ?changes.changed,
+                added = ?keys.added,
+                removed = ?keys.removed,
+                changed = ?keys.changed,
                 "configuration reloaded: API keys replaced"
             );
         }
+        self.authenticator.limits().reload(&effective.rate_limits);
+        self.http
+            .reload(&effective.http, effective.log.access_sample);
+        if let Some(tcp) = &self.tcp {
+            tcp.reload(&effective.tcp);
+        }
+        self.service.reload(&effective);
+
+        let mut report = Reloaded::default();
+        for (key, change) in differences(&running, &effective) {
+            if key.starts_with("auth.keys") {
+                continue; // by name above, never by digest
+            }
+            match change {
+                Change::Changed(old, new) if !quiet(&key) => {
+                    tracing::info!("configuration reloaded: {key}: {old} → {new}")
+                }
+                _ => tracing::info!("configuration reloaded: {key} changed"),
+            }
+            report.applied.push(key);
+        }
+        if token_secrets_differ(&running, &effective)
+            && !report.applied.iter().any(|k| k == "auth.tokens.keys")
+        {
+            tracing::info!("configuration reloaded: auth.tokens.keys changed");
+            report.applied.push("auth.tokens.keys".to_string());
+        }
+        for (key, change) in differences(&effective, new) {
+            let what = match change {
+                Change::Added if key.starts_with("games.") => "added",
+                Change::Removed if key.starts_with("games.") => "removed",
+                _ => "changed",
+            };
+            if key.starts_with("games.") {
+                tracing::warn!(
+                    "{key} {what}: takes a restart (games, collections and stores); the running \
+                     set is kept until then"
+                );
+            } else {
+                tracing::warn!("{key} {what}: takes a restart; the running value is kept");
+            }
+            report.needs_restart.push(key);
+        }
+        if report.applied.is_empty() && report.needs_restart.is_empty() && keys.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
+        }
+        report.api_keys_changed = !keys.is_empty();
+        *running = effective;
+        report
+    }
+
+    /// The configuration in force: the one the server started with, plus what reloads
+    /// applied.
+    pub fn config(&self) -> Config {
+        self.config.lock().clone()
     }
 
     /// Stops accepting, drains in-flight requests (up to the grace period) and returns.

@@ -9,7 +9,7 @@ use super::{
     BatchDocs, DEFAULT_LIST_LIMIT, ListPage, MAX_BATCH_IDS, MAX_LIST_LIMIT, Service, to_cached,
 };
 use crate::auth::{Access, Caller};
-use crate::cache::{Cached, Ttls, cache_key};
+use crate::cache::{Cached, cache_key};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DOCUMENT_ENVELOPE_BYTES, check_id, is_owned_by};
 
@@ -68,7 +68,9 @@ impl Service {
             .map(|id| cache_key(game_name, collection, id))
             .collect();
         let budget = &self.inner.budget;
-        let mut batch = self.inner.cache.batch(keys, Ttls::of(config));
+        // Read once: a reload during this request must not change them halfway.
+        let (max_bytes, max_document_bytes) = (budget.max_bytes(), config.max_document_bytes());
+        let mut batch = self.inner.cache.batch(keys, config.ttls());
         // For each requested id, its distinct key (found once, used by every step below).
         let slot_of: Vec<usize> = ids
             .iter()
@@ -85,14 +87,14 @@ impl Service {
             )
         };
         let mut hit_bytes = found_bytes(&batch);
-        if hit_bytes > budget.max_bytes {
-            return Err(answer_too_large(hit_bytes, budget.max_bytes));
+        if hit_bytes > max_bytes {
+            return Err(answer_too_large(hit_bytes, max_bytes));
         }
         if !batch.missing().is_empty() {
             batch.read_l2().await;
             hit_bytes = found_bytes(&batch);
-            if hit_bytes > budget.max_bytes {
-                return Err(answer_too_large(hit_bytes, budget.max_bytes));
+            if hit_bytes > max_bytes {
+                return Err(answer_too_large(hit_bytes, max_bytes));
             }
         }
         let missing = batch.missing();
@@ -107,9 +109,9 @@ impl Service {
         }
         // The store is asked for no more than what still fits (plus one value), and this
         // request holds the most it can receive until the read is done.
-        let room = budget.max_bytes - hit_bytes;
-        let worst = (missing.len() * (config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
-            .min(room + config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
+        let room = max_bytes - hit_bytes;
+        let worst = (missing.len() * (max_document_bytes + DOCUMENT_ENVELOPE_BYTES))
+            .min(room + max_document_bytes + DOCUMENT_ENVELOPE_BYTES);
         let mut permit = budget.reserve(hit_bytes + worst).await?;
         let miss_ids: Vec<&str> = missing.iter().map(|index| unique[*index]).collect();
         self.inner.metrics.store.reads.inc();
@@ -118,10 +120,7 @@ impl Service {
             .await?;
         if many.value_bytes > room {
             // Some rows were left out: none of them may be taken for "missing".
-            return Err(answer_too_large(
-                hit_bytes + many.value_bytes,
-                budget.max_bytes,
-            ));
+            return Err(answer_too_large(hit_bytes + many.value_bytes, max_bytes));
         }
         for (index, id) in missing.into_iter().zip(miss_ids) {
             batch.loaded(index, to_cached(id, many.rows.get(id)));
@@ -129,8 +128,8 @@ impl Service {
         let (found, tier) = batch.finish();
         let found = answer(&found);
         let bytes = documents_bytes(found.iter().flatten());
-        if bytes > budget.max_bytes {
-            return Err(answer_too_large(bytes, budget.max_bytes));
+        if bytes > max_bytes {
+            return Err(answer_too_large(bytes, max_bytes));
         }
         budget.fit(&mut permit, bytes).await?;
         Ok(BatchDocs {
@@ -174,19 +173,17 @@ impl Service {
             )));
         }
         let budget = &self.inner.budget;
-        let per_doc = config.max_document_bytes + DOCUMENT_ENVELOPE_BYTES;
-        let worst = ((limit + 1) * per_doc).min(budget.max_bytes + per_doc);
+        // Read once: a reload during this request must not change them halfway.
+        let max_bytes = budget.max_bytes();
+        let per_doc = config.max_document_bytes() + DOCUMENT_ENVELOPE_BYTES;
+        let worst = ((limit + 1) * per_doc).min(max_bytes + per_doc);
         let mut permit = budget.reserve(worst).await?;
         self.inner.metrics.store.reads.inc();
         let page = self
-            .budget(game.store.list(
-                game_name,
-                collection,
-                owner,
-                cursor,
-                limit + 1,
-                budget.max_bytes,
-            ))
+            .budget(
+                game.store
+                    .list(game_name, collection, owner, cursor, limit + 1, max_bytes),
+            )
             .await?;
         let mut rows = page.rows;
         let mut more = page.cut || rows.len() > limit;
@@ -198,7 +195,7 @@ impl Service {
             let Cached::Doc { body, .. } = to_cached(id, Some(row)) else {
                 continue;
             };
-            if bytes + body.len() > budget.max_bytes && !docs.is_empty() {
+            if bytes + body.len() > max_bytes && !docs.is_empty() {
                 more = true;
                 break;
             }

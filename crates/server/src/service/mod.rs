@@ -19,13 +19,13 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::auth::{Access, Caller};
-use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch};
+use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch, Ttls};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, StoredDoc, Tier, encode_document};
@@ -119,7 +119,69 @@ pub fn txn_results_json(outcomes: &[OpOutcome]) -> Bytes {
 
 struct Game {
     store: Store,
-    collections: FastMap<String, CollectionConfig>,
+    collections: FastMap<String, Collection>,
+}
+
+/// A collection's rules. The lifetimes and `max_document_bytes` change on a configuration
+/// reload ([`Service::reload`]), so they are atomics read where they are used (relaxed loads:
+/// a request sees either value); the rest is fixed until a restart.
+pub(crate) struct Collection {
+    pub public_read: bool,
+    pub player_write: bool,
+    pub float_counters: bool,
+    pub warm_recent: usize,
+    pub related: Vec<String>,
+    /// `l1_ttl`, `negative_ttl`, `l2_ttl`, `l2_negative_ttl`, in nanoseconds.
+    ttls: [AtomicU64; 4],
+    max_document_bytes: AtomicUsize,
+}
+
+impl Collection {
+    fn new(config: &CollectionConfig) -> Collection {
+        let collection = Collection {
+            public_read: config.public_read,
+            player_write: config.player_write,
+            float_counters: config.float_counters,
+            warm_recent: config.warm_recent,
+            related: config.related.clone(),
+            ttls: Default::default(),
+            max_document_bytes: AtomicUsize::new(0),
+        };
+        collection.reload(config);
+        collection
+    }
+
+    /// Takes the lifetimes and `max_document_bytes` of `config`: entries filled from now on
+    /// get the new lifetimes, documents written from now on are held to the new bound.
+    fn reload(&self, config: &CollectionConfig) {
+        let ttls = Ttls::of(config);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        for (slot, ttl) in
+            self.ttls
+                .iter()
+                .zip([ttls.l1, ttls.l1_missing, ttls.l2, ttls.l2_missing])
+        {
+            slot.store(nanos(ttl), Ordering::Relaxed);
+        }
+        self.max_document_bytes
+            .store(config.max_document_bytes, Ordering::Relaxed);
+    }
+
+    /// The lifetimes of entries filled now.
+    pub fn ttls(&self) -> Ttls {
+        let ttl = |slot: usize| Duration::from_nanos(self.ttls[slot].load(Ordering::Relaxed));
+        Ttls {
+            l1: ttl(0),
+            l1_missing: ttl(1),
+            l2: ttl(2),
+            l2_missing: ttl(3),
+        }
+    }
+
+    /// Largest encoded value accepted now.
+    pub fn max_document_bytes(&self) -> usize {
+        self.max_document_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// The service. Cloning is cheap (shared state behind an `Arc`).
@@ -172,7 +234,11 @@ impl Service {
                     store
                 }
             };
-            let collections = game.collections.clone().into_iter().collect();
+            let collections = game
+                .collections
+                .iter()
+                .map(|(name, config)| (name.clone(), Collection::new(config)))
+                .collect();
             games.insert(name.clone(), Game { store, collections });
         }
         let stores: Vec<(String, Store)> = by_url
@@ -256,6 +322,38 @@ impl Service {
         &self.inner.budget
     }
 
+    /// Takes what can change while running from `config` (a configuration reload): the
+    /// lifetimes and `max_document_bytes` of every collection it shares with the running set,
+    /// and `[responses]`. Games and collections added or removed, and stores, take a restart:
+    /// they are not looked at here.
+    pub fn reload(&self, config: &Config) {
+        for (game_name, game) in &self.inner.games {
+            let Some(new) = config.games.get(game_name) else {
+                continue;
+            };
+            for (name, collection) in &game.collections {
+                if let Some(new) = new.collections.get(name) {
+                    collection.reload(new);
+                }
+            }
+        }
+        self.inner.budget.resize(&config.responses);
+    }
+
+    /// The lifetimes entries of `game`'s `collection` get when they are filled now.
+    pub fn ttls(&self, game: &str, collection: &str) -> Option<Ttls> {
+        let game = self.inner.games.get(game)?;
+        game.collections.get(collection).map(Collection::ttls)
+    }
+
+    /// The largest value `game`'s `collection` accepts now.
+    pub fn max_document_bytes(&self, game: &str, collection: &str) -> Option<usize> {
+        let game = self.inner.games.get(game)?;
+        game.collections
+            .get(collection)
+            .map(Collection::max_document_bytes)
+    }
+
     /// `Ok` when `game` is configured, else the `unknown_game` error.
     pub fn check_game(&self, game: &str) -> Result<(), ServiceError> {
         self.game(game).map(|_| ())
@@ -271,7 +369,7 @@ impl Service {
         &'a self,
         game: &'a Game,
         name: &str,
-    ) -> Result<&'a CollectionConfig, ServiceError> {
+    ) -> Result<&'a Collection, ServiceError> {
         game.collections.get(name).ok_or_else(|| {
             ServiceError::new(
                 ErrorCode::UnknownCollection,

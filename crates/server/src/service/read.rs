@@ -2,12 +2,11 @@
 //! synchronous) and [`Service::get_each`] (callbacks, so a connection can read L2 without a
 //! task per request). All three take the same checks and the same tiers.
 
-use super::{Game, ReadResult, Service, to_cached};
+use super::{Collection, Game, ReadResult, Service, to_cached};
 use std::sync::Arc;
 
 use crate::auth::{Access, Caller, Principal};
 use crate::cache::{Cached, KeyBuf, Ttls};
-use crate::config::CollectionConfig;
 use crate::error::ServiceError;
 use crate::model::{DocKey, Tier, check_id, is_owned_by};
 
@@ -137,7 +136,7 @@ impl Service {
             )),
             None => L1Answer::Missed(Missed {
                 key,
-                ttls: Ttls::of(config),
+                ttls: config.ttls(),
                 owner_rule: principal.owner_rule(config.public_read).is_some(),
             }),
         }
@@ -148,14 +147,14 @@ impl Service {
         &self,
         game_name: &str,
         game: &Game,
-        config: &CollectionConfig,
+        config: &Collection,
         collection: &str,
         id: &str,
         key: &str,
     ) -> Result<(Cached, Tier), ServiceError> {
         self.inner
             .cache
-            .read_missed(key, Ttls::of(config), || {
+            .read_missed(key, config.ttls(), || {
                 self.read_row(game_name, game, collection, id)
             })
             .await
@@ -256,7 +255,7 @@ impl Service {
         let (cached, tier) = self
             .inner
             .cache
-            .read_past_l2(key.as_str(), Ttls::of(config), || {
+            .read_past_l2(key.as_str(), config.ttls(), || {
                 self.read_row(game_name, game, collection, id)
             })
             .await?;
@@ -270,7 +269,7 @@ impl Service {
         game_name: &str,
         collection: &str,
         id: &str,
-    ) -> Result<(&Game, &CollectionConfig, KeyBuf), ServiceError> {
+    ) -> Result<(&Game, &Collection, KeyBuf), ServiceError> {
         let game = self.game(game_name)?;
         let config = self.collection(game, collection)?;
         check_id(id, "id")?;

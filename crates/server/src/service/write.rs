@@ -83,10 +83,10 @@ impl Service {
             let config = self
                 .collection(game, &op.key.collection)
                 .map_err(|e| e.at_op(index))?;
-            collection_ttls.push((op.key.collection.as_str(), Ttls::of(config)));
+            collection_ttls.push((op.key.collection.as_str(), config.ttls()));
             check_id(&op.key.id, "id").map_err(|e| e.at_op(index))?;
             rules.push(Rules {
-                max_bytes: config.max_document_bytes,
+                max_bytes: config.max_document_bytes(),
                 float_counters: config.float_counters,
             });
         }
@@ -119,7 +119,7 @@ impl Service {
             slot_of,
             cache_keys,
             ttls,
-            max_answer_bytes: self.inner.budget.max_bytes,
+            max_answer_bytes: self.inner.budget.max_bytes(),
             player: None,
         })
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderValue, TRANSFER_ENCODING};
 use http_body_util::Full;
@@ -45,7 +46,8 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Echoed on every answer: the client's own id, or the one its request was logged under.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// What every request handler shares.
+/// What every request handler shares. A configuration reload replaces it (see [`HttpLive`]):
+/// a request sees the limits in force when it arrived.
 pub(crate) struct HttpState {
     pub service: Service,
     pub config: HttpConfig,
@@ -53,22 +55,23 @@ pub(crate) struct HttpState {
     pub auth: Arc<Authenticator>,
     /// The fraction of requests written to the access log (`log.access_sample`).
     access_sample: f64,
-    in_flight: InFlight,
+    /// Shared by every version of the state: a reload does not forget the requests running.
+    in_flight: Arc<InFlight>,
 }
 
 /// Counts requests being processed; admission never waits, so an atomic counter is enough
 /// (a semaphore took a lock on every release: measured on the hit path).
+#[derive(Default)]
 struct InFlight {
     current: AtomicUsize,
-    limit: usize,
 }
 
 /// Releases an in-flight slot when the request is done.
 struct InFlightGuard<'a>(&'a AtomicUsize);
 
 impl InFlight {
-    fn try_enter(&self) -> Option<InFlightGuard<'_>> {
-        if self.current.fetch_add(1, Ordering::AcqRel) >= self.limit {
+    fn try_enter(&self, limit: usize) -> Option<InFlightGuard<'_>> {
+        if self.current.fetch_add(1, Ordering::AcqRel) >= limit {
             self.current.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -82,23 +85,56 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// The state in force for every listener of the HTTP API (the in-flight limit is over all of
+/// them). [`HttpLive::reload`] swaps in a new one; each connection notices with one relaxed
+/// atomic load per request (an `arc_swap` cache) and then holds it like before.
+pub(crate) struct HttpLive(ArcSwap<HttpState>);
+
+impl HttpLive {
+    /// Takes `http.max_in_flight` and `http.max_body_bytes` of `config` and `access_sample`
+    /// (`log.access_sample`) for the requests that arrive from now on; the rest of `config`
+    /// is bound to listeners and connections and is not looked at.
+    pub fn reload(&self, config: &HttpConfig, access_sample: f64) {
+        let old = self.0.load_full();
+        let mut kept = old.config.clone();
+        kept.max_in_flight = config.max_in_flight;
+        kept.max_body_bytes = config.max_body_bytes;
+        self.0.store(Arc::new(HttpState {
+            service: old.service.clone(),
+            config: kept,
+            auth: old.auth.clone(),
+            access_sample,
+            in_flight: old.in_flight.clone(),
+        }));
+    }
+}
+
+/// A connection's view of [`HttpLive`]: `arc_swap`'s cache, which compares one pointer per
+/// request and loads again only after a reload.
+struct Current(Arc<HttpLive>);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwap<HttpState>;
+
+    fn deref(&self) -> &ArcSwap<HttpState> {
+        &self.0.0
+    }
+}
+
 /// What every listener of the HTTP API shares (the in-flight limit is over all of them).
 pub(crate) fn state(
     service: Service,
     config: HttpConfig,
     auth: Arc<Authenticator>,
     access_sample: f64,
-) -> Arc<HttpState> {
-    Arc::new(HttpState {
+) -> Arc<HttpLive> {
+    Arc::new(HttpLive(ArcSwap::from_pointee(HttpState {
         access_sample,
-        in_flight: InFlight {
-            current: AtomicUsize::new(0),
-            limit: config.max_in_flight,
-        },
+        in_flight: Arc::default(),
         service,
         config,
         auth,
-    })
+    })))
 }
 
 /// Serves HTTP on `listener` (over TLS with `tls`) until `shutdown` completes, then lets
@@ -107,9 +143,12 @@ pub(crate) fn state(
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
-    state: Arc<HttpState>,
+    live: Arc<HttpLive>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // What is bound to the listener and its connections is read once: a reload changes only
+    // what each request reads.
+    let state = live.0.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -133,17 +172,18 @@ pub(crate) async fn serve(
         shutdown,
         drop,
         |stream, drain| {
-            let (state, builder, tls) = (state.clone(), builder.clone(), tls.clone());
+            let (state, live) = (state.clone(), live.clone());
+            let (builder, tls) = (builder.clone(), tls.clone());
             async move {
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
                 let Some(tls) = tls else {
-                    return serve_connection(stream, peer, state, &builder, &drain).await;
+                    return serve_connection(stream, peer, live, &builder, &drain).await;
                 };
                 // Within the head timeout, in the connection's own task.
                 let (limits, within) = (state.auth.limits(), state.config.header_read_timeout);
                 let acceptor = tls.http_acceptor();
                 if let Some(stream) = handshake(acceptor, stream, peer, limits, within).await {
-                    serve_connection(stream, peer, state, &builder, &drain).await;
+                    serve_connection(stream, peer, live, &builder, &drain).await;
                 }
             }
         },
@@ -158,7 +198,7 @@ pub(crate) async fn serve(
 async fn serve_connection<S>(
     stream: S,
     peer: Option<std::net::IpAddr>,
-    state: Arc<HttpState>,
+    live: Arc<HttpLive>,
     builder: &auto::Builder<TokioExecutor>,
     drain: &Drain,
 ) where
@@ -166,10 +206,18 @@ async fn serve_connection<S>(
 {
     let activity = Arc::new(watchdog::Activity::of(peer));
     let _registration = drain.register(activity.clone());
-    let mut dog = watchdog::Watchdog::new(activity.clone(), state.config.header_read_timeout);
+    let mut current = arc_swap::Cache::new(Current(live));
+    let timeout = current.load().config.header_read_timeout;
+    let mut dog = watchdog::Watchdog::new(activity.clone(), timeout);
     let socket = watchdog::Socket::new(stream, activity.clone());
     let requests = activity.clone();
-    let svc = service_fn(move |req| handle(state.clone(), requests.enter(), req));
+    // The state in force for each request: the cache compares one pointer, and loads again
+    // only after a reload (a `RefCell`: the connection's task calls it, one request at a time).
+    let current = std::cell::RefCell::new(current);
+    let svc = service_fn(move |req| {
+        let state = current.borrow_mut().load().clone();
+        handle(state, requests.enter(), req)
+    });
     let conn = builder.serve_connection(TokioIo::new(socket), svc);
     tokio::pin!(conn);
     let tick = tokio::time::sleep(dog.tick);
@@ -246,7 +294,7 @@ async fn handle(
         {
             break 'answer (problem::response(&limited), context.id);
         }
-        let Some(_slot) = state.in_flight.try_enter() else {
+        let Some(_slot) = state.in_flight.try_enter(state.config.max_in_flight) else {
             let overloaded = ServiceError::new(
                 ErrorCode::Overloaded,
                 "too many requests in flight; retry later",

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use datamiddleware_protocol::{ErrorCode, Message};
 use tokio::net::{TcpListener, TcpSocket};
@@ -24,11 +25,41 @@ use crate::ingress::tls::Tls;
 use crate::ops::metrics::TcpEnd;
 use crate::service::Service;
 
-/// What every connection shares.
+/// What every connection shares. A connection keeps the one in force when it was accepted
+/// (its window and frame size were announced in HELLO_OK); see [`TcpLive`].
 pub(crate) struct TcpContext {
     pub service: Service,
     pub config: TcpConfig,
     pub auth: Arc<Authenticator>,
+}
+
+/// The context in force for new connections of every TCP listener; [`TcpLive::reload`]
+/// replaces it. Read once per connection.
+pub struct TcpLive(ArcSwap<TcpContext>);
+
+impl TcpLive {
+    pub fn new(service: Service, config: TcpConfig, auth: Arc<Authenticator>) -> Arc<TcpLive> {
+        Arc::new(TcpLive(ArcSwap::from_pointee(TcpContext {
+            service,
+            config,
+            auth,
+        })))
+    }
+
+    /// Takes `tcp.max_in_flight` and `tcp.max_frame_bytes` of `config` for the connections
+    /// accepted from now on (open ones keep what their HELLO_OK announced); the rest of
+    /// `config` is bound to the listeners and is not looked at.
+    pub fn reload(&self, config: &TcpConfig) {
+        let old = self.0.load_full();
+        let mut kept = old.config.clone();
+        kept.max_in_flight = config.max_in_flight;
+        kept.max_frame_bytes = config.max_frame_bytes;
+        self.0.store(Arc::new(TcpContext {
+            service: old.service.clone(),
+            config: kept,
+            auth: old.auth.clone(),
+        }));
+    }
 }
 
 /// Binds `addr` for the TCP protocol; with `reuse_port`, several processes may bind it.
@@ -54,18 +85,14 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
-    service: Service,
-    config: TcpConfig,
-    auth: Arc<Authenticator>,
+    live: Arc<TcpLive>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let limit = config.max_connections;
-    let ctx = Arc::new(TcpContext {
-        service,
-        config,
-        auth,
-    });
+    // What is bound to the listener is read once; each connection takes the context in force
+    // when it is accepted.
+    let ctx = live.0.load_full();
+    let limit = ctx.config.max_connections;
     let over_tls = tls.is_some();
     let refused = |stream| {
         ctx.service.metrics().tcp.refused.inc();
@@ -83,7 +110,7 @@ pub async fn serve(
         shutdown,
         refused,
         |stream, drain| {
-            let (ctx, tls) = (ctx.clone(), tls.clone());
+            let (ctx, tls) = (live.0.load_full(), tls.clone());
             async move {
                 let metrics = ctx.service.metrics().clone();
                 let mut open = metrics.tcp.opened();
