@@ -334,6 +334,19 @@ async fn cache_tiers_are_exposed() {
     assert_eq!(s.client.get(&s.path("players/absent")).await.status, 404);
     let text = scrape(&s).await;
     assert!(value(&text, "l1_entries").unwrap() >= 1.0, "{text}");
+    // Store calls are timed by operation: the PUT's transaction, the absent id's read.
+    for op in ["write", "get"] {
+        let count = format!("store_query_duration_seconds_count{{operation=\"{op}\"}}");
+        assert!(value(&text, &count).unwrap() >= 1.0, "{count}: {text}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "store_query_duration_seconds_count{operation=\"list\"}"
+        ),
+        Some(0.0),
+        "no list was asked for"
+    );
     assert!(value(&text, "l1_bytes").unwrap() > 0.0);
     assert!(value(&text, "l2_lookups_total").unwrap() >= 1.0, "{text}");
     assert_eq!(value(&text, "l2_breaker_open"), Some(0.0));
@@ -460,5 +473,36 @@ impl std::io::Write for Lines {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// `http_connections_open` follows connections as they come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_http_connections_are_counted() {
+    let s = start(true).await;
+    let open =
+        || async { value(&scrape(&s).await, "http_connections_open").expect("the gauge is there") };
+    let before = open().await;
+    let idle: Vec<_> =
+        futures::future::join_all((0..3).map(|_| tokio::net::TcpStream::connect(s.running.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open().await < before + 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 more connections not counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(idle);
+    while open().await > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -60,6 +60,16 @@ async fn the_most_recently_updated_documents_are_warm_at_start() {
         !in_l1(&b, "players", "old0"),
         "only the 10 most recent were loaded"
     );
+    // The progress the metrics show: done, 10 of 10.
+    let metrics = b.client.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "warmup_active 0",
+        "warmup_documents_loaded 10",
+        "warmup_documents_total 10",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,18 @@ pub struct Metrics {
     pub caches: super::caches::Caches,
     /// What the stall watchdog found.
     pub stalls: super::stalls::StallCounters,
+    /// The warm-up's progress.
+    pub warmup: WarmupGauges,
+}
+
+/// The warm-up's progress, set by the warm-up as it goes.
+#[derive(Default)]
+pub struct WarmupGauges {
+    /// 1 while warming.
+    pub active: Gauge,
+    /// Documents asked for so far, and in all.
+    pub loaded: Gauge,
+    pub total: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,6 +87,22 @@ impl Metrics {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             registry.register_collector(Box::new(super::runtime::Runtime(handle)));
         }
+        let warmup = WarmupGauges::default();
+        registry.register(
+            "warmup_active",
+            "1 while the caches are being warmed",
+            warmup.active.clone(),
+        );
+        registry.register(
+            "warmup_documents_loaded",
+            "Documents the warm-up asked for so far",
+            warmup.loaded.clone(),
+        );
+        registry.register(
+            "warmup_documents_total",
+            "Documents the warm-up will ask for",
+            warmup.total.clone(),
+        );
         Metrics {
             registry,
             http,
@@ -84,6 +112,7 @@ impl Metrics {
             pools,
             caches,
             stalls,
+            warmup,
         }
     }
 
@@ -132,10 +161,18 @@ pub struct HttpMetrics {
     /// `[endpoint][method][status]`: the family's counter, fetched on first use.
     resolved: Box<[OnceLock<Counter>]>,
     durations: Box<[Histogram]>,
+    /// Connections open now, HTTP and HTTPS (counted whether or not `enabled`).
+    pub open: Gauge,
 }
 
 impl HttpMetrics {
     fn register(registry: &mut Registry, enabled: bool) -> HttpMetrics {
+        let open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now (HTTPS included; TLS handshakes in progress too)",
+            open.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -162,6 +199,7 @@ impl HttpMetrics {
             requests,
             resolved: (0..slots).map(|_| OnceLock::new()).collect(),
             durations,
+            open,
         }
     }
 
@@ -380,10 +418,60 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-/// Store work: read queries and committed write transactions.
+/// What a store call does (the `operation` label of `store_query_duration_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// One document by key.
+    Get,
+    /// Several documents of one collection (`_batch_get`, batched GETs, warm-up).
+    GetMany,
+    /// A page of a collection.
+    List,
+    /// A write transaction, from its start to its commit.
+    Write,
+    /// Ids of an owner's documents (adaptive warm-up).
+    Ids,
+    /// Token revocations: taken, or read.
+    Revocations,
+    /// This instance's presence record.
+    Presence,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 7] = [
+        StoreOp::Get,
+        StoreOp::GetMany,
+        StoreOp::List,
+        StoreOp::Write,
+        StoreOp::Ids,
+        StoreOp::Revocations,
+        StoreOp::Presence,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::GetMany => "get_many",
+            StoreOp::List => "list",
+            StoreOp::Write => "write",
+            StoreOp::Ids => "ids",
+            StoreOp::Revocations => "revocations",
+            StoreOp::Presence => "presence",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+/// Store work: read queries, committed write transactions, and how long each call took.
 pub struct StoreMetrics {
     pub reads: Counter<u64, AtomicU64>,
     pub commits: Counter<u64, AtomicU64>,
+    /// One histogram per [`StoreOp`], resolved at start.
+    durations: Vec<Histogram>,
 }
 
 impl StoreMetrics {
@@ -400,6 +488,32 @@ impl StoreMetrics {
             "Write transactions committed",
             commits.clone(),
         );
-        StoreMetrics { reads, commits }
+        let family = Family::<OperationLabel, Histogram>::default();
+        registry.register(
+            "store_query_duration_seconds",
+            "Time of a store call by operation, from asking the pool for a connection to the \
+             answer (a write: to its commit), failures and timeouts included",
+            family.clone(),
+        );
+        let durations = StoreOp::ALL
+            .iter()
+            .map(|op| {
+                family.get_or_create_owned(&OperationLabel {
+                    operation: op.label(),
+                })
+            })
+            .collect();
+        StoreMetrics {
+            reads,
+            commits,
+            durations,
+        }
+    }
+
+    /// One store call of `op` that took `took`.
+    pub fn observe(&self, op: StoreOp, took: Duration) {
+        if let Some(histogram) = self.durations.get(op as usize) {
+            histogram.observe(took);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! The store is asked for no more than still fits, so a small request cannot make the server
 //! read or assemble a huge answer.
 
+use crate::ops::metrics::StoreOp;
 use bytes::Bytes;
 
 use super::{
@@ -116,7 +117,10 @@ impl Service {
         let miss_ids: Vec<&str> = missing.iter().map(|index| unique[*index]).collect();
         self.inner.metrics.store.reads.inc();
         let many = self
-            .budget(game.store.get_many(game_name, collection, &miss_ids, room))
+            .budget(
+                StoreOp::GetMany,
+                game.store.get_many(game_name, collection, &miss_ids, room),
+            )
             .await?;
         if many.value_bytes > room {
             // Some rows were left out: none of them may be taken for "missing".
@@ -181,6 +185,7 @@ impl Service {
         self.inner.metrics.store.reads.inc();
         let page = self
             .budget(
+                StoreOp::List,
                 game.store
                     .list(game_name, collection, owner, cursor, limit + 1, max_bytes),
             )

@@ -29,7 +29,7 @@ use crate::cache::{Bus, Cache, Cached, L1, L2, Sketch, Ttls};
 use crate::config::{CollectionConfig, Config};
 use crate::error::{ErrorCode, ServiceError};
 use crate::model::{DocKey, StoredDoc, Tier, encode_document};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, StoreOp};
 use crate::store::{Store, StoreError};
 pub use budget::{ResponseBudget, ResponsePermit};
 use ops::{Precondition, WriteOp};
@@ -381,9 +381,13 @@ impl Service {
     /// Runs a store call within the time budget, mapping failures to client-safe errors.
     async fn budget<T>(
         &self,
+        op: StoreOp,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ServiceError> {
-        match tokio::time::timeout(self.inner.store_timeout, call).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.inner.store_timeout, call).await;
+        self.inner.metrics.store.observe(op, started.elapsed());
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(store_error(e)),
             Err(_) => Err(ServiceError::new(
@@ -457,8 +461,11 @@ impl Service {
             "key" => i64::MAX as u64,
             _ => crate::auth::tokens::unix_now() + crate::auth::revocations::KEEP_FOR.as_secs(),
         };
-        self.budget(game.store.revoke(game_name, kind, value, cutoff_s, until))
-            .await?;
+        self.budget(
+            StoreOp::Revocations,
+            game.store.revoke(game_name, kind, value, cutoff_s, until),
+        )
+        .await?;
         if let Some(bus) = self.inner.cache.bus() {
             // The other instances read the table now rather than at their next poll.
             bus.announce_revocations().await;
@@ -480,7 +487,10 @@ impl Service {
         let now = crate::auth::tokens::unix_now();
         let mut all = Vec::new();
         for (_, store) in &self.inner.stores {
-            all.extend(self.budget(store.revocations(now)).await?);
+            all.extend(
+                self.budget(StoreOp::Revocations, store.revocations(now))
+                    .await?,
+            );
         }
         Ok(all)
     }

@@ -7,6 +7,7 @@
 //! in the store it writes to, so an instance that comes back after being forgotten is waited for
 //! again before its unannounced writes could be missed.
 
+use crate::ops::metrics::StoreOp;
 use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +74,7 @@ impl Service {
         let touch = game
             .store
             .touch_instance(&self.inner.bus_prefix, bus.id(), now);
-        if let Err(e) = self.budget(touch).await {
+        if let Err(e) = self.budget(StoreOp::Presence, touch).await {
             tracing::debug!(error = %e, "presence before a write failed");
         }
     }

@@ -3,6 +3,7 @@
 //! task per request). All three take the same checks and the same tiers.
 
 use super::{Collection, Game, ReadResult, Service, to_cached};
+use crate::ops::metrics::StoreOp;
 use std::sync::Arc;
 
 use crate::auth::{Access, Caller, Principal};
@@ -291,7 +292,7 @@ impl Service {
         };
         // Boxed: the store's future is large, and it would otherwise sit inside the future of
         // every L1 miss, L2 hits included (moved whole when a task is spawned).
-        let row = Box::pin(self.budget(game.store.get(game_name, &doc_key))).await?;
+        let row = Box::pin(self.budget(StoreOp::Get, game.store.get(game_name, &doc_key))).await?;
         Ok(to_cached(id, row.as_ref()))
     }
 }

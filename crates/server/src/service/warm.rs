@@ -9,6 +9,7 @@
 //!   `related` collections are then loaded into the caches in the background, so a player's
 //!   characters and items are warm when the player is.
 
+use crate::ops::metrics::StoreOp;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::Path;
@@ -52,7 +53,9 @@ impl Service {
     /// Warms the caches at start (see the module documentation); returns the documents found.
     pub async fn warm_up(&self, config: &WarmupConfig) -> u64 {
         let warming = &self.inner.warming;
+        let gauges = &self.inner.metrics.warmup;
         warming.active.store(true, Ordering::Release);
+        gauges.active.set(1);
         let mut plan: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for (game_name, game) in &self.inner.games {
             for (collection, rules) in &game.collections {
@@ -61,6 +64,7 @@ impl Service {
                 }
                 match self
                     .budget(
+                        StoreOp::Ids,
                         game.store
                             .ids(game_name, collection, None, rules.warm_recent),
                     )
@@ -93,6 +97,7 @@ impl Service {
         }
         let total: usize = plan.values().map(Vec::len).sum();
         warming.total.store(total as u64, Ordering::Relaxed);
+        gauges.total.set(total as i64);
         let started = Instant::now();
         let mut found = 0u64;
         let mut done = 0usize;
@@ -110,6 +115,7 @@ impl Service {
                 }
                 done += chunk.len();
                 warming.loaded.store(done as u64, Ordering::Relaxed);
+                gauges.loaded.set(done as i64);
                 // The rate cap: never ahead of `rate` documents per second since the start.
                 let due = Duration::from_secs_f64(done as f64 / f64::from(config.rate));
                 if let Some(ahead) = due.checked_sub(started.elapsed()) {
@@ -128,6 +134,7 @@ impl Service {
             );
         }
         warming.active.store(false, Ordering::Release);
+        gauges.active.set(0);
         found
     }
 
@@ -184,7 +191,10 @@ impl Service {
         }
         for related in &rules.related {
             let ids = match self
-                .budget(game.store.ids(game_name, related, Some(owner), MAX_RELATED))
+                .budget(
+                    StoreOp::Ids,
+                    game.store.ids(game_name, related, Some(owner), MAX_RELATED),
+                )
                 .await
             {
                 Ok(ids) => ids,

@@ -217,12 +217,15 @@ impl Service {
         tokio::pin!(transaction);
         let budget = tokio::time::sleep(self.inner.store_timeout);
         tokio::pin!(budget);
+        let started = std::time::Instant::now();
         let finished = tokio::select! {
             // A transaction that finished in time wins over a budget that ran out with it.
             biased;
             result = &mut transaction => Some(result),
             () = &mut budget => None,
         };
+        let metrics = &self.inner.metrics.store;
+        metrics.observe(crate::ops::metrics::StoreOp::Write, started.elapsed());
         if let Some(marking) = marking {
             // Bounded by the L2 time budget; done before the COMMIT whenever one was sent.
             tickets.set_marked(marking.await.unwrap_or(false));

@@ -175,6 +175,7 @@ pub(crate) async fn serve(
             let (state, live) = (state.clone(), live.clone());
             let (builder, tls) = (builder.clone(), tls.clone());
             async move {
+                let _open = OpenConnection::count(&state.service.metrics().http.open);
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
                 let Some(tls) = tls else {
                     return serve_connection(stream, peer, live, &builder, &drain).await;
@@ -336,6 +337,22 @@ async fn handle(
     }
     response.headers_mut().insert(X_REQUEST_ID, id);
     Ok(response)
+}
+
+/// Counts one open connection in `http_connections_open` while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A peer address in the access log, `-` when unknown.
