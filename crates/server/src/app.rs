@@ -43,6 +43,8 @@ pub struct Running {
     pub tls_addr: Option<SocketAddr>,
     /// The TCP-over-TLS address actually bound, when `tcp.tls_listen` is set.
     pub tcp_tls_addr: Option<SocketAddr>,
+    /// The operations listener's address actually bound, when `ops.listen` is set.
+    pub ops_addr: Option<SocketAddr>,
     /// The certificate in force; [`Running::reload`] reads its files again.
     tls: Option<Arc<ingress::tls::Tls>>,
     pub service: Service,
@@ -136,11 +138,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Err(e) => tracing::warn!(error = %e.message, "cannot read the token revocations yet"),
         }
     }
+    let routes = match config.ops.listen {
+        Some(_) => ingress::http::Routes::Api,
+        None => ingress::http::Routes::All,
+    };
     let http_state = ingress::http::state(
         service.clone(),
         config.http.clone(),
         authenticator.clone(),
         config.log.access_sample,
+        routes,
     );
     let http = ingress::http::serve(listener, None, http_state.clone(), stopped(stop.clone()));
     let mut tasks = vec![tokio::spawn(http)];
@@ -165,6 +172,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped(stop.clone()),
         );
         tasks.push(tokio::spawn(https));
+    }
+    let mut ops_addr = None;
+    if let Some(wanted) = config.ops.listen {
+        let listener = TcpListener::bind(wanted)
+            .await
+            .map_err(bind_error(wanted))?;
+        ops_addr = Some(listener.local_addr().map_err(bind_error(wanted))?);
+        // Its own state: the operations endpoints only, with the API's limits (not reloaded).
+        let ops_state = ingress::http::state(
+            service.clone(),
+            config.http.clone(),
+            authenticator.clone(),
+            config.log.access_sample,
+            ingress::http::Routes::Ops,
+        );
+        let ops = ingress::http::serve(listener, None, ops_state, stopped(stop.clone()));
+        tasks.push(tokio::spawn(ops));
     }
     if config.auth.enabled {
         // Revocations taken by other instances (and before a restart) reach this one here.
@@ -212,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tcp_addr,
         tcp_tls_addr,
         tls_addr,
+        ops_addr,
         tls,
         service,
         authenticator,

@@ -29,6 +29,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub ops: OpsConfig,
     pub warmup: WarmupConfig,
     /// Games (tenants) by name. When none is configured, a game `default` on an embedded
     /// SQLite file under `./data/` is used (see [`Config::with_default_game`]).
@@ -543,6 +544,17 @@ pub enum LogRotation {
     Hourly,
     Daily,
     Never,
+}
+
+/// `[ops]`: where the operations endpoints are served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// A listener of their own for the operations endpoints (`/metrics`, `/admin`,
+    /// `/debug/pprof/…`, and the probes and `/openapi.json` too), so that they can be kept off
+    /// the network the API faces. When set, the API listeners no longer serve `/metrics`,
+    /// `/admin` and `/debug/pprof/…` (the probes and `/openapi.json` stay there as well).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[metrics]`: the Prometheus metrics at `GET /metrics`.

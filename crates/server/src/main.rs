@@ -289,6 +289,7 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: CliOverrides) -> Exit
             https = ?running.tls_addr,
             tcp = ?running.tcp_addr,
             tcp_tls = ?running.tcp_tls_addr,
+            ops = ?running.ops_addr,
             "datamiddleware listening"
         );
         tokio::select! {

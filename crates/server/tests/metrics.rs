@@ -506,3 +506,50 @@ async fn open_http_connections_are_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// With `ops.listen`, the operations endpoints move to a listener of their own: the API's
+/// listener keeps the probes and `/openapi.json`, and the ops listener serves no API route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_endpoints_can_have_a_listener_of_their_own() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.ops.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let ops_addr = s.running.ops_addr.expect("the ops listener is bound");
+    let ops = support::Http::new(format!("http://{ops_addr}"));
+    let document = s.path("players/p1");
+    assert_eq!(s.client.put(&document, r#"{"value":{}}"#).await.status, 201);
+    for path in ["/metrics", "/admin", "/debug/pprof/heap"] {
+        assert_eq!(
+            s.client.get(path).await.status,
+            404,
+            "{path} on the API's listener"
+        );
+    }
+    for path in ["/livez", "/readyz", "/healthz", "/openapi.json"] {
+        assert_eq!(
+            s.client.get(path).await.status,
+            200,
+            "{path} on the API's listener"
+        );
+        assert_eq!(
+            ops.get(path).await.status,
+            200,
+            "{path} on the ops listener"
+        );
+    }
+    let metrics = ops.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("http_requests_total"));
+    assert_eq!(ops.get("/admin").await.status, 200);
+    assert_eq!(
+        ops.get(&document).await.status,
+        404,
+        "no API on the ops listener"
+    );
+    assert_eq!(s.client.get(&document).await.status, 200);
+    // Admin-only there as well.
+    let anonymous = support::Http::with_key(format!("http://{ops_addr}"), None);
+    assert_eq!(anonymous.get("/metrics").await.status, 401);
+}

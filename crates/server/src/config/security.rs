@@ -41,6 +41,9 @@ impl Config {
         }
         if !auth.enabled && !auth.allow_insecure {
             let mut listening = vec![("http.listen", self.http.listen)];
+            if let Some(addr) = self.ops.listen {
+                listening.push(("ops.listen", addr));
+            }
             if let Some(addr) = self.http.tls_listen {
                 listening.push(("http.tls_listen", addr));
             }

@@ -46,6 +46,27 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Echoed on every answer: the client's own id, or the one its request was logged under.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// The API and every operations endpoint (no `ops.listen`).
+    All,
+    /// The API, the probes and `/openapi.json` (the rest is on the `ops.listen` listener).
+    Api,
+    /// Only the operations endpoints (the `ops.listen` listener).
+    Ops,
+}
+
+impl Routes {
+    /// Whether the operations endpoint named `name` (its last path segment) is served here.
+    pub fn serves_ops(self, name: &str) -> bool {
+        match self {
+            Routes::All | Routes::Ops => true,
+            Routes::Api => matches!(name, "healthz" | "livez" | "readyz" | "openapi.json"),
+        }
+    }
+}
+
 /// What every request handler shares. A configuration reload replaces it (see [`HttpLive`]):
 /// a request sees the limits in force when it arrived.
 pub(crate) struct HttpState {
@@ -55,6 +76,8 @@ pub(crate) struct HttpState {
     pub auth: Arc<Authenticator>,
     /// The fraction of requests written to the access log (`log.access_sample`).
     access_sample: f64,
+    /// Which routes this listener serves.
+    pub routes: Routes,
     /// Shared by every version of the state: a reload does not forget the requests running.
     in_flight: Arc<InFlight>,
 }
@@ -104,6 +127,7 @@ impl HttpLive {
             config: kept,
             auth: old.auth.clone(),
             access_sample,
+            routes: old.routes,
             in_flight: old.in_flight.clone(),
         }));
     }
@@ -127,9 +151,11 @@ pub(crate) fn state(
     config: HttpConfig,
     auth: Arc<Authenticator>,
     access_sample: f64,
+    routes: Routes,
 ) -> Arc<HttpLive> {
     Arc::new(HttpLive(ArcSwap::from_pointee(HttpState {
         access_sample,
+        routes,
         in_flight: Arc::default(),
         service,
         config,

@@ -66,10 +66,13 @@ pub(super) async fn route(state: &HttpState, req: Request<Incoming>) -> HttpResu
     match segments {
         [ops @ ("healthz" | "livez" | "readyz" | "metrics" | "admin" | "openapi.json")]
         | ["debug", "pprof", ops @ ("profile" | "heap")] => {
+            if !state.routes.serves_ops(ops) {
+                return Err(no_route());
+            }
             only(&req, &[Method::GET])?;
             Box::pin(super::ops_routes::route(state, &parts, ops)).await
         }
-        ["api", ..] => {
+        ["api", ..] if state.routes != super::Routes::Ops => {
             let caller = Caller {
                 principal: state.auth.authenticate("", credential(&parts.headers))?,
             };
