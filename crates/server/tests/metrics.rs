@@ -225,6 +225,19 @@ async fn tcp_requests_pools_runtime_and_rate_limits_are_exposed() {
     let max: f64 = pool.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(max >= 1.0, "{pool}");
     assert!(text.contains("pool_active_workers{pool_name=\"sqlite://"));
+    let series = |prefix: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        series("store_pool_leases_total{pool_name=\"sqlite://") >= 1.0,
+        "the requests above took connections"
+    );
+    assert!(series("store_pool_wait_seconds_total{pool_name=\"sqlite://") >= 0.0);
+    assert!(value(&text, "process_threads").unwrap() >= 3.0, "{text}");
     assert_eq!(value(&text, "tokio_workers"), Some(2.0));
     assert!(value(&text, "tokio_alive_tasks").unwrap() >= 1.0);
     assert!(text.contains("tokio_worker_busy_seconds_total{worker=\"1\"}"));

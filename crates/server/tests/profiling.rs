@@ -132,7 +132,7 @@ async fn binary(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_a_heap_profile_unless_sampling_is_off() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, http) = binary(dir.path(), &[]).await;
+    let (mut child, http) = binary(dir.path(), &[("DMW_METRICS__HEAP_SAMPLING", "true")]).await;
     let heap = http.send(Method::GET, "/debug/pprof/heap", &[], None).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -143,10 +143,13 @@ async fn the_binary_serves_a_heap_profile_unless_sampling_is_off() {
         "gzipped pprof protobuf, as Go's pprof writes it"
     );
 
-    let (mut child, http) = binary(dir.path(), &[("DMW_METRICS__HEAP_SAMPLING", "false")]).await;
+    let (mut child, http) = binary(dir.path(), &[]).await;
     let heap = http.send(Method::GET, "/debug/pprof/heap", &[], None).await;
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(heap.status, 404, "sampling off: no heap profile");
+    assert_eq!(
+        heap.status, 404,
+        "sampling off (the default): no heap profile"
+    );
     assert_eq!(heap.code(), "not_found");
 }

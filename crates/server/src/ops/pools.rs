@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::store::{PoolStatus, PoolWatch};
@@ -71,6 +72,31 @@ impl Collector for Pools {
                 };
                 ConstGauge::new(value(*status) as i64).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let mut leases = encoder.encode_descriptor(
+            "store_pool_leases",
+            "Store connections taken from the pool (attempts that gave up included)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool_name, status) in &rows {
+            let labels = PoolName {
+                pool_name: pool_name.clone(),
+            };
+            ConstCounter::new(status.leases).encode(leases.encode_family(&labels)?)?;
+        }
+        let mut waited = encoder.encode_descriptor(
+            "store_pool_wait_seconds",
+            "Time spent waiting for store connections (opening them included); divided by \
+             store_pool_leases_total: the mean wait",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool_name, status) in &rows {
+            let labels = PoolName {
+                pool_name: pool_name.clone(),
+            };
+            ConstCounter::new(status.wait_seconds).encode(waited.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -33,6 +33,17 @@ impl Collector for Process {
             )?;
             counter.encode(metric)?;
         }
+        if let Some(threads) = threads() {
+            let gauge = ConstGauge::new(threads as i64);
+            let metric = encoder.encode_descriptor(
+                "process_threads",
+                "Threads of the process: runtime workers, the blocking pool (SQLite, files), \
+                 the log writer and the watchdog",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
         if let Some(fds) = open_fds() {
             let gauge = ConstGauge::new(fds as i64);
             let metric = encoder.encode_descriptor(
@@ -63,6 +74,14 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// `Threads` of `/proc/self/status`: tokio reports its blocking threads only in builds with
+/// `tokio_unstable`, so the process's count stands in for them.
+fn threads() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
 fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -90,6 +109,15 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn the_process_reads_itself() {
         let rss = super::resident_bytes().unwrap();
+        let threads = super::threads().unwrap();
+        let extra =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
+        assert_eq!(
+            super::threads().unwrap(),
+            threads + 1,
+            "a new thread is counted"
+        );
+        extra.join().unwrap();
         assert!(rss > 1 << 20, "at least a MiB resident: {rss}");
         let before = super::cpu_seconds().unwrap();
         let spin = std::time::Instant::now();

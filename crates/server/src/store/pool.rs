@@ -8,7 +8,9 @@
 //! round trip: a connection whose operation did not finish (the future was dropped) or failed
 //! below SQL (I/O, protocol) is discarded instead of returned.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use sqlx::any::{AnyArguments, AnyRow};
@@ -61,6 +63,14 @@ impl managed::Manager for Manager {
 #[derive(Clone)]
 pub(super) struct Pool {
     inner: managed::Pool<Manager>,
+    waits: Arc<Waits>,
+}
+
+/// Connections taken, and the time spent waiting for them (for the metrics).
+#[derive(Default)]
+struct Waits {
+    leases: AtomicU64,
+    wait_ns: AtomicU64,
 }
 
 impl Pool {
@@ -91,13 +101,21 @@ impl Pool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Pool { inner })
+        Ok(Pool {
+            inner,
+            waits: Arc::default(),
+        })
     }
 
     /// Takes a connection. Waiting too long is `sqlx::Error::PoolTimedOut` (overload); failing
     /// to open one is [`StoreError::Unavailable`].
     pub async fn lease(&self) -> Result<Lease, StoreError> {
-        match self.inner.get().await {
+        let asked = Instant::now();
+        let taken = self.inner.get().await;
+        let waited = u64::try_from(asked.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waits.leases.fetch_add(1, Ordering::Relaxed);
+        self.waits.wait_ns.fetch_add(waited, Ordering::Relaxed);
+        match taken {
             Ok(conn) => Ok(Lease {
                 conn: Some(conn),
                 clean: false,
@@ -153,12 +171,12 @@ impl Pool {
 
     /// A handle that reads the pool's state without keeping it alive (for the metrics).
     pub fn watch(&self) -> PoolWatch {
-        PoolWatch(self.inner.weak())
+        PoolWatch(self.inner.weak(), self.waits.clone())
     }
 }
 
 /// Reads a pool's state while the pool exists.
-pub struct PoolWatch(managed::WeakPool<Manager>);
+pub struct PoolWatch(managed::WeakPool<Manager>, Arc<Waits>);
 
 impl std::fmt::Debug for PoolWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +194,10 @@ pub struct PoolStatus {
     pub idle: usize,
     /// Tasks waiting for a connection.
     pub waiting: usize,
+    /// Connections taken so far (attempts that gave up included).
+    pub leases: u64,
+    /// Time spent waiting for them (and opening them), in all.
+    pub wait_seconds: f64,
 }
 
 impl PoolWatch {
@@ -187,6 +209,8 @@ impl PoolWatch {
             open: status.size,
             idle: status.available,
             waiting: status.waiting,
+            leases: self.1.leases.load(Ordering::Relaxed),
+            wait_seconds: self.1.wait_ns.load(Ordering::Relaxed) as f64 / 1e9,
         })
     }
 }
