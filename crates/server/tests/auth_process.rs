@@ -87,15 +87,7 @@ async fn keys_reload_on_sighup_and_never_reach_the_log() {
     let base = format!("http://127.0.0.1:{http_port}");
     let tcp_addr = format!("127.0.0.1:{tcp_port}");
     let with = |key: &str| Http::with_key(base.clone(), Some(key));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while with(&first)
-        .try_send(Method::GET, "/healthz", &[], None)
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_serving(&with(&first)).await;
 
     let path = "/api/v1/default/players/p1";
     assert_eq!(
@@ -234,15 +226,7 @@ async fn the_log_filter_is_reloaded_on_sighup() {
         .spawn()
         .unwrap();
     let http = Http::new(format!("http://127.0.0.1:{http_port}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .try_send(Method::GET, "/healthz", &[], None)
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_serving(&http).await;
     std::fs::write(&file, with_filter("info")).unwrap();
     let _ = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])

@@ -5,7 +5,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use support::Http;
@@ -50,15 +50,7 @@ async fn json_access_lines_carry_the_request_id_that_is_echoed() {
         .spawn()
         .unwrap();
     let http = Http::new(format!("http://127.0.0.1:{http_port}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .try_send(Method::GET, "/livez", &[], None)
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_serving(&http).await;
     let path = "/api/v1/default/players/log-test-1";
     let given = http
         .send(Method::GET, path, &[("x-request-id", "client-id-42")], None)

@@ -236,7 +236,9 @@ async fn tcp_requests_pools_runtime_and_rate_limits_are_exposed() {
         series("store_pool_leases_total{pool_name=\"sqlite://") >= 1.0,
         "the requests above took connections"
     );
-    assert!(series("store_pool_wait_seconds_total{pool_name=\"sqlite://") >= 0.0);
+    // Seconds, not nanoseconds: the waits of a few requests on an idle pool.
+    let waited = series("store_pool_wait_seconds_total{pool_name=\"sqlite://");
+    assert!((0.0..10.0).contains(&waited), "{waited}");
     assert!(value(&text, "process_threads").unwrap() >= 3.0, "{text}");
     assert_eq!(value(&text, "tokio_workers"), Some(2.0));
     assert!(value(&text, "tokio_alive_tasks").unwrap() >= 1.0);
@@ -388,7 +390,10 @@ async fn cache_tiers_are_exposed() {
     assert_eq!(lookups("l1", "hit"), hits_before + 1.0, "{text}");
     assert!(lookups("l1", "negative") >= 1.0, "{text}");
     assert!(lookups("l1", "miss") >= 1.0, "{text}");
-    assert!(lookups("l1", "coalesced") >= 0.0);
+    assert!(
+        lookups("l1", "coalesced") <= lookups("l1", "miss"),
+        "coalesced lookups are some of the misses"
+    );
     // Another instance's write reaches this one over the bus: its delay is measured.
     let other = s
         .sibling_with(|c| {

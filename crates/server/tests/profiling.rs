@@ -5,7 +5,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use support::{Backend, Http, TestServer};
@@ -116,15 +116,7 @@ async fn binary(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::C
         .spawn()
         .unwrap();
     let http = Http::new(format!("http://127.0.0.1:{http_port}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .try_send(Method::GET, "/livez", &[], None)
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_serving(&http).await;
     (child, http)
 }
 

@@ -73,30 +73,28 @@ impl Collector for Pools {
                 ConstGauge::new(value(*status) as i64).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut leases = encoder.encode_descriptor(
-            "store_pool_leases",
-            "Store connections taken from the pool (attempts that gave up included)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (pool_name, status) in &rows {
-            let labels = PoolName {
-                pool_name: pool_name.clone(),
-            };
-            ConstCounter::new(status.leases).encode(leases.encode_family(&labels)?)?;
-        }
-        let mut waited = encoder.encode_descriptor(
-            "store_pool_wait_seconds",
-            "Time spent waiting for store connections (opening them included); divided by \
-             store_pool_leases_total: the mean wait",
-            None,
-            MetricType::Counter,
-        )?;
-        for (pool_name, status) in &rows {
-            let labels = PoolName {
-                pool_name: pool_name.clone(),
-            };
-            ConstCounter::new(status.wait_seconds).encode(waited.encode_family(&labels)?)?;
+        type Total = fn(&PoolStatus) -> f64;
+        let counters: [(&str, &str, Total); 2] = [
+            (
+                "store_pool_leases",
+                "Store connections taken from the pool (attempts that gave up included)",
+                |s| s.leases as f64,
+            ),
+            (
+                "store_pool_wait_seconds",
+                "Time spent waiting for store connections (opening them included); divided by \
+                 store_pool_leases_total: the mean wait",
+                |s| s.wait_seconds,
+            ),
+        ];
+        for (name, help, total) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (pool_name, status) in &rows {
+                let labels = PoolName {
+                    pool_name: pool_name.clone(),
+                };
+                ConstCounter::new(total(status)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

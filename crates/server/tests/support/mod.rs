@@ -414,6 +414,22 @@ impl Reply {
     }
 }
 
+/// Waits until a server process just spawned answers `/livez` (at most 20 s).
+pub async fn wait_until_serving(http: &Http) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http
+        .try_send(Method::GET, "/livez", &[], None)
+        .await
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A small HTTP client bound to one server.
 #[derive(Clone)]
 pub struct Http {

@@ -69,6 +69,7 @@ impl Routes {
 
 /// What every request handler shares. A configuration reload replaces it (see [`HttpLive`]):
 /// a request sees the limits in force when it arrived.
+#[derive(Clone)]
 pub(crate) struct HttpState {
     pub service: Service,
     pub config: HttpConfig,
@@ -118,18 +119,11 @@ impl HttpLive {
     /// (`log.access_sample`) for the requests that arrive from now on; the rest of `config`
     /// is bound to listeners and connections and is not looked at.
     pub fn reload(&self, config: &HttpConfig, access_sample: f64) {
-        let old = self.0.load_full();
-        let mut kept = old.config.clone();
-        kept.max_in_flight = config.max_in_flight;
-        kept.max_body_bytes = config.max_body_bytes;
-        self.0.store(Arc::new(HttpState {
-            service: old.service.clone(),
-            config: kept,
-            auth: old.auth.clone(),
-            access_sample,
-            routes: old.routes,
-            in_flight: old.in_flight.clone(),
-        }));
+        let mut state = HttpState::clone(&self.0.load());
+        state.config.max_in_flight = config.max_in_flight;
+        state.config.max_body_bytes = config.max_body_bytes;
+        state.access_sample = access_sample;
+        self.0.store(Arc::new(state));
     }
 }
 

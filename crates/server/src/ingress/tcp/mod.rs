@@ -27,6 +27,7 @@ use crate::service::Service;
 
 /// What every connection shares. A connection keeps the one in force when it was accepted
 /// (its window and frame size were announced in HELLO_OK); see [`TcpLive`].
+#[derive(Clone)]
 pub(crate) struct TcpContext {
     pub service: Service,
     pub config: TcpConfig,
@@ -50,15 +51,10 @@ impl TcpLive {
     /// accepted from now on (open ones keep what their HELLO_OK announced); the rest of
     /// `config` is bound to the listeners and is not looked at.
     pub fn reload(&self, config: &TcpConfig) {
-        let old = self.0.load_full();
-        let mut kept = old.config.clone();
-        kept.max_in_flight = config.max_in_flight;
-        kept.max_frame_bytes = config.max_frame_bytes;
-        self.0.store(Arc::new(TcpContext {
-            service: old.service.clone(),
-            config: kept,
-            auth: old.auth.clone(),
-        }));
+        let mut context = TcpContext::clone(&self.0.load());
+        context.config.max_in_flight = config.max_in_flight;
+        context.config.max_frame_bytes = config.max_frame_bytes;
+        self.0.store(Arc::new(context));
     }
 }
 
